@@ -1,0 +1,162 @@
+"""Configuration: the environment (``DISPATCH_*``) and one optional config file.
+
+``Settings`` is the deployment (where the broker, backend and state live) and is
+read from the environment on every process.  ``DispatchConfig`` is the optional
+file (JSON or TOML) naming agents, validators and retrievers; it travels inside
+the run's state so that workers on other machines see the same configuration.
+Secrets never go in it: components name the environment variable that holds
+them (``api_key_env``), and each worker reads its own environment.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+SECRET_KEYS = ("api_key", "password", "secret", "token")
+
+
+class ComponentConfig(BaseModel):
+    """One configured agent, validator or retriever: a kind plus its options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    weight: float = 1.0
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ContextOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    budget_tokens: int = Field(default=5000, ge=1)
+    per_task_budget_tokens: int = Field(default=5000, ge=1)
+
+
+class QuorumOptions(BaseModel):
+    """Voting thresholds and the RETRY policy (defaults as the reference system)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pass_threshold: float = 0.60
+    retry_threshold: float = 0.40
+    min_answered_share: float = 0.60
+    on_no_quorum: str = "warn"  # "warn" (continue) or "fail"
+    max_retries: int = Field(default=3, ge=0)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_cap_s: float = Field(default=8.0, ge=0)
+    backoff_jitter: float = Field(default=0.0, ge=0)
+    cache_ttl_s: int = Field(default=3600, ge=0)
+
+
+class DispatchConfig(BaseModel):
+    """The optional config file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: dict[str, ComponentConfig] = Field(default_factory=dict)
+    validators: dict[str, ComponentConfig] = Field(default_factory=dict)
+    retrievers: dict[str, ComponentConfig] = Field(default_factory=dict)
+    planner: Optional[ComponentConfig] = None
+    context: ContextOptions = Field(default_factory=ContextOptions)
+    quorum: QuorumOptions = Field(default_factory=QuorumOptions)
+
+    @classmethod
+    def load(cls, path: Optional[str]) -> "DispatchConfig":
+        if not path:
+            return cls()
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read ({exc.strerror or exc})") from None
+        try:
+            raw = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        try:
+            config = cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"config file {path}: {format_validation_error(exc)}") from None
+        config.refuse_inline_secrets(path)
+        return config
+
+    def refuse_inline_secrets(self, path: str) -> None:
+        """Secrets belong in the environment; the config travels in state and task arguments."""
+        sections = {**{f"agents.{k}": v for k, v in self.agents.items()},
+                    **{f"validators.{k}": v for k, v in self.validators.items()},
+                    **{f"retrievers.{k}": v for k, v in self.retrievers.items()}}
+        if self.planner:
+            sections["planner"] = self.planner
+        for where, component in sections.items():
+            for key in component.options:
+                if key.lower() in SECRET_KEYS:
+                    raise ConfigError(
+                        f"config file {path}: {where}.{key}: secrets are read from the environment; "
+                        f"use {key}_env = \"NAME_OF_VARIABLE\" instead")
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """``tasks[2].dependencies: field required`` style, first few faults."""
+    parts = []
+    for err in exc.errors()[:5]:
+        path = ""
+        for loc in err["loc"]:
+            path += f"[{loc}]" if isinstance(loc, int) else (f".{loc}" if path else str(loc))
+        parts.append(f"{path or '(root)'}: {err['msg']}")
+    more = len(exc.errors()) - 5
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+class Settings(BaseModel):
+    """Deployment settings, one typed object read from the environment."""
+
+    broker_url: Optional[str] = None
+    result_backend: Optional[str] = None
+    state_url: Optional[str] = None
+    state_dir: str = ".dispatch"
+    key_prefix: str = "dispatch"
+    state_ttl_s: int = 7 * 24 * 3600
+    config_file: Optional[str] = None
+    embedded_concurrency: int = 8
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+    @classmethod
+    def from_env(cls, environ: Optional[dict[str, str]] = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in cls.model_fields:
+            raw = env.get(f"DISPATCH_{field.upper()}")
+            if raw not in (None, ""):
+                values[field] = raw
+        broker = values.get("broker_url")
+        if broker and "result_backend" not in values and broker.startswith(("redis://", "rediss://")):
+            values["result_backend"] = broker
+        if "state_url" not in values and values.get("result_backend", "").startswith(("redis://", "rediss://")):
+            values["state_url"] = values["result_backend"]
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(f"environment: {format_validation_error(exc)}") from None
+
+
+def redact_url(url: Optional[str]) -> str:
+    """``redis://:secret@host`` -> ``redis://:***@host``: URLs are never printed in full."""
+    if not url or "@" not in url:
+        return url or ""
+    scheme, _, rest = url.partition("://")
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

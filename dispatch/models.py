@@ -1,0 +1,313 @@
+"""Pydantic models: the single source of every JSON shape dispatch reads or writes.
+
+Field names follow PHASE_CONTROL_GUIDE.md exactly; anything the guide does not
+print is an addition, never a rename.  Input models keep unknown keys
+(``extra="allow"``) because the design promises they reach agents untouched.
+"""
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime) -> str:
+    """The guide's timestamp form: ``2025-10-07T16:30:01.523Z``."""
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+# --------------------------------------------------------------------- input
+class TaskSpec(BaseModel):
+    """One unit of work from the breakdown."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_id: str = Field(min_length=1)
+    agent: str = Field(min_length=1)
+    description: str
+    input_data: dict[str, Any] = Field(default_factory=dict)
+    context_requirements: list[str] = Field(default_factory=list)
+    dependencies: list[str] = Field(default_factory=list)
+
+
+class RunConfig(BaseModel):
+    """The input's ``config`` block: per-run knobs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_workers: int = Field(default=5, ge=1)
+    timeout_seconds: float = Field(default=300, gt=0)
+    trace_dir: Optional[str] = None
+
+
+class DispatchInput(BaseModel):
+    """What arrives on stdin or through ``--input-file``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    user_prompt: str = ""
+    workspace_path: str = "."
+    rag_queries: list[str] = Field(default_factory=list)
+    tasks: list[TaskSpec]
+    config: RunConfig = Field(default_factory=RunConfig)
+
+
+# -------------------------------------------------------------------- phases
+class ExecutionPhase(str, enum.Enum):
+    CONTEXT_GATHERING = "CONTEXT_GATHERING"
+    QUORUM_VALIDATION = "QUORUM_VALIDATION"
+    TASK_PLANNING = "TASK_PLANNING"
+    CONTEXT_FILTERING = "CONTEXT_FILTERING"
+    PARALLEL_EXECUTION = "PARALLEL_EXECUTION"
+
+    @property
+    def number(self) -> int:
+        return list(ExecutionPhase).index(self)
+
+    @property
+    def title(self) -> str:
+        return self.value.replace("_", " ").title()
+
+    @classmethod
+    def of(cls, number: int) -> "ExecutionPhase":
+        return list(cls)[number]
+
+
+ALL_PHASES = tuple(range(len(ExecutionPhase)))
+
+
+class PhaseConfig(BaseModel):
+    """The phase-selection flags, as the CLI received them."""
+
+    only_phase: Optional[int] = None
+    stop_after_phase: Optional[int] = None
+    skip_phases: list[int] = Field(default_factory=list)
+    enable_context: bool = False
+    enable_quorum: bool = False
+    interactive: bool = False
+
+
+class PhaseResult(BaseModel):
+    phase: ExecutionPhase
+    phase_name: str
+    success: bool
+    duration_ms: float = 0.0
+    started_at: Optional[str] = None
+    completed_at: Optional[str] = None
+    output_data: dict[str, Any] = Field(default_factory=dict)
+    error: Optional[str] = None
+    skipped: bool = False
+    retry_count: int = 0
+
+    @classmethod
+    def skipped_result(cls, phase: ExecutionPhase, reason: str) -> "PhaseResult":
+        return cls(phase=phase, phase_name=phase.title, success=True, skipped=True,
+                   output_data={"reason": reason})
+
+
+# ------------------------------------------------------------------- context
+class ContextItem(BaseModel):
+    """One piece of gathered context: a file range, a document, a summary."""
+
+    id: str
+    source: str
+    content: str
+    score: float = 0.0
+    tokens: int = 0
+    query: Optional[str] = None
+    kind: str = "code"
+    retriever: Optional[str] = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class GlobalContext(BaseModel):
+    """Phase 0 output: budgeted context shared by every task."""
+
+    items: list[ContextItem] = Field(default_factory=list)
+    total_tokens: int = 0
+    budget_tokens: int = 0
+    queries: list[str] = Field(default_factory=list)
+    per_query_hits: dict[str, int] = Field(default_factory=dict)
+    retriever_timings_ms: dict[str, float] = Field(default_factory=dict)
+    errors: list[str] = Field(default_factory=list)
+
+
+class ContextChoice(BaseModel):
+    """Why an item was given to a task (phase 3's report)."""
+
+    item_id: str
+    source: str
+    requirement: Optional[str] = None
+    score: float = 0.0
+    tokens: int = 0
+    reason: str = ""
+
+
+class TaskContext(BaseModel):
+    """Phase 3 output for one task."""
+
+    task_id: str
+    items: list[ContextItem] = Field(default_factory=list)
+    total_tokens: int = 0
+    budget_tokens: int = 0
+    report: list[ContextChoice] = Field(default_factory=list)
+    unmatched_requirements: list[str] = Field(default_factory=list)
+
+
+# -------------------------------------------------------------------- quorum
+Recommendation = Literal["PASS", "RETRY", "FAIL"]
+
+
+class ValidatorVote(BaseModel):
+    validator: str
+    kind: str
+    weight: float = 1.0
+    recommendation: Optional[Recommendation] = None  # None: abstained
+    alignment_score: Optional[float] = None
+    confidence: Optional[float] = None
+    deficiencies: list[str] = Field(default_factory=list)
+    latency_ms: float = 0.0
+    error: Optional[str] = None
+    cached: bool = False
+
+    @property
+    def abstained(self) -> bool:
+        return self.recommendation is None
+
+
+class QuorumAttempt(BaseModel):
+    attempt: int
+    decision: Recommendation
+    confidence: float
+    deficiencies: list[str] = Field(default_factory=list)
+    votes: list[ValidatorVote] = Field(default_factory=list)
+    answered_share: float = 1.0
+    backoff_s: float = 0.0
+
+
+class QuorumResult(BaseModel):
+    decision: Recommendation
+    confidence: float
+    deficiencies: list[str] = Field(default_factory=list)
+    votes: list[ValidatorVote] = Field(default_factory=list)
+    attempts: list[QuorumAttempt] = Field(default_factory=list)
+    retry_count: int = 0
+    answered_share: float = 1.0
+    quorum_reached: bool = True
+    warnings: list[str] = Field(default_factory=list)
+
+
+# ------------------------------------------------------------------ planning
+class TaskPlan(BaseModel):
+    """Phase 2 output: the validated graph and its schedule facts."""
+
+    order: list[str] = Field(default_factory=list)
+    levels: list[list[str]] = Field(default_factory=list)
+    critical_path: list[str] = Field(default_factory=list)
+    critical_path_length: int = 0
+    agents: dict[str, str] = Field(default_factory=dict)  # task_id -> agent kind
+    dependents: dict[str, list[str]] = Field(default_factory=dict)
+
+
+# ----------------------------------------------------------------- execution
+class TaskResult(BaseModel):
+    task_id: str
+    agent: str
+    success: bool
+    output: Any = None
+    error: Optional[str] = None
+    duration_ms: float = 0.0
+    worker: Optional[str] = None
+    attempts: int = 0
+    started_at: Optional[str] = None
+    completed_at: Optional[str] = None
+    skipped: bool = False
+    prompt: Optional[str] = None
+
+
+# --------------------------------------------------------------------- state
+class PhaseState(BaseModel):
+    """Everything a run knows; snapshotted after every phase."""
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    phases_executed: list[PhaseResult] = Field(default_factory=list)
+    current_phase: int = -1
+    global_context: Optional[GlobalContext] = None
+    quorum_result: Optional[QuorumResult] = None
+    tasks_data: list[TaskSpec] = Field(default_factory=list)
+    user_prompt: str = ""
+    saved_at: Optional[str] = None
+    workspace_path: str = "."
+    rag_queries: list[str] = Field(default_factory=list)
+    run_config: RunConfig = Field(default_factory=RunConfig)
+    input_extras: dict[str, Any] = Field(default_factory=dict)
+    phase_config: PhaseConfig = Field(default_factory=PhaseConfig)
+    selected_phases: list[int] = Field(default_factory=list)
+    settings: dict[str, Any] = Field(default_factory=dict)  # the config file, secrets excluded
+    plan: Optional[TaskPlan] = None
+    task_contexts: dict[str, TaskContext] = Field(default_factory=dict)
+    task_results: list[TaskResult] = Field(default_factory=list)
+    status: str = "pending"
+    started_at: Optional[str] = None
+
+    def result_for(self, phase: ExecutionPhase) -> Optional[PhaseResult]:
+        """The latest recorded result of ``phase``, if any."""
+        for result in reversed(self.phases_executed):
+            if result.phase == phase:
+                return result
+        return None
+
+    def has_completed(self, phase: ExecutionPhase) -> bool:
+        result = self.result_for(phase)
+        return bool(result and result.success and not result.skipped)
+
+    def record(self, result: PhaseResult) -> None:
+        """Replace any earlier result of the same phase, keeping phase order."""
+        self.phases_executed = [r for r in self.phases_executed if r.phase != result.phase]
+        self.phases_executed.append(result)
+        self.phases_executed.sort(key=lambda r: r.phase.number)
+        if not result.skipped:
+            self.current_phase = max(self.current_phase, result.phase.number)
+
+    def request(self) -> DispatchInput:
+        """The input as the phases now see it (edits and re-plans applied)."""
+        return DispatchInput(user_prompt=self.user_prompt, workspace_path=self.workspace_path,
+                             rag_queries=self.rag_queries, tasks=self.tasks_data,
+                             config=self.run_config, **self.input_extras)
+
+
+# -------------------------------------------------------------------- output
+class PhaseTiming(BaseModel):
+    phase: ExecutionPhase
+    duration_ms: float
+    success: bool
+    skipped: bool
+
+
+class TimingSummary(BaseModel):
+    total_duration_ms: float
+    phases: list[PhaseTiming]
+
+
+class DispatchOutput(BaseModel):
+    """The JSON document printed on stdout at the end of a run."""
+
+    success: bool
+    run_id: str
+    status: str
+    timing_summary: TimingSummary
+    phases_executed: list[PhaseResult]
+    results: list[TaskResult] = Field(default_factory=list)
+    quorum_result: Optional[QuorumResult] = None
+    context_summary: Optional[dict[str, Any]] = None
+    error: Optional[str] = None
+    state_file: Optional[str] = None
