@@ -1,0 +1,190 @@
+"""dispatch: run a task breakdown as parallel agent tasks on Celery, phase by phase.
+
+    python cli.py [phase flags] < tasks.json        (or the `dispatch` console script)
+    python cli.py schema | runs | show RUN_ID
+
+JSON results go to stdout only; the log goes to stderr.  Exit codes: 0 success,
+1 a run that failed, 2 bad usage or input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Optional, Sequence
+
+from dispatch.config import DispatchConfig, Settings
+from dispatch.errors import DispatchError, UsageError
+from dispatch.logs import Log
+
+PHASES_HELP = "0 Context Gathering, 1 Quorum Validation, 2 Task Planning, 3 Context Filtering, 4 Parallel Execution"
+
+
+def phase_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated phase numbers like 0,1, got {text!r}") from None
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dispatch", description="Run a task breakdown as parallel AI-agent tasks on Celery, phase by phase. "
+        f"Phases: {PHASES_HELP}.",
+        epilog="Other commands: 'dispatch schema' prints the input JSON Schema; 'dispatch runs' lists recent runs; "
+               "'dispatch show RUN_ID' prints a run's state. Environment: DISPATCH_BROKER_URL (unset: embedded "
+               "in-process worker), DISPATCH_RESULT_BACKEND, DISPATCH_STATE_URL, DISPATCH_STATE_DIR, DISPATCH_CONFIG.")
+    g = p.add_argument_group("phase control")
+    g.add_argument("--only-phase", type=int, metavar="N", help="execute only phase N (0-4)")
+    g.add_argument("--stop-after-phase", type=int, metavar="N", help="execute phases 0-N, then stop")
+    g.add_argument("--skip-phases", type=phase_list, default=[], metavar="N,M,...",
+                   help="skip the listed phases (comma-separated)")
+    g = p.add_argument_group("state management")
+    g.add_argument("--save-phase-state", metavar="FILE", help="save phase state to a JSON file")
+    g.add_argument("--load-phase-state", metavar="FILE", help="load phase state from a JSON file")
+    g = p.add_argument_group("existing flags (backward compatible)")
+    g.add_argument("--enable-context", action="store_true", help="enable phase 0 (context gathering)")
+    g.add_argument("--enable-quorum", action="store_true", help="enable phase 1 (quorum validation)")
+    g.add_argument("--interactive", "-i", action="store_true", help="enable interactive checkpoints")
+    g.add_argument("--input-file", "-f", metavar="FILE", help="read input from a JSON file (default: stdin)")
+    g.add_argument("--resume-session", metavar="FILE", help="resume an interactive session")
+    g = p.add_argument_group("deployment")
+    g.add_argument("--config", metavar="FILE", help="config file (JSON or TOML) for agents, validators, "
+                   "retrievers (default: $DISPATCH_CONFIG)")
+    g.add_argument("--no-wait", action="store_true", help="distributed mode: submit, print the run id, return")
+    g.add_argument("--quiet", "-q", action="store_true", help="no log on stderr (the JSON result still prints)")
+    return p
+
+
+def read_input(args: argparse.Namespace):
+    from dispatch.errors import InputError
+    from dispatch.inputs import parse_input
+
+    if args.input_file:
+        try:
+            with open(args.input_file, encoding="utf-8") as fh:
+                return parse_input(fh.read(), args.input_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{args.input_file}: cannot read input file "
+                             f"({getattr(exc, 'strerror', None) or exc})") from None
+    if sys.stdin is None or sys.stdin.closed:
+        return None
+    if sys.stdin.isatty():
+        if args.load_phase_state:
+            return None
+        raise InputError("no input: pipe a task breakdown on stdin or use --input-file FILE "
+                         "(see 'dispatch schema' for its shape)")
+    text = sys.stdin.read()
+    if not text.strip() and args.load_phase_state:
+        return None
+    return parse_input(text, "stdin")
+
+
+def emit(document: dict) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def run_command(argv: Sequence[str]) -> int:
+    from dispatch.models import PhaseConfig
+    from dispatch.runner import Runner, build_output, prepare_state
+    from dispatch.state_store import load_state_file, save_state_file
+
+    args = run_parser().parse_args(argv)
+    log = Log(quiet=args.quiet)
+    t0 = time.perf_counter()
+    settings = Settings.from_env()
+    config = DispatchConfig.load(args.config or settings.config_file)
+    cfg = PhaseConfig(only_phase=args.only_phase, stop_after_phase=args.stop_after_phase,
+                      skip_phases=args.skip_phases, enable_context=args.enable_context,
+                      enable_quorum=args.enable_quorum, interactive=args.interactive)
+    if args.interactive or args.resume_session:
+        from dispatch.interactive import run_interactive
+
+        return run_interactive(args, cfg, settings, config, log)
+    if args.no_wait and settings.embedded:
+        raise UsageError("--no-wait needs a broker (set DISPATCH_BROKER_URL): the embedded worker lives "
+                         "only as long as this command")
+    loaded = load_state_file(args.load_phase_state) if args.load_phase_state else None
+    request = read_input(args)
+    state = prepare_state(request, cfg, config, loaded, log)
+    runner = Runner(settings, log)
+    try:
+        final = runner.run(state, wait=not args.no_wait)
+    except KeyboardInterrupt:
+        log.warn(f"interrupted; run {state.run_id} may still be running on the workers")
+        return 130
+    except DispatchError as exc:
+        log.fail(str(exc))
+        saved = runner.store.load(state.run_id) or state
+        if args.save_phase_state:
+            save_state_file(saved, args.save_phase_state)
+        emit(build_output(saved, (time.perf_counter() - t0) * 1000, args.save_phase_state,
+                          error=str(exc)).model_dump(mode="json"))
+        return 1
+    if final is None:
+        emit({"run_id": state.run_id, "status": "submitted", "phases": state.selected_phases})
+        log.line(f"Run {state.run_id} submitted; follow it with: dispatch show {state.run_id}")
+        return 0
+    if args.save_phase_state:
+        save_state_file(final, args.save_phase_state)
+        log.ok(f"Phase state saved to {args.save_phase_state}")
+    output = build_output(final, (time.perf_counter() - t0) * 1000, args.save_phase_state)
+    emit(output.model_dump(mode="json"))
+    if not output.success:
+        log.fail(f"Run {final.run_id} {final.status}" + (f": {output.error}" if output.error else ""))
+    return 0 if output.success else 1
+
+
+def schema_command(argv: Sequence[str]) -> int:
+    from dispatch.inputs import input_json_schema
+
+    argparse.ArgumentParser(prog="dispatch schema", description="Print the JSON Schema of the input").parse_args(argv)
+    emit(input_json_schema())
+    return 0
+
+
+def runs_command(argv: Sequence[str]) -> int:
+    from dispatch.runtime import make_store
+
+    p = argparse.ArgumentParser(prog="dispatch runs", description="List recent runs from the state store")
+    p.add_argument("--limit", type=int, default=20)
+    args = p.parse_args(argv)
+    rows = []
+    for state in make_store(Settings.from_env()).list_runs(args.limit):
+        rows.append({"run_id": state.run_id, "started_at": state.started_at, "status": state.status,
+                     "phases": [r.phase.number for r in state.phases_executed if not r.skipped],
+                     "duration_ms": round(sum(r.duration_ms for r in state.phases_executed), 1)})
+    emit({"runs": rows})
+    return 0
+
+
+def show_command(argv: Sequence[str]) -> int:
+    from dispatch.runtime import make_store
+
+    p = argparse.ArgumentParser(prog="dispatch show", description="Print a run's saved state")
+    p.add_argument("run_id")
+    args = p.parse_args(argv)
+    state = make_store(Settings.from_env()).load(args.run_id)
+    if state is None:
+        raise UsageError(f"no run '{args.run_id}' in the state store (see 'dispatch runs')")
+    emit(state.model_dump(mode="json"))
+    return 0
+
+
+COMMANDS = {"schema": schema_command, "runs": runs_command, "show": show_command}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS.get(argv[0]) if argv else None
+    try:
+        return command(argv[1:]) if command else run_command(argv)
+    except DispatchError as exc:
+        Log().fail(str(exc))
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The Celery application, built from ``Settings`` for either mode.
+
+Embedded (no ``DISPATCH_BROKER_URL``): an in-memory broker and a Redis result
+backend served by in-process fakeredis, so chords, ``add_to_chord`` and the
+scheduler run exactly the code they run against a real Redis.  (Measured on
+this machine: fakeredis as the *broker* loses its consumer connection, and the
+``cache+memory://`` backend polls chords 20x slower, hence this pairing.)
+
+Distributed: the broker and backend from the environment; workers are
+``celery -A worker worker`` processes anywhere.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.backends.redis import RedisBackend
+from kombu import Queue
+
+from .config import Settings
+
+PHASE_QUEUE = "dispatch.phases"
+AGENT_QUEUE = "dispatch.agents"
+
+_EMBEDDED_SERVER: Any = None
+
+
+def embedded_server() -> Any:
+    """The one in-process Redis server every embedded client in this process shares."""
+    global _EMBEDDED_SERVER
+    if _EMBEDDED_SERVER is None:
+        import fakeredis
+
+        _EMBEDDED_SERVER = fakeredis.FakeServer()
+    return _EMBEDDED_SERVER
+
+
+def embedded_client() -> Any:
+    import fakeredis
+
+    return fakeredis.FakeRedis(server=embedded_server())
+
+
+class EmbeddedRedisBackend(RedisBackend):
+    """Celery's Redis result backend talking to the in-process server."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("url", "redis://embedded/0")
+        super().__init__(*args, **kwargs)
+
+    def _create_client(self, **params: Any) -> Any:
+        return embedded_client()
+
+
+def create_app(settings: Settings) -> Celery:
+    if settings.embedded:
+        app = Celery("dispatch", broker="memory://", backend=EmbeddedRedisBackend, set_as_current=False)
+        app.conf.broker_transport_options = {"polling_interval": 0.005}
+    else:
+        app = Celery("dispatch", broker=settings.broker_url, backend=settings.result_backend,
+                     set_as_current=False)
+        app.conf.broker_transport_options = {
+            # longer than any agent's time limit, so late-acked tasks are not redelivered while still running
+            "visibility_timeout": 2 * 3600,
+        }
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_queues=[Queue(PHASE_QUEUE), Queue(AGENT_QUEUE)],
+        task_default_queue=PHASE_QUEUE,
+        task_routes={"dispatch.agent": {"queue": AGENT_QUEUE}},
+        # a killed worker's agent task goes back to the queue instead of vanishing
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        result_extended=True,
+        result_expires=settings.state_ttl_s,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        dispatch_settings=settings.model_dump(),
+    )
+    app.conf.include = ["dispatch.tasks"]
+    import dispatch.tasks  # noqa: F401 - registers the shared tasks with this app
+
+    return app

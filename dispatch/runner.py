@@ -1,0 +1,186 @@
+"""The client side of a run: prepare the state, submit the chain, follow it, report.
+
+Both modes go through ``Runner.run``: embedded wraps the wait in an in-process
+worker; distributed only submits and waits on the result backend.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import nullcontext
+from typing import Any, Optional
+
+from .config import DispatchConfig, Settings, redact_url
+from .errors import DispatchError, InputError
+from .logs import Log, execution_lines, phase_body, phase_header
+from .models import (ExecutionPhase, DispatchInput, DispatchOutput, PhaseConfig, PhaseResult, PhaseState,
+                     PhaseTiming, TimingSummary, iso, utcnow)
+from .planning import GraphError, plan_tasks
+from .selection import check_inputs_available, context_enabled, selected_phases, skip_reason
+
+
+def new_run_id() -> str:
+    return utcnow().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+def prepare_state(request: Optional[DispatchInput], cfg: PhaseConfig, config: DispatchConfig,
+                  loaded: Optional[PhaseState], log: Log, run_id: Optional[str] = None) -> PhaseState:
+    """The state a run starts from: the input, plus whatever a loaded state already holds."""
+    phases = selected_phases(cfg)
+    check_inputs_available(cfg, phases, loaded)
+    if request is None and loaded is None:
+        raise InputError("no input: pipe a task breakdown on stdin, or give --input-file or --load-phase-state")
+    state = loaded.model_copy(deep=True) if loaded else PhaseState(run_id="")
+    state.run_id = run_id or new_run_id()
+    state.status = "pending"
+    state.task_results = []
+    if request is not None:
+        if loaded is not None and [t.task_id for t in loaded.tasks_data] != [t.task_id for t in request.tasks]:
+            if loaded.plan or loaded.task_contexts:
+                log.warn("the loaded state was planned for other tasks; its plan and per-task context are dropped")
+            state.plan, state.task_contexts = None, {}
+            check_inputs_available(cfg, phases, state)
+        known = set(DispatchInput.model_fields)
+        state.user_prompt = request.user_prompt
+        state.workspace_path = request.workspace_path
+        state.rag_queries = request.rag_queries
+        state.tasks_data = request.tasks
+        state.run_config = request.config
+        state.input_extras = {k: v for k, v in request.model_dump().items() if k not in known}
+    state.phase_config = cfg
+    state.selected_phases = phases
+    state.settings = config.model_dump(mode="json", exclude_none=True)
+    state.started_at = iso(utcnow())
+    for number in range(len(ExecutionPhase)):
+        phase = ExecutionPhase.of(number)
+        reason = skip_reason(cfg, number)
+        if reason and not (loaded and loaded.has_completed(phase)):
+            state.record(PhaseResult.skipped_result(phase, reason))
+    if ExecutionPhase.TASK_PLANNING.number in phases:
+        preflight_plan(state, config)
+    return state
+
+
+def preflight_plan(state: PhaseState, config: DispatchConfig) -> None:
+    """Refuse unknown agents and graph faults before anything is submitted (exit 2)."""
+    from .agents import resolve_agent
+
+    try:
+        plan_tasks(state.tasks_data, lambda name: resolve_agent(name, config).kind)
+    except GraphError as exc:
+        raise InputError(str(exc)) from None
+
+
+class Runner:
+    def __init__(self, settings: Settings, log: Log) -> None:
+        self.settings = settings
+        self.log = log
+        self._app: Any = None
+
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            from .celery_app import create_app
+
+            self._app = create_app(self.settings)
+        return self._app
+
+    @property
+    def store(self) -> Any:
+        from .runtime import make_store
+
+        return make_store(self.settings, None if self.settings.embedded else self.app.backend.client)
+
+    def submit(self, state: PhaseState) -> list[Any]:
+        """Chain exactly the selected phases; return one AsyncResult per phase, in order."""
+        from celery import chain
+
+        from .tasks import phase_task
+
+        payload = state.model_dump(mode="json")
+        signatures = [phase_task(n).s() for n in state.selected_phases]
+        signatures[0] = phase_task(state.selected_phases[0]).si(payload)
+        last = chain(*signatures).apply_async() if len(signatures) > 1 else signatures[0].apply_async()
+        results = []
+        node = last
+        while node is not None:
+            results.append(node)
+            node = node.parent
+        return results[::-1]
+
+    def run(self, state: PhaseState, wait: bool = True) -> Optional[PhaseState]:
+        self.store.save(state)
+        if self.settings.embedded:
+            from .embedded import embedded_worker
+
+            context: Any = embedded_worker(self.app, self.settings.embedded_concurrency)
+        else:
+            self.log.line(f"Submitting run {state.run_id} to {redact_url(self.settings.broker_url)}")
+            context = nullcontext()
+        with context:
+            results = self.submit(state)
+            if not wait:
+                return None
+            return self.follow(state, results)
+
+    def follow(self, state: PhaseState, results: list[Any]) -> PhaseState:
+        """Wait for each phase in turn and log it as the guide shows."""
+        config = DispatchConfig.model_validate(state.settings)
+        max_retries = config.quorum.max_retries
+        current = state
+        if 0 in state.selected_phases and not state.phase_config.enable_context:
+            self.log.line("--only-phase 0 enables context gathering for this run")
+        for number, result in zip(state.selected_phases, results):
+            phase = ExecutionPhase.of(number)
+            if current.status in ("failed", "cancelled"):
+                break
+            self.log.raw("\n".join(phase_header(phase, current, max_retries)))
+            if phase == ExecutionPhase.PARALLEL_EXECUTION:
+                self.log.line(f"Executing {len(current.tasks_data)} tasks in parallel...")
+            current = PhaseState.model_validate(self.wait(result, phase, current))
+            phase_result = current.result_for(phase)
+            if phase_result is None:
+                continue
+            if phase == ExecutionPhase.PARALLEL_EXECUTION:
+                self.log.lines(execution_lines(phase_result, current))
+            else:
+                self.log.lines(phase_body(phase_result, current, max_retries))
+            self.log.line()
+        return current
+
+    def wait(self, result: Any, phase: ExecutionPhase, state: PhaseState) -> dict:
+        warned = False
+        started = time.monotonic()
+        while True:
+            try:
+                return result.get(timeout=2.0, propagate=True, disable_sync_subtasks=False)
+            except TimeoutError:
+                if not warned and result.state == "PENDING" and time.monotonic() - started > 15 \
+                        and not self.settings.embedded:
+                    self.log.warn(f"phase {phase.number} has not started after 15 s: is a worker consuming "
+                                  f"the dispatch.phases queue? (celery -A worker worker)")
+                    warned = True
+            except Exception as exc:  # a phase task crashed on its worker
+                raise DispatchError(f"phase {phase.number} ({phase.title}) crashed on its worker: "
+                                    f"{type(exc).__name__}: {exc}; run {state.run_id}") from None
+
+
+def build_output(state: PhaseState, total_ms: float, state_file: Optional[str] = None,
+                 error: Optional[str] = None) -> DispatchOutput:
+    # phases reused from a loaded state did not run now: they count as skipped in this run's timing
+    timings = [PhaseTiming(phase=r.phase, duration_ms=r.duration_ms, success=r.success, skipped=r.skipped)
+               if r.skipped or r.phase.number in state.selected_phases
+               else PhaseTiming(phase=r.phase, duration_ms=0.0, success=r.success, skipped=True)
+               for r in state.phases_executed]
+    context = state.result_for(ExecutionPhase.CONTEXT_GATHERING)
+    failed = [r for r in state.phases_executed
+              if not r.success and not r.skipped and r.phase != ExecutionPhase.CONTEXT_GATHERING]
+    success = state.status == "succeeded" and not failed and error is None
+    if error is None and failed:
+        error = failed[0].error
+    return DispatchOutput(
+        success=success, run_id=state.run_id, status=state.status,
+        timing_summary=TimingSummary(total_duration_ms=round(total_ms, 1), phases=timings),
+        phases_executed=state.phases_executed, results=state.task_results, quorum_result=state.quorum_result,
+        context_summary=(context.output_data.get("context_summary") if context and not context.skipped else None),
+        error=error, state_file=state_file)
