@@ -1,0 +1,157 @@
+"""The agent contract: what phase 4 hands an agent, what it gets back, and how a
+task's ``agent`` name becomes a configured instance.
+
+Agents are plain classes with no Celery in them, so every kind is tested on its
+own and the Celery agent task stays a thin wrapper around :func:`run_agent`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+from pydantic import BaseModel, ValidationError
+
+from ..config import ComponentConfig, DispatchConfig, format_validation_error
+from ..errors import ConfigError
+from ..models import TaskContext, TaskSpec
+from ..registry import Registry
+from .prompt import build_prompt
+
+AGENTS: Registry["Agent"] = Registry("agent")
+
+# Kinds that work with no configuration, so ``"agent": "echo"`` runs out of the box.
+BUILTIN_AGENT_NAMES = frozenset({"echo", "sleep"})
+
+# An error message longer than this is cut: it lands in state, logs and Flower.
+MAX_ERROR_CHARS = 4000
+
+
+@dataclass
+class AgentInvocation:
+    """Everything one attempt of one task knows.  ``prompt`` is built by
+    :func:`build_prompt` when not given, so every agent kind sees the same text and
+    the runner can store it in the ``TaskResult``."""
+
+    task: TaskSpec
+    context: Optional[TaskContext]
+    dependency_outputs: dict[str, Any]
+    user_prompt: str
+    workspace_path: str
+    run_id: str
+    attempt: int
+    timeout_s: float
+    prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.prompt:
+            self.prompt = build_prompt(self.task, self.context, self.dependency_outputs, self.user_prompt)
+
+
+@dataclass
+class AgentOutcome:
+    """The result of one attempt.  ``transient`` marks failures worth a retry
+    (HTTP 429/5xx, a reset connection); a task's own failure is never transient."""
+
+    success: bool
+    output: Any = None
+    error: Optional[str] = None
+    transient: bool = False
+
+    @classmethod
+    def ok(cls, output: Any = None) -> "AgentOutcome":
+        return cls(True, output)
+
+    @classmethod
+    def fail(cls, error: str, output: Any = None, *, transient: bool = False) -> "AgentOutcome":
+        return cls(False, output, error, transient)
+
+
+class Agent:
+    """Base class of every kind.
+
+    A kind declares ``Options``, a pydantic model of its config options, so a
+    typo in the config file (``comand``) is a ``ConfigError`` at planning time
+    rather than a silently ignored key.  ``run`` may raise; :func:`run_agent`
+    turns that into a failed outcome.
+    """
+
+    kind: ClassVar[str] = "agent"
+    Options: ClassVar[Optional[type[BaseModel]]] = None
+
+    def __init__(self, name: str, config: ComponentConfig) -> None:
+        self.name = name
+        self.config = config
+        self.options: Any = self.parse_options(config.options)
+
+    def parse_options(self, raw: dict[str, Any]) -> Any:
+        if self.Options is None:
+            if raw:
+                raise ConfigError(f"agent '{self.name}' ({self.kind}): takes no options, "
+                                  f"got {', '.join(sorted(raw))}")
+            return None
+        try:
+            return self.Options.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"agent '{self.name}' ({self.kind}): {format_validation_error(exc)}") from None
+
+    def run(self, inv: AgentInvocation) -> AgentOutcome:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} kind={self.kind!r}>"
+
+
+def resolve_agent(name: str, config: DispatchConfig) -> ComponentConfig:
+    """A task's ``agent`` name -> its configuration.  Configured names win over the
+    built-ins, so a config file may redefine ``echo`` (e.g. with ``fail = true``)."""
+    if name in config.agents:
+        return config.agents[name]
+    if name in BUILTIN_AGENT_NAMES:
+        return ComponentConfig(kind=name)
+    known = ", ".join(sorted(set(config.agents) | BUILTIN_AGENT_NAMES))
+    raise ConfigError(f"unknown agent '{name}' (known: {known})")
+
+
+def make_agent(name: str, config: DispatchConfig) -> Agent:
+    """Resolve and instantiate; bad options or an unknown kind raise ``ConfigError``."""
+    component = resolve_agent(name, config)
+    try:
+        cls = AGENTS.get(component.kind)
+    except ConfigError as exc:
+        raise ConfigError(f"agent '{name}': {exc}") from None
+    return cls(name, component)
+
+
+def run_agent(agent: Agent, inv: AgentInvocation) -> AgentOutcome:
+    """Run one attempt and always return an outcome whose output is JSON.
+
+    Whatever goes wrong inside an agent (a bug, an unexpected exception, an
+    output Celery's JSON serializer would choke on) becomes a failed outcome
+    with a message: a lost result would hang the chord waiting for it.
+    """
+    try:
+        outcome = agent.run(inv)
+    except (Exception, SystemExit) as exc:
+        return AgentOutcome.fail(_clip(describe_exception(exc)), transient=bool(getattr(exc, "transient", False)))
+    if not isinstance(outcome, AgentOutcome):
+        return AgentOutcome.fail(f"agent '{agent.name}' returned {type(outcome).__name__}, not an AgentOutcome")
+    try:
+        json.dumps(outcome.output, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return AgentOutcome.fail(f"agent output is not JSON-serializable: {exc}",
+                                 output=_clip(repr(outcome.output)))
+    if outcome.error is not None:
+        outcome.error = _clip(str(outcome.error))
+    elif not outcome.success:
+        outcome.error = "agent reported failure without a message"
+    return outcome
+
+
+def describe_exception(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"

@@ -1,0 +1,79 @@
+"""The one place an agent's prompt is built.
+
+Every kind that talks to a model or a coding-agent CLI uses this text (the
+``llm`` kind as its user message, the ``shell`` kind as ``{prompt}``), and the
+runner stores it in the ``TaskResult`` so a saved state shows exactly what each
+agent was asked.  It is deterministic: the same inputs give the same text.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from ..models import TaskContext, TaskSpec
+
+# Dependencies' outputs can be large (a shell agent's stdout, an LLM's essay);
+# the prompt keeps a fair share of each rather than letting one crowd out the rest.
+DEPENDENCY_BUDGET_CHARS = 24_000
+MIN_CHARS_PER_DEPENDENCY = 2_000
+
+
+def build_prompt(task: TaskSpec, context: Optional[TaskContext], dependency_outputs: dict[str, Any],
+                 user_prompt: str) -> str:
+    """User request, task, input data, extra task fields, filtered context and
+    dependencies' outputs, as Markdown sections; empty sections are left out."""
+    parts: list[str] = []
+    if user_prompt.strip():
+        parts.append(f"# Request\n\n{user_prompt.strip()}")
+    parts.append(f"# Task: {task.task_id}\n\n{task.description.strip() or '(no description)'}")
+    if task.input_data:
+        parts.append("## Input data\n\n" + fenced(to_json(task.input_data), "json"))
+    extras = dict(task.model_extra or {})
+    if extras:  # unknown input keys reach the agent, never silently dropped
+        parts.append("## Additional task fields\n\n" + fenced(to_json(extras), "json"))
+    if context is not None and context.items:
+        parts.append(_context_section(context))
+    if dependency_outputs:
+        parts.append(_dependency_section(dependency_outputs))
+    return "\n\n".join(parts) + "\n"
+
+
+def _context_section(context: TaskContext) -> str:
+    lines = [f"## Context ({len(context.items)} items)"]
+    for number, item in enumerate(context.items, 1):
+        lines.append(f"### [{number}] {item.source}\n\n{fenced(item.content)}")
+    return "\n\n".join(lines)
+
+
+def _dependency_section(outputs: dict[str, Any]) -> str:
+    per_dependency = max(MIN_CHARS_PER_DEPENDENCY, DEPENDENCY_BUDGET_CHARS // len(outputs))
+    lines = ["## Outputs of dependencies"]
+    for task_id in sorted(outputs):
+        value = outputs[task_id]
+        text = value if isinstance(value, str) else to_json(value)
+        lines.append(f"### {task_id}\n\n{fenced(truncate(text, per_dependency))}")
+    return "\n\n".join(lines)
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def truncate(text: str, limit: int) -> str:
+    """Keep the head and the tail (results and errors tend to sit at the end)."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    tail = limit - head
+    return f"{text[:head]}\n... [{len(text) - limit} chars truncated] ...\n{text[-tail:]}"
+
+
+def fenced(text: str, language: str = "") -> str:
+    """A code fence longer than any backtick run inside ``text``, so content
+    containing ``` cannot close the block early."""
+    longest = run = 0
+    for char in text:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text.rstrip()}\n{fence}"
