@@ -54,7 +54,11 @@ def skip_reason(cfg: PhaseConfig, number: int) -> Optional[str]:
 
 def selected_phases(cfg: PhaseConfig) -> list[int]:
     validate_phase_config(cfg)
-    return [n for n in ALL_PHASES if skip_reason(cfg, n) is None]
+    phases = [n for n in ALL_PHASES if skip_reason(cfg, n) is None]
+    if not phases:
+        reasons = "; ".join(f"phase {n}: {skip_reason(cfg, n)}" for n in ALL_PHASES)
+        raise UsageError(f"no phase selected, nothing would run ({reasons})")
+    return phases
 
 
 def context_enabled(cfg: PhaseConfig) -> bool:
