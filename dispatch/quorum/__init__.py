@@ -1,0 +1,25 @@
+"""Phase 1, QUORUM_VALIDATION, as pure logic (no Celery).
+
+Validators (``rules``, ``openai``, ``anthropic``; see ``VALIDATORS``) vote on
+whether a task breakdown fits the user's request; ``run_quorum`` counts the
+votes, retries with backoff, lets a planner revise the breakdown, and returns a
+``QuorumResult`` plus the breakdown to run.  ``render_quorum_log`` prints the
+guide's transcript from a result.
+"""
+from . import llm_validators, rules  # noqa: F401 - registers the built-in kinds
+from .base import BUILTIN_AGENT_KINDS, VALIDATORS, AnswerError, Validator, Verdict, build_validators
+from .breaker import BREAKERS, BreakerBoard, CircuitBreaker
+from .cache import KeyValueCache, MemoryCache, vote_key
+from .graph import graph_faults
+from .planner import Planner, PlannerError
+from .report import render_quorum_log
+from .rules import check_breakdown
+from .runner import QuorumOutcome, backoff_delay, run_quorum
+from .voting import Tally, tally
+
+__all__ = [
+    "BREAKERS", "BUILTIN_AGENT_KINDS", "VALIDATORS", "AnswerError", "BreakerBoard", "CircuitBreaker",
+    "KeyValueCache", "MemoryCache", "Planner", "PlannerError", "QuorumOutcome", "Tally", "Validator", "Verdict",
+    "backoff_delay", "build_validators", "check_breakdown", "graph_faults", "render_quorum_log", "run_quorum",
+    "tally", "vote_key",
+]

@@ -1,0 +1,62 @@
+"""Model validators: ``openai`` (any chat-completions endpoint) and ``anthropic``.
+
+Both ask the same question (``prompt``) through the shared provider client; they
+differ only in the wire protocol.  Options are the client's (``base_url``,
+``model``, ``api_key_env``, ``timeout_s``, ``temperature`` default 0,
+``max_tokens``, ``json_mode``, ``headers``) plus ``pass_score`` / ``retry_score``,
+used only when an answer carries a score but no recommendation.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..errors import ConfigError
+from ..models import DispatchInput
+from ..providers import make_client
+from .base import VALIDATORS, Validator, Verdict
+from .prompt import PROMPT_VERSION, VERDICT_SCHEMA, parse_verdict, system_prompt, user_prompt
+
+
+class LLMValidator(Validator):
+    provider = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        options = {"temperature": 0.0, **self.options, "provider": self.provider}
+        try:
+            self.client = make_client(options)
+        except ConfigError as exc:
+            raise ConfigError(f"validators.{self.name}.{exc}") from None
+        self.pass_score = float(self.options.get("pass_score", 70.0))
+        self.retry_score = float(self.options.get("retry_score", 40.0))
+
+    @property
+    def breaker_key(self) -> Optional[str]:
+        # One breaker per endpoint: every validator on a dead server should stop calling it.
+        return f"{self.provider}:{self.client.options.base_url}"
+
+    @property
+    def deadline_s(self) -> float:
+        # httpx applies timeout_s to connect and to each read; allow both, plus a margin.
+        return 2 * self.client.options.timeout_s + 1.0
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**super().fingerprint(), "prompt_version": PROMPT_VERSION}
+
+    def validate(self, request: DispatchInput) -> Verdict:
+        reply = self.client.complete(system_prompt(request), [{"role": "user", "content": user_prompt(request)}],
+                                     json_schema=VERDICT_SCHEMA)
+        return parse_verdict(reply.text, self.pass_score, self.retry_score)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@VALIDATORS.register("openai")
+class OpenAIValidator(LLMValidator):
+    provider = "openai"
+
+
+@VALIDATORS.register("anthropic")
+class AnthropicValidator(LLMValidator):
+    provider = "anthropic"

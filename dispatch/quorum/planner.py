@@ -1,0 +1,115 @@
+"""The planner: on RETRY, a model rewrites the breakdown to fix the deficiencies.
+
+This closes the loop the reference system only had outside the runner.  The
+planner is configured as ``[planner] kind = "openai" | "anthropic"`` plus the
+provider client's options (``provider`` may be given explicitly instead).  Its
+answer must be ``{"tasks": [...]}``; the new breakdown replaces the old one only
+if every task is a valid ``TaskSpec`` and the graph checks pass, otherwise the
+caller keeps the previous breakdown and records why.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional, Sequence
+
+from pydantic import BaseModel, Field, ValidationError
+
+from ..config import ComponentConfig, format_validation_error
+from ..errors import ConfigError
+from ..models import DispatchInput, TaskSpec
+from ..providers import extract_json, make_client
+from .base import BUILTIN_AGENT_KINDS
+from .graph import graph_faults
+from .prompt import breakdown_json
+
+SYSTEM_PROMPT = """\
+You revise task breakdowns for a pipeline that runs each task as an AI agent, in parallel.
+Reviewers found deficiencies in the breakdown below. Write a corrected breakdown that
+accomplishes the user's request and fixes every deficiency. Keep the tasks that were fine,
+with their task_id. Each task: task_id (unique), agent, description (specific, imperative),
+input_data (object), context_requirements (list of strings), dependencies (task_ids that
+must finish first; no cycles). Use only these agents: {agents}.
+
+Answer with one JSON object and nothing else: {{"tasks": [ ... ]}}"""
+
+TASKS_SCHEMA = {
+    "title": "task_breakdown",
+    "type": "object",
+    "properties": {"tasks": {"type": "array", "minItems": 1, "items": {
+        "type": "object",
+        "properties": {
+            "task_id": {"type": "string"}, "agent": {"type": "string"}, "description": {"type": "string"},
+            "input_data": {"type": "object"},
+            "context_requirements": {"type": "array", "items": {"type": "string"}},
+            "dependencies": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["task_id", "agent", "description"]}}},
+    "required": ["tasks"],
+}
+
+
+class PlannerError(Exception):
+    """The planner's breakdown cannot be used; the message says why."""
+
+
+class _Breakdown(BaseModel):
+    tasks: list[TaskSpec] = Field(min_length=1)
+
+
+def parse_breakdown(text: str) -> list[TaskSpec]:
+    """Tasks from a planner answer, checked as phase 2 would check them."""
+    try:
+        data = extract_json(text)
+    except ValueError as exc:
+        raise PlannerError(f"unparseable answer: {exc}") from None
+    try:
+        tasks = _Breakdown.model_validate({"tasks": data.get("tasks")}).tasks
+    except ValidationError as exc:
+        raise PlannerError(format_validation_error(exc)) from None
+    faults = graph_faults(tasks)
+    if faults:
+        raise PlannerError("; ".join(faults[:3]) + (f" (and {len(faults) - 3} more)" if len(faults) > 3 else ""))
+    return tasks
+
+
+class Planner:
+    def __init__(self, component: ComponentConfig, known_agents: Optional[set[str]] = None,
+                 configured_agents: Sequence[str] = ()) -> None:
+        options = component.options
+        provider = options.get("provider") or component.kind
+        try:
+            self.client = make_client({"temperature": 0.2, **options, "provider": provider})
+        except ConfigError as exc:
+            raise ConfigError(f"planner.{exc}") from None
+        self.known_agents = known_agents
+        self.configured_agents = list(configured_agents)
+
+    def agent_names(self, request: DispatchInput) -> list[str]:
+        names = set(self.known_agents) if self.known_agents is not None else set(self.configured_agents)
+        names |= BUILTIN_AGENT_KINDS | {t.agent for t in request.tasks}
+        return sorted(names)
+
+    def regenerate(self, request: DispatchInput, deficiencies: Sequence[str]) -> list[TaskSpec]:
+        """A new breakdown addressing ``deficiencies``; ``PlannerError``/``ProviderError`` otherwise."""
+        listed = "\n".join(f"- {d}" for d in deficiencies) or "- (none listed; improve alignment with the request)"
+        message = (f"User request:\n{request.user_prompt.strip() or '(none given)'}\n\n"
+                   f"Current breakdown (JSON):\n{breakdown_json(request)}\n\n"
+                   f"Deficiencies to fix:\n{listed}")
+        system = SYSTEM_PROMPT.format(agents=", ".join(self.agent_names(request)))
+        reply = self.client.complete(system, [{"role": "user", "content": message}], json_schema=TASKS_SCHEMA)
+        return parse_breakdown(reply.text)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def describe_change(old: Sequence[TaskSpec], new: Sequence[TaskSpec]) -> str:
+    """``3 tasks (was 2): +a, -b`` for the log."""
+    before, after = {t.task_id for t in old}, {t.task_id for t in new}
+    added = [t.task_id for t in new if t.task_id not in before]
+    removed = [t.task_id for t in old if t.task_id not in after]
+    changes = [f"+{tid}" for tid in added] + [f"-{tid}" for tid in removed]
+    unchanged = json.dumps([t.model_dump(mode="json") for t in old], sort_keys=True) == \
+        json.dumps([t.model_dump(mode="json") for t in new], sort_keys=True)
+    detail = "unchanged" if unchanged else (", ".join(changes) if changes else "tasks rewritten")
+    return f"{len(new)} tasks (was {len(old)}): {detail}"

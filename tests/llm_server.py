@@ -1,0 +1,239 @@
+"""A real local HTTP server that speaks the two model protocols, for tests.
+
+``FakeLLMServer`` listens on 127.0.0.1 on a free port (a ``ThreadingHTTPServer``
+in a daemon thread) and answers
+
+- ``POST /v1/chat/completions`` (OpenAI chat completions; use ``openai_base_url``)
+- ``POST /v1/messages`` (Anthropic Messages; use ``anthropic_base_url``)
+
+from per-path queues of scripted ``Reply`` objects, recording every request it
+got (path, headers, JSON body).  Nothing is mocked below the socket, so tests
+exercise the real client: serialization, headers, timeouts, status codes.
+
+    with FakeLLMServer() as server:
+        server.openai(answer_text('{"recommendation": "PASS", "alignment_score": 90}'))
+        server.openai(Reply(status=500), Reply(delay_s=2.0, text="late"))
+        ... make_client({"provider": "openai", "base_url": server.openai_base_url, ...})
+        server.requests[0].headers["authorization"]
+
+When a queue is empty the server answers ``fallback`` (a ``Reply``, or a callable
+taking the ``Recorded`` request) if set, else HTTP 599 "no scripted reply" so a
+missing script shows up as a clear provider error.  The ``llm_server`` pytest
+fixture yields a started server; import it into a test module to use it.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Optional, Union
+
+import pytest
+
+OPENAI_PATH = "/v1/chat/completions"
+ANTHROPIC_PATH = "/v1/messages"
+
+
+@dataclass
+class Reply:
+    """One scripted answer.
+
+    ``text`` is the model's answer text, wrapped in the protocol's envelope for
+    the path it is served on; ``body`` is a whole JSON body sent as is; ``raw``
+    is sent verbatim (malformed bodies); ``disconnect`` closes the socket
+    without answering.  ``delay_s`` sleeps before answering.
+    """
+
+    text: Optional[str] = None
+    body: Optional[dict] = None
+    raw: Optional[str] = None
+    status: int = 200
+    delay_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    disconnect: bool = False
+    usage: tuple[int, int] = (11, 7)
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: Any
+    at: float
+
+
+Responder = Union[Reply, Callable[[Recorded], Reply]]
+
+
+def answer_text(text: str, **kwargs: Any) -> Reply:
+    return Reply(text=text, **kwargs)
+
+
+def verdict(recommendation: str, score: float, *missing: str, **extra: Any) -> Reply:
+    """A well-formed validator answer as a model would write it."""
+    answer = {"alignment_score": score, "recommendation": recommendation,
+              "missing_requirements": list(missing), **extra}
+    return Reply(text=json.dumps(answer))
+
+
+def error_body(path: str, status: int, message: str) -> Reply:
+    """The provider's own error envelope for ``path``."""
+    if path == ANTHROPIC_PATH:
+        body = {"type": "error", "error": {"type": "api_error", "message": message}}
+    else:
+        body = {"error": {"message": message, "type": "server_error", "code": None}}
+    return Reply(body=body, status=status)
+
+
+def openai_envelope(text: str, model: str, usage: tuple[int, int]) -> dict:
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                      "total_tokens": usage[0] + usage[1]}}
+
+
+def anthropic_envelope(text: str, model: str, usage: tuple[int, int]) -> dict:
+    return {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
+
+
+class FakeLLMServer:
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.fallback: Optional[Responder] = None
+        self._queues: dict[str, deque[Responder]] = defaultdict(deque)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+
+    # -- lifecycle
+    def start(self) -> "FakeLLMServer":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                server._handle(self)
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-llm", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes delayed handlers
+        if self._httpd:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "FakeLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- addresses
+    @property
+    def url(self) -> str:
+        assert self._httpd, "server not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.url
+
+    # -- scripting
+    def script(self, path: str, *replies: Responder) -> None:
+        with self._lock:
+            self._queues[path].extend(replies)
+
+    def openai(self, *replies: Responder) -> None:
+        self.script(OPENAI_PATH, *replies)
+
+    def anthropic(self, *replies: Responder) -> None:
+        self.script(ANTHROPIC_PATH, *replies)
+
+    def pending(self, path: str) -> int:
+        with self._lock:
+            return len(self._queues[path])
+
+    def requests_to(self, path: str) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+    # -- serving
+    def _next(self, recorded: Recorded) -> Reply:
+        with self._lock:
+            queue = self._queues[recorded.path]
+            responder = queue.popleft() if queue else self.fallback
+        if responder is None:
+            return Reply(body={"error": {"message": f"no scripted reply for {recorded.path}"}}, status=599)
+        return responder(recorded) if callable(responder) else responder
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("content-length") or 0)
+        payload = handler.rfile.read(length) if length else b""
+        try:
+            body: Any = json.loads(payload) if payload else None
+        except ValueError:
+            body = payload.decode("utf-8", "replace")
+        recorded = Recorded(path=handler.path, headers={k.lower(): v for k, v in handler.headers.items()},
+                            body=body, at=time.monotonic())
+        with self._lock:
+            self.requests.append(recorded)
+        if handler.path not in (OPENAI_PATH, ANTHROPIC_PATH):
+            reply = Reply(body={"error": {"message": f"unknown path {handler.path}"}}, status=404)
+        else:
+            reply = self._next(recorded)
+        if reply.delay_s and self._stopping.wait(reply.delay_s):
+            return
+        if reply.disconnect:
+            handler.close_connection = True
+            return
+        model = body.get("model", "fake") if isinstance(body, dict) else "fake"
+        if reply.raw is not None:
+            data = reply.raw.encode()
+            content_type = "text/plain"
+        else:
+            if reply.body is not None:
+                document = reply.body
+            elif handler.path == ANTHROPIC_PATH:
+                document = anthropic_envelope(reply.text or "", model, reply.usage)
+            else:
+                document = openai_envelope(reply.text or "", model, reply.usage)
+            data = json.dumps(document).encode()
+            content_type = "application/json"
+        try:
+            handler.send_response(reply.status)
+            handler.send_header("content-type", content_type)
+            handler.send_header("content-length", str(len(data)))
+            for name, value in reply.headers.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout): nothing to answer
+
+
+@pytest.fixture
+def llm_server():
+    """A started ``FakeLLMServer``, stopped after the test."""
+    with FakeLLMServer() as server:
+        yield server
