@@ -10,7 +10,7 @@ from .base import (AGENTS, BUILTIN_AGENT_NAMES, Agent, AgentInvocation, AgentOut
 from .prompt import build_prompt
 
 # Importing a kind's module registers it.
-from . import echo, sleep, shell, python_callable  # noqa: E402,F401  isort: skip
+from . import echo, llm, python_callable, shell, sleep  # noqa: E402,F401  isort: skip
 
 __all__ = ["AGENTS", "BUILTIN_AGENT_NAMES", "Agent", "AgentInvocation", "AgentOutcome", "build_prompt",
            "make_agent", "resolve_agent", "run_agent"]

@@ -7,10 +7,10 @@ own and the Celery agent task stays a thin wrapper around :func:`run_agent`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import ComponentConfig, DispatchConfig, format_validation_error
 from ..errors import ConfigError
@@ -67,17 +67,27 @@ class AgentOutcome:
         return cls(False, output, error, transient)
 
 
+class AgentOptions(BaseModel):
+    """Options every kind accepts.  ``timeout_s`` is the per-agent override of the
+    run's ``timeout_seconds``; the runner puts the effective limit in
+    ``AgentInvocation.timeout_s``.  Unknown keys are refused (typos)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: Optional[float] = Field(default=None, gt=0)
+
+
 class Agent:
     """Base class of every kind.
 
-    A kind declares ``Options``, a pydantic model of its config options, so a
+    A kind declares ``Options`` (a subclass of ``AgentOptions``), so a
     typo in the config file (``comand``) is a ``ConfigError`` at planning time
     rather than a silently ignored key.  ``run`` may raise; :func:`run_agent`
     turns that into a failed outcome.
     """
 
     kind: ClassVar[str] = "agent"
-    Options: ClassVar[Optional[type[BaseModel]]] = None
+    Options: ClassVar[type[BaseModel]] = AgentOptions
 
     def __init__(self, name: str, config: ComponentConfig) -> None:
         self.name = name
@@ -85,11 +95,6 @@ class Agent:
         self.options: Any = self.parse_options(config.options)
 
     def parse_options(self, raw: dict[str, Any]) -> Any:
-        if self.Options is None:
-            if raw:
-                raise ConfigError(f"agent '{self.name}' ({self.kind}): takes no options, "
-                                  f"got {', '.join(sorted(raw))}")
-            return None
         try:
             return self.Options.model_validate(raw)
         except ValidationError as exc:

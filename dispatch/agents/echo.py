@@ -12,14 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict
-
-from .base import AGENTS, Agent, AgentInvocation, AgentOutcome
+from .base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
 
 
-class EchoOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EchoOptions(AgentOptions):
     fail: Union[bool, str] = False
 
 
@@ -44,7 +40,6 @@ class EchoAgent(Agent):
             message = fail if isinstance(fail, str) else f"echo failed on request ({where})"
             return AgentOutcome.fail(message, output)
         return AgentOutcome.ok(output)
-
 
 def _flat(value: Any) -> Any:
     """An upstream echo's own ``dependency_outputs`` are dropped (its ``dependencies``

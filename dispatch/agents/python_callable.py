@@ -17,16 +17,14 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..config import ComponentConfig
 from ..errors import ConfigError
-from .base import AGENTS, Agent, AgentInvocation, AgentOutcome, describe_exception
+from .base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome, describe_exception
 
 
-class PythonOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PythonOptions(AgentOptions):
     callable: str = Field(min_length=1)
 
 

@@ -39,11 +39,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from ..config import ComponentConfig
 from ..errors import ConfigError
-from .base import AGENTS, Agent, AgentInvocation, AgentOutcome
+from .base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
 from .process import ProcessResult, run_process
 from .template import Template, TemplateError
 
@@ -53,9 +53,7 @@ PLACEHOLDERS = {"task_id", "description", "prompt", "context_file", "run_id", "a
 CONTENT_BUDGET_BYTES = 1024 * 1024  # across all collected files, so a broad glob cannot bloat results
 
 
-class ShellOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ShellOptions(AgentOptions):
     command: list[str] = Field(min_length=1)
     cwd: Optional[str] = None
     per_task_dir: bool = False
@@ -63,7 +61,6 @@ class ShellOptions(BaseModel):
     env_allow: list[str] = Field(default_factory=lambda: list(DEFAULT_ENV_ALLOW))
     env: dict[str, str] = Field(default_factory=dict)
     stdin: Optional[str] = None
-    timeout_s: Optional[float] = Field(default=None, gt=0)
     kill_grace_s: float = Field(default=3.0, ge=0)
     max_output_bytes: int = Field(default=64 * 1024, ge=16)
     outputs: list[str] = Field(default_factory=list)

@@ -12,14 +12,12 @@ import math
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from .base import AGENTS, Agent, AgentInvocation, AgentOutcome
+from .base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
 
 
-class SleepOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SleepOptions(AgentOptions):
     duration_ms: float = Field(default=0.0, ge=0)
 
 

@@ -1,0 +1,142 @@
+"""``llm``: one chat completion per task through ``dispatch.providers``.
+
+Config (TOML)::
+
+    [agents.writer]
+    kind = "llm"
+    provider = "openai"            # or "anthropic"
+    model = "gpt-4o-mini"
+    base_url = "http://localhost:11434/v1"   # optional; provider default otherwise
+    api_key_env = "OPENAI_API_KEY"           # the key itself never goes in the file
+    temperature = 0.2
+    max_tokens = 2000
+    system_prompt = "You are a senior Python engineer."
+    output_schema = { type = "object", required = ["code"], properties = { code = { type = "string" } } }
+    schema_repairs = 1             # re-asks allowed after an answer that breaks the schema
+
+The user message is the prompt from ``build_prompt`` (request, task, input data,
+filtered context, dependencies' outputs), so what the model saw is in the saved
+state.  With ``output_schema`` the client asks for JSON, the answer is parsed
+(code fences and surrounding prose tolerated) and checked by ``schema_check``;
+an answer that does not conform is sent back once with the faults listed, since
+models usually fix a named mistake, and fails the task if it still does not.
+
+Provider errors the client marks transient (429, 5xx, timeouts, connection
+resets) become transient outcomes so the runner retries with backoff; others
+(401, 400, a missing key variable) fail at once.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Optional
+
+from pydantic import Field
+
+from ..config import ComponentConfig
+from ..errors import ConfigError
+from ..providers import ProviderError, extract_json, make_client
+from .base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
+from .schema_check import check_schema, validate
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are an agent carrying out one task of a larger plan. Do exactly the task described, "
+    "using the context and the outputs of earlier tasks you are given, and answer with the result only."
+)
+CLIENT_KEYS = ("provider", "model", "base_url", "api_key_env", "temperature", "max_tokens", "json_mode", "headers")
+_FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
+
+
+class LlmOptions(AgentOptions):
+    # Passed through to ``make_client``, which validates them and owns their meaning.
+    provider: Any = None
+    model: Any = None
+    base_url: Any = None
+    api_key_env: Any = None
+    temperature: Any = None
+    max_tokens: Any = None
+    json_mode: Any = None
+    headers: Any = None
+    # The agent's own.
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    output_schema: Optional[dict[str, Any]] = None
+    schema_repairs: int = Field(default=1, ge=0, le=5)
+
+
+@AGENTS.register("llm")
+class LlmAgent(Agent):
+    Options = LlmOptions
+
+    def __init__(self, name: str, config: ComponentConfig) -> None:
+        super().__init__(name, config)
+        opts: LlmOptions = self.options
+        where = f"agent '{name}' (llm)"
+        self.client_options = {key: getattr(opts, key) for key in CLIENT_KEYS if getattr(opts, key) is not None}
+        try:
+            make_client(self.client_options).close()  # validates provider, model, URL... at planning time
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if opts.output_schema is not None:
+            check_schema(opts.output_schema, f"{where}: output_schema")
+
+    def run(self, inv: AgentInvocation) -> AgentOutcome:
+        opts: LlmOptions = self.options
+        schema = opts.output_schema
+        client = make_client({**self.client_options, "timeout_s": opts.timeout_s or inv.timeout_s})
+        messages: list[dict[str, str]] = [{"role": "user", "content": inv.prompt}]
+        usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0}
+        latency_ms = 0.0
+        try:
+            for repair in range((opts.schema_repairs if schema is not None else 0) + 1):
+                try:
+                    reply = client.complete(opts.system_prompt, messages, json_schema=schema)
+                except ProviderError as exc:
+                    return AgentOutcome.fail(str(exc), transient=exc.transient)
+                latency_ms += reply.latency_ms
+                for key in usage:
+                    usage[key] += reply.usage.get(key) or 0
+                output = {"text": reply.text, "model": str(opts.model), "provider": str(opts.provider),
+                          "usage": usage, "latency_ms": round(latency_ms, 1), "repairs": repair}
+                if schema is None:
+                    if not reply.text.strip():
+                        return AgentOutcome.fail("model returned an empty answer", output)
+                    return AgentOutcome.ok(output)
+                faults = _faults(reply.text, schema, output)
+                if not faults:
+                    return AgentOutcome.ok(output)
+                messages += [{"role": "assistant", "content": reply.text},
+                             {"role": "user", "content": _repair_request(faults)}]
+        finally:
+            client.close()
+        return AgentOutcome.fail("answer does not match output_schema: " + "; ".join(faults), output)
+
+
+def _faults(text: str, schema: dict, output: dict[str, Any]) -> list[str]:
+    """Parse and check an answer; on success the value is stored in ``output['json']``."""
+    try:
+        value = parse_answer(text)
+    except ValueError as exc:
+        return [f"not JSON ({exc})"]
+    errors = validate(value, schema)
+    if not errors:
+        output["json"] = value
+    return errors
+
+
+def parse_answer(text: str) -> Any:
+    """A JSON value from a model's answer: bare or in a code fence (any JSON type),
+    else an object embedded in prose."""
+    stripped = text.strip()
+    for candidate in [stripped] + [m.group(1).strip() for m in _FENCE.finditer(stripped)]:
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    return extract_json(text)
+
+
+def _repair_request(faults: list[str]) -> str:
+    listed = "\n".join(f"- {fault}" for fault in faults)
+    return ("Your answer does not match the required JSON Schema:\n"
+            f"{listed}\n"
+            "Answer again with only the corrected JSON, no other text.")
