@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 from celery.backends.redis import RedisBackend
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from .config import Settings
 
@@ -69,9 +69,12 @@ def create_app(settings: Settings) -> Celery:
         event_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
-        task_queues=[Queue(PHASE_QUEUE), Queue(AGENT_QUEUE)],
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (PHASE_QUEUE, AGENT_QUEUE)],
         task_default_queue=PHASE_QUEUE,
-        task_routes={"dispatch.agent": {"queue": AGENT_QUEUE}},
+        task_default_exchange=PHASE_QUEUE,
+        task_default_routing_key=PHASE_QUEUE,
+        task_routes={"dispatch.agent": {"queue": AGENT_QUEUE, "exchange": AGENT_QUEUE,
+                                        "routing_key": AGENT_QUEUE}},
         # a killed worker's agent task goes back to the queue instead of vanishing
         task_acks_late=True,
         task_reject_on_worker_lost=True,

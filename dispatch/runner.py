@@ -95,11 +95,11 @@ class Runner:
         """Chain exactly the selected phases; return one AsyncResult per phase, in order."""
         from celery import chain
 
-        from .tasks import phase_task
+        from .tasks import phase_signature
 
         payload = state.model_dump(mode="json")
-        signatures = [phase_task(n).s() for n in state.selected_phases]
-        signatures[0] = phase_task(state.selected_phases[0]).si(payload)
+        signatures = [phase_signature(self.app, n) for n in state.selected_phases]
+        signatures[0] = phase_signature(self.app, state.selected_phases[0], payload, immutable=True)
         last = chain(*signatures).apply_async() if len(signatures) > 1 else signatures[0].apply_async()
         results = []
         node = last

@@ -40,6 +40,10 @@ def task_payloads(state: PhaseState) -> dict[str, dict]:
     return payloads
 
 
+def agent_signature(app: Any, run_id: str, task_id: str) -> Any:
+    return app.signature("dispatch.agent", args=(run_id, task_id), queue=AGENT_QUEUE)
+
+
 def scheduler_for(task: Any, run_id: str) -> tuple[Runtime, DagScheduler]:
     runtime = Runtime.for_app(task.app)
     return runtime, DagScheduler(runtime.redis, runtime.prefix, run_id, runtime.settings.state_ttl_s)
@@ -70,7 +74,7 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
                         worker=self.request.hostname, attempts=self.request.retries + 1,
                         started_at=iso(started), completed_at=iso(utcnow()), prompt=prompt)
     for next_id in scheduler.complete(result):
-        self.add_to_chord(agent_task.s(run_id, next_id).set(queue=AGENT_QUEUE))
+        self.add_to_chord(agent_signature(self.app, run_id, next_id))
     return {"task_id": task_id, "success": result.success}
 
 

@@ -11,12 +11,11 @@ from typing import Any
 
 from celery import chord, shared_task
 
-from ..celery_app import AGENT_QUEUE
 from ..config import DispatchConfig
 from ..models import ExecutionPhase, PhaseState
 from ..phases import PHASE_BODIES, PhaseEnv, is_critical_failure, run_phase
 from ..runtime import Runtime
-from .agents import agent_task, collect_task, finish_execution, task_payloads
+from .agents import agent_signature, finish_execution, task_payloads
 
 STOPPED = ("failed", "cancelled")
 
@@ -96,8 +95,8 @@ def phase_4_parallel_execution(self: Any, state_json: dict) -> dict:
     first = scheduler.start(state, task_payloads(state), started=time.time())
     if not first:  # nothing can start (no tasks): collect right away
         return finish_execution(runtime, scheduler)
-    header = [agent_task.s(state.run_id, task_id).set(queue=AGENT_QUEUE) for task_id in first]
-    return self.replace(chord(header, collect_task.s(state.run_id)))
+    header = [agent_signature(self.app, state.run_id, task_id) for task_id in first]
+    return self.replace(chord(header, self.app.signature("dispatch.collect", args=(state.run_id,))))
 
 
 PHASE_TASKS = {
@@ -109,5 +108,6 @@ PHASE_TASKS = {
 }
 
 
-def phase_task(number: int) -> Any:
-    return PHASE_TASKS[ExecutionPhase.of(number)]
+def phase_signature(app: Any, number: int, *args: Any, immutable: bool = False) -> Any:
+    """By name, from ``app``: the client's app is not Celery's current app."""
+    return app.signature(PHASE_TASKS[ExecutionPhase.of(number)].name, args=args, immutable=immutable)

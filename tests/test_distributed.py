@@ -1,0 +1,75 @@
+"""The same pipeline on a real Redis with real ``celery -A worker worker`` processes."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+
+from conftest import run_cli
+from pipeline_cases import assert_guide_output_shape, breakdown, executed, make_workspace
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def cli(distributed, *args, stdin=None):
+    return run_cli(list(args), stdin=stdin, env=distributed["env"])
+
+
+def test_guide_examples_on_redis_with_two_workers(distributed, tmp_path):
+    distributed["workers"].start("alpha")
+    distributed["workers"].start("beta")
+    tasks = breakdown(make_workspace(tmp_path / "ws"), n_extra=16, sleep_ms=150)
+
+    state_file = tmp_path / "validation_debug.json"
+    first = cli(distributed, "--stop-after-phase", "1", "--enable-context", "--enable-quorum",
+                "--save-phase-state", str(state_file), stdin=tasks)
+    assert first.returncode == 0, first.stderr
+    assert executed(first.json) == ["CONTEXT_GATHERING", "QUORUM_VALIDATION"]
+    assert json.loads(state_file.read_text())["global_context"]["items"]
+
+    run = cli(distributed, "--load-phase-state", str(state_file), "--skip-phases", "0,1", stdin=tasks)
+    assert run.returncode == 0, run.stderr
+    out = run.json
+    assert_guide_output_shape(out)
+    assert executed(out)[-3:] == ["TASK_PLANNING", "CONTEXT_FILTERING", "PARALLEL_EXECUTION"]
+    assert len(out["results"]) == 20 and all(r["success"] for r in out["results"])
+    workers = {r["worker"].split("@")[0] for r in out["results"]}
+    assert workers == {"alpha", "beta"}, f"agent tasks ran on {workers}"
+    # the run's state is in the Redis store under the deployment's prefix
+    client = redis.Redis.from_url(distributed["redis"].url)
+    stored = json.loads(client.get(f"{distributed['prefix']}:run:{out['run_id']}"))
+    assert stored["status"] == "succeeded" and len(stored["task_results"]) == 20
+
+
+def test_failure_completes_the_chord_and_exits_1(distributed, tmp_path):
+    distributed["workers"].start("solo")
+    run = cli(distributed, stdin=breakdown(make_workspace(tmp_path / "ws"), fail="reader"))
+    assert run.returncode == 1, run.stderr
+    results = {r["task_id"]: r for r in run.json["results"]}
+    assert results["reader"]["success"] is False and results["tests"]["skipped"]
+    assert results["writer"]["success"]
+
+
+def test_no_wait_returns_the_run_id_and_the_run_finishes(distributed, tmp_path):
+    distributed["workers"].start("solo")
+    submitted = cli(distributed, "--no-wait", stdin=breakdown(make_workspace(tmp_path / "ws")))
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.json["run_id"]
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        shown = cli(distributed, "show", run_id)
+        if shown.returncode == 0 and shown.json["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.5)
+    assert shown.json["status"] == "succeeded"
+    assert len(shown.json["task_results"]) == 4
+
+
+def test_only_agents_queue_workers_run_agents(distributed, tmp_path):
+    distributed["workers"].start("phases", queues="dispatch.phases")
+    distributed["workers"].start("agents", queues="dispatch.agents")
+    run = cli(distributed, "--skip-phases", "0,1", stdin=breakdown(make_workspace(tmp_path / "ws"), n_extra=4))
+    assert run.returncode == 0, run.stderr
+    assert {r["worker"].split("@")[0] for r in run.json["results"]} == {"agents"}
