@@ -16,6 +16,10 @@ exercise the real client: serialization, headers, timeouts, status codes.
         ... make_client({"provider": "openai", "base_url": server.openai_base_url, ...})
         server.requests[0].headers["authorization"]
 
+``for_model(name, *replies)`` scripts answers by the request's ``model`` field
+instead, whatever the path: several clients calling at once (a quorum) then get
+their own answers in a deterministic order.  Model queues are served first.
+
 When a queue is empty the server answers ``fallback`` (a ``Reply``, or a callable
 taking the ``Recorded`` request) if set, else HTTP 599 "no scripted reply" so a
 missing script shows up as a clear provider error.  The ``llm_server`` pytest
@@ -107,6 +111,7 @@ class FakeLLMServer:
         self.requests: list[Recorded] = []
         self.fallback: Optional[Responder] = None
         self._queues: dict[str, deque[Responder]] = defaultdict(deque)
+        self._model_queues: dict[str, deque[Responder]] = defaultdict(deque)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._httpd: Optional[ThreadingHTTPServer] = None
@@ -127,7 +132,8 @@ class FakeLLMServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-llm", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name="fake-llm", daemon=True)
         self._thread.start()
         return self
 
@@ -170,9 +176,17 @@ class FakeLLMServer:
     def anthropic(self, *replies: Responder) -> None:
         self.script(ANTHROPIC_PATH, *replies)
 
+    def for_model(self, model: str, *replies: Responder) -> None:
+        with self._lock:
+            self._model_queues[model].extend(replies)
+
     def pending(self, path: str) -> int:
         with self._lock:
             return len(self._queues[path])
+
+    def requests_for(self, model: str) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if isinstance(r.body, dict) and r.body.get("model") == model]
 
     def requests_to(self, path: str) -> list[Recorded]:
         with self._lock:
@@ -180,8 +194,11 @@ class FakeLLMServer:
 
     # -- serving
     def _next(self, recorded: Recorded) -> Reply:
+        model = recorded.body.get("model") if isinstance(recorded.body, dict) else None
         with self._lock:
-            queue = self._queues[recorded.path]
+            queue = self._model_queues.get(model) if isinstance(model, str) else None
+            if not queue:
+                queue = self._queues[recorded.path]
             responder = queue.popleft() if queue else self.fallback
         if responder is None:
             return Reply(body={"error": {"message": f"no scripted reply for {recorded.path}"}}, status=599)
