@@ -271,3 +271,17 @@ def test_agents_package_imports_no_celery():
     code = "import sys, dispatch.agents; print('celery' in sys.modules or any(m.startswith('celery.') for m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_build_prompt_shows_the_substance_of_known_agent_outputs():
+    shell_out = {"exit_code": 0, "stdout": "line one\nline two\n", "stderr": "noise", "stdout_truncated": False,
+                 "stderr_truncated": False, "files": [{"path": "out/a.py", "size": 9, "content": "print(1)\n"},
+                                                      {"path": "out/b.bin", "size": 4, "content": None}],
+                 "duration_ms": 3.0}
+    parsed = {**shell_out, "json": {"count": 3}}
+    llm_out = {"text": "The answer is 42.", "model": "m", "provider": "openai", "usage": {}}
+    prompt = build_prompt(TaskSpec(task_id="t", agent="echo", description="d"), None,
+                          {"sh": shell_out, "parsed": parsed, "llm": llm_out, "other": {"exit": 1}}, "")
+    assert "line one\nline two\n--- out/a.py (9 bytes)\nprint(1)\n--- out/b.bin (4 bytes)" in prompt
+    assert "noise" not in prompt and "exit_code" not in prompt
+    assert '"count": 3' in prompt and "The answer is 42." in prompt and '"exit": 1' in prompt

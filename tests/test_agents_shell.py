@@ -322,3 +322,8 @@ def test_bad_options_are_config_errors(options, message):
     with pytest.raises(ConfigError) as err:
         agent(**options)
     assert message in str(err.value) and "agent 'sh' (shell)" in str(err.value)
+
+
+def test_argument_too_long_points_to_stdin(ws):
+    outcome = run_agent(agent(command=["echo", "{prompt}"]), invoke(ws, description="z" * 200_000))
+    assert not outcome.success and outcome.error.startswith("argument list too long")

@@ -14,6 +14,7 @@ Why each piece:
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -110,11 +111,8 @@ def run_process(argv: list[str], *, cwd: str, env: dict[str, str], stdin: Option
         reader.start()
     if stdin is not None:
         threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
-    timed_out = False
     try:
-        proc.wait(timeout=max(timeout_s, 0.0))
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        timed_out = not _wait_exit(proc, max(timeout_s, 0.0))
     except BaseException:  # interrupted (worker shutdown): leave nothing running behind us
         terminate_group(proc, pgid, 0.0)
         raise
@@ -126,17 +124,39 @@ def run_process(argv: list[str], *, cwd: str, env: dict[str, str], stdin: Option
     return ProcessResult(proc.returncode, readers[0].captured(), readers[1].captured(), timed_out, duration_ms)
 
 
+def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait for the leader to exit, without reaping it where Linux allows (pidfd).
+
+    An unreaped leader keeps its pid, which is the group's id, reserved: the
+    group can then be signalled with no risk of hitting an unrelated process
+    that was given the recycled number.  The pidfd also wakes us the moment the
+    process exits, where ``Popen.wait(timeout)`` polls with growing sleeps.
+    """
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout_s)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
 def terminate_group(proc: subprocess.Popen, pgid: int, grace_s: float) -> None:
-    """SIGTERM the group, wait up to ``grace_s`` for it to empty, then SIGKILL."""
-    if not _signal_group(pgid, signal.SIGTERM):
-        proc.wait()
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None and not _group_alive(pgid):
-            return
-        time.sleep(_POLL_S)
-    _signal_group(pgid, signal.SIGKILL)
+    """SIGTERM whatever still runs in the group, wait up to ``grace_s`` for it to
+    stop, SIGKILL the rest; reap the leader last (see ``_wait_exit``)."""
+    if _group_alive(pgid):
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(_POLL_S)
+        if _group_alive(pgid):
+            _signal_group(pgid, signal.SIGKILL)
     proc.wait()
 
 

@@ -49,10 +49,32 @@ def _dependency_section(outputs: dict[str, Any]) -> str:
     per_dependency = max(MIN_CHARS_PER_DEPENDENCY, DEPENDENCY_BUDGET_CHARS // len(outputs))
     lines = ["## Outputs of dependencies"]
     for task_id in sorted(outputs):
-        value = outputs[task_id]
-        text = value if isinstance(value, str) else to_json(value)
+        text = dependency_text(outputs[task_id])
         lines.append(f"### {task_id}\n\n{fenced(truncate(text, per_dependency))}")
     return "\n\n".join(lines)
+
+
+def dependency_text(value: Any) -> str:
+    """The substance of a dependency's output: the parsed JSON of an ``llm`` or
+    ``shell`` agent that produced some, an ``llm`` answer's text, a ``shell`` run's
+    stdout and collected files; anything else as JSON.  A model reading a prompt
+    is better served by the program's output than by its envelope of exit codes
+    and escaped newlines."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        if "json" in value and ("exit_code" in value or "model" in value):
+            return to_json(value["json"])
+        if isinstance(value.get("text"), str) and "model" in value:
+            return value["text"]
+        if "exit_code" in value and isinstance(value.get("stdout"), str):
+            parts = [value["stdout"].rstrip()]
+            for file in value.get("files") or []:
+                body = file.get("content")
+                parts.append(f"--- {file.get('path')} ({file.get('size')} bytes)"
+                             + (f"\n{body.rstrip()}" if isinstance(body, str) else ""))
+            return "\n".join(p for p in parts if p)
+    return to_json(value)
 
 
 def to_json(value: Any) -> str:
