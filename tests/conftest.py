@@ -1,6 +1,6 @@
 """Shared fixtures: the CLI as a subprocess, a private redis-server, real Celery workers.
 
-Servers are started per test session on free ports, so the suite passes on any
+Servers are started per test on free ports, so the suite passes on any
 machine with the ``redis-server`` binary and never touches a Redis it did not
 start.  When the binary is missing, tests that need it are skipped with the
 reason printed.
@@ -10,25 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from dispatch.testing import PYTHON, ROOT, RedisServer, WorkerPool, free_port  # noqa: F401
 
 
 @dataclass
@@ -71,37 +60,6 @@ def cli(tmp_path: Path):
 
 
 # ----------------------------------------------------------------- redis + workers
-class RedisServer:
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.dir = tmp
-        self.proc: Optional[subprocess.Popen] = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     """A private redis-server per test: queues and keys never leak between tests."""
@@ -112,55 +70,6 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
-
-
-class WorkerPool:
-    """Real ``celery -A worker worker`` processes, each its own node."""
-
-    def __init__(self, env: dict[str, str], logdir: Path) -> None:
-        self.env = env
-        self.logdir = logdir
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, *extra: str, queues: str = "dispatch.phases,dispatch.agents",
-              pool: str = "threads", concurrency: int = 4) -> subprocess.Popen:
-        log = open(self.logdir / f"{name}.log", "w")
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "celery", "-A", "worker", "worker", "-n", f"{name}@%h", "-Q", queues, "-P", pool,
-             "-c", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs[name] = proc
-        self.wait_ready(name)
-        return proc
-
-    def wait_ready(self, name: str, timeout: float = 30) -> None:
-        deadline = time.time() + timeout
-        path = self.logdir / f"{name}.log"
-        while time.time() < deadline:
-            if "ready." in path.read_text(errors="replace"):
-                return
-            if self.procs[name].poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RuntimeError(f"worker {name} did not become ready:\n{path.read_text(errors='replace')[-3000:]}")
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs[name]
-        os.killpg(proc.pid, sig)
-        proc.wait(15)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture
