@@ -1,0 +1,130 @@
+"""Walking a workspace the way git sees it.
+
+The index, the structure summary and phase 3's direct file reads must agree on
+which files exist, so they all walk through :func:`iter_files`: ``.gitignore``
+files at every level (deeper ones may re-include with ``!``), the repository's
+``.git/info/exclude``, a few built-in excludes (VCS folders, caches, virtualenvs)
+and no symlinks (git stores a link, not its target; following links can loop or
+leave the workspace).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import pathspec
+
+DEFAULT_EXCLUDES: tuple[str, ...] = (
+    ".git/", ".hg/", ".svn/", "__pycache__/", "node_modules/", ".venv/", ".tox/",
+    ".mypy_cache/", ".pytest_cache/", ".ruff_cache/", ".dispatch/",
+)
+SNIFF_BYTES = 8192
+
+
+@dataclass(slots=True)
+class FileEntry:
+    rel: str          # workspace-relative, "/"-separated
+    path: str         # absolute
+    size: int
+    mtime_ns: int
+
+
+def _spec(lines: Sequence[str]) -> Optional[pathspec.GitIgnoreSpec]:
+    lines = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+
+
+def _read_ignore(path: str) -> Optional[pathspec.GitIgnoreSpec]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return _spec(fh.read().splitlines())
+    except OSError:
+        return None
+
+
+class IgnoreRules:
+    """The stack of ignore specs in force for one directory: (base prefix, spec)."""
+
+    def __init__(self, root: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES) -> None:
+        self.root = root
+        base = _spec(list(excludes))
+        stack: list[tuple[str, pathspec.GitIgnoreSpec]] = [("", base)] if base else []
+        info = _read_ignore(str(root / ".git" / "info" / "exclude"))
+        if info:
+            stack.append(("", info))
+        self.base_stack = stack
+
+    @staticmethod
+    def ignored(stack: Sequence[tuple[str, pathspec.GitIgnoreSpec]], rel: str, is_dir: bool) -> bool:
+        """Git's rule: the last matching pattern, deepest file last, decides."""
+        verdict: Optional[bool] = None
+        target = rel + "/" if is_dir else rel
+        for prefix, spec in stack:
+            result = spec.check_file(target[len(prefix):])
+            if result.include is not None:
+                verdict = result.include
+        return bool(verdict)
+
+    def is_ignored(self, rel: str) -> bool:
+        """Whether one workspace-relative file path is excluded (checks every ancestor)."""
+        parts = rel.split("/")
+        stack = list(self.base_stack)
+        for depth in range(len(parts)):
+            prefix = "/".join(parts[:depth])
+            folder = self.root / prefix if prefix else self.root
+            spec = _read_ignore(str(folder / ".gitignore"))
+            if spec:
+                stack.append((prefix + "/" if prefix else "", spec))
+            here = "/".join(parts[: depth + 1])
+            if self.ignored(stack, here, is_dir=depth < len(parts) - 1):
+                return True
+        return False
+
+
+def iter_files(root: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES,
+               skip_dirs: Sequence[Path] = ()) -> Iterator[FileEntry]:
+    """Every regular, non-ignored file under ``root`` with its size and mtime.
+
+    ``skip_dirs`` are absolute folders never entered (e.g. an index cache that
+    happens to live inside the workspace).
+    """
+    rules = IgnoreRules(root, excludes)
+    skip = {os.path.abspath(p) for p in skip_dirs}
+    todo: list[tuple[str, str, list]] = [(str(root), "", rules.base_stack)]
+    while todo:
+        folder, prefix, stack = todo.pop()
+        spec = _read_ignore(os.path.join(folder, ".gitignore"))
+        if spec:
+            stack = [*stack, (prefix, spec)]
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            rel = prefix + entry.name
+            try:
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir():
+                    if entry.path not in skip and not rules.ignored(stack, rel, True):
+                        subdirs.append((entry.path, rel + "/", stack))
+                    continue
+                if not entry.is_file() or rules.ignored(stack, rel, False):
+                    continue
+                st = entry.stat()
+            except OSError:
+                continue
+            yield FileEntry(rel, entry.path, st.st_size, st.st_mtime_ns)
+        todo.extend(reversed(subdirs))
+
+
+def looks_binary(data: bytes) -> bool:
+    """Git's heuristic: a NUL byte in the first 8 KiB."""
+    return b"\0" in data[:SNIFF_BYTES]
+
+
+def decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
