@@ -327,3 +327,20 @@ def test_bad_options_are_config_errors(options, message):
 def test_argument_too_long_points_to_stdin(ws):
     outcome = run_agent(agent(command=["echo", "{prompt}"]), invoke(ws, description="z" * 200_000))
     assert not outcome.success and outcome.error.startswith("argument list too long")
+
+
+def test_unreadable_output_file_is_reported_not_fatal(ws, monkeypatch):
+    real_read = Path.read_bytes
+
+    def read_bytes(self):  # root reads anything, so refusal is simulated
+        if self.name == "locked.txt":
+            raise PermissionError(13, "Permission denied")
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    code = "open('locked.txt', 'w').write('x'); open('ok.txt', 'w').write('y'); print('ran')"
+    outcome = run_agent(agent(command=[PY, "-c", code], outputs=["*.txt"]), invoke(ws))
+    assert outcome.success and outcome.output["stdout"] == "ran\n"
+    assert outcome.output["files"] == [
+        {"path": "locked.txt", "size": None, "content": None, "error": "Permission denied"},
+        {"path": "ok.txt", "size": 1, "content": "y"}]

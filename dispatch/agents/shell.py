@@ -218,16 +218,19 @@ def collect_files(root: str, patterns: list[str], max_file_bytes: int,
             if len(files) >= max_files:
                 return files, True
             seen.add(rel)
-            size = path.stat().st_size
+            try:
+                size = path.stat().st_size
+                raw = path.read_bytes() if size <= min(max_file_bytes, budget) else b"\0"
+            except OSError as exc:  # unreadable: reported, and the run's output is kept
+                files.append({"path": rel, "size": None, "content": None, "error": exc.strerror or str(exc)})
+                continue
             content = None
-            if size <= min(max_file_bytes, budget):
-                raw = path.read_bytes()
-                if b"\0" not in raw:
-                    try:
-                        content = raw.decode("utf-8")
-                        budget -= len(raw)
-                    except UnicodeDecodeError:
-                        pass
+            if b"\0" not in raw:
+                try:
+                    content = raw.decode("utf-8")
+                    budget -= len(raw)
+                except UnicodeDecodeError:
+                    pass
             files.append({"path": rel, "size": size, "content": content})
     return files, False
 
