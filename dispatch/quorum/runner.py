@@ -186,13 +186,14 @@ class QuorumSession:
 
     # ------------------------------------------------------------- voting
     def cast_votes(self, request: DispatchInput, read_cache: bool) -> list[ValidatorVote]:
-        """Every validator's vote, in configuration order; late ones abstain."""
-        deadline = max(v.deadline_s for v in self.validators)
+        """Every validator's vote, in configuration order; one past its own deadline abstains."""
         pool = ThreadPoolExecutor(max_workers=len(self.validators), thread_name_prefix="quorum")
         started = time.perf_counter()
         try:
             futures = [pool.submit(self.cast_one, v, request, read_cache) for v in self.validators]
-            wait(futures, timeout=deadline)
+            for validator, future in sorted(zip(self.validators, futures), key=lambda pair: pair[0].deadline_s):
+                remaining = started + validator.deadline_s - time.perf_counter()
+                wait([future], timeout=max(remaining, 0.0))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)  # a stuck call must not hold the phase
         votes = []
@@ -200,7 +201,7 @@ class QuorumSession:
             if future.done():
                 votes.append(future.result())
             else:
-                votes.append(self._vote(validator, error=f"no answer within {deadline:g}s",
+                votes.append(self._vote(validator, error=f"no answer within {validator.deadline_s:g}s",
                                         latency_ms=(time.perf_counter() - started) * 1000))
         return votes
 
