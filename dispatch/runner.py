@@ -62,11 +62,26 @@ def prepare_state(request: Optional[DispatchInput], cfg: PhaseConfig, config: Di
 
 
 def preflight_plan(state: PhaseState, config: DispatchConfig) -> None:
-    """Refuse unknown agents and graph faults before anything is submitted (exit 2)."""
-    from .agents import resolve_agent
+    """Refuse unknown agents, bad agent options and graph faults before anything is submitted (exit 2).
+
+    Agents are built once per name to validate their options (placeholders,
+    providers, unknown keys); ``python`` agents are only resolved, since their
+    callables need import only on the workers.
+    """
+    from .agents import make_agent, resolve_agent
+
+    checked: dict[str, str] = {}
+
+    def check(name: str) -> str:
+        if name not in checked:
+            kind = resolve_agent(name, config).kind
+            if kind != "python":
+                make_agent(name, config)
+            checked[name] = kind
+        return checked[name]
 
     try:
-        plan_tasks(state.tasks_data, lambda name: resolve_agent(name, config).kind)
+        plan_tasks(state.tasks_data, check)
     except GraphError as exc:
         raise InputError(str(exc)) from None
 
@@ -149,12 +164,14 @@ class Runner:
         return current
 
     def wait(self, result: Any, phase: ExecutionPhase, state: PhaseState) -> dict:
+        from celery.exceptions import TimeoutError as ResultTimeout
+
         warned = False
         started = time.monotonic()
         while True:
             try:
                 return result.get(timeout=2.0, propagate=True, disable_sync_subtasks=False)
-            except TimeoutError:
+            except (ResultTimeout, TimeoutError):
                 if not warned and result.state == "PENDING" and time.monotonic() - started > 15 \
                         and not self.settings.embedded:
                     self.log.warn(f"phase {phase.number} has not started after 15 s: is a worker consuming "

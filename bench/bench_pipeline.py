@@ -1,0 +1,146 @@
+"""P1 pipeline overhead and P2 DAG makespan, on a real Redis with real workers.
+
+    .venv/bin/python bench/bench_pipeline.py [--tasks 1000] [--dag 200] [--repeat 3]
+
+P1: 1000 no-op tasks through phases 2-4, divided by a bare Celery group of the
+same number of no-ops on the same workers (the lower bound). Target <= 1.15.
+P2: a seeded random DAG of sleep tasks (10-200 ms) on W workers x C threads,
+divided by max(critical path, total work / slots). Target <= 1.05. Beside it,
+the ratio a level-by-level schedule (each level a barrier) would reach.
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.cluster import cluster  # noqa: E402
+from dispatch.config import DispatchConfig, Settings  # noqa: E402
+from dispatch.inputs import validate_input  # noqa: E402
+from dispatch.logs import Log  # noqa: E402
+from dispatch.models import PhaseConfig, TaskSpec  # noqa: E402
+from dispatch.planning import topological_levels  # noqa: E402
+from dispatch.runner import Runner, prepare_state  # noqa: E402
+
+
+def run_pipeline(settings: Settings, document: dict) -> tuple[float, object]:
+    log = Log(quiet=True)
+    state = prepare_state(validate_input(document), PhaseConfig(skip_phases=[0, 1]), DispatchConfig(), None, log)
+    runner = Runner(settings, log)
+    t0 = time.perf_counter()
+    final = runner.run(state)
+    return time.perf_counter() - t0, final
+
+
+def run_bare_group(settings: Settings, n: int) -> float:
+    from celery import group
+
+    from dispatch.celery_app import AGENT_QUEUE, create_app
+
+    app = create_app(settings)
+    t0 = time.perf_counter()
+    group(app.signature("dispatch.baseline_noop", args=(i,), queue=AGENT_QUEUE) for i in range(n))() \
+        .get(timeout=600, disable_sync_subtasks=False)
+    return time.perf_counter() - t0
+
+
+def p1_overhead(n: int, repeat: int, workers: int, concurrency: int) -> list[dict]:
+    document = {"user_prompt": "no-op benchmark", "config": {"max_workers": n, "timeout_seconds": 60},
+                "tasks": [{"task_id": f"t{i}", "agent": "sleep", "description": f"no-op {i}",
+                           "input_data": {"duration_ms": 0}} for i in range(n)]}
+    ours, bare = [], []
+    with cluster(workers, concurrency) as settings:
+        run_pipeline(settings, {**document, "tasks": document["tasks"][:20]})  # warm imports on the workers
+        run_bare_group(settings, 20)
+        for _ in range(repeat):  # interleaved, so drift hits both sides alike
+            bare.append(run_bare_group(settings, n))
+            seconds, final = run_pipeline(settings, document)
+            assert final.status == "succeeded", final.status
+            ours.append(seconds)
+    b, o = statistics.median(bare), statistics.median(ours)
+    return [{"name": f"P1 {n} no-op tasks, phases 2-4 vs bare group ({workers}x{concurrency} threads)",
+             "value": round(o, 3), "unit": "s", "baseline": round(b, 3), "ratio": round(o / b, 3),
+             "target": "<= 1.15"}]
+
+
+def random_dag(n: int, seed: int) -> list[TaskSpec]:
+    rng = random.Random(seed)
+    tasks = []
+    for i in range(n):
+        deps = sorted(rng.sample(range(i), k=min(i, rng.choice([0, 0, 1, 1, 2, 3])))) if i else []
+        tasks.append(TaskSpec(task_id=f"t{i}", agent="sleep", description=f"sleep {i}",
+                              input_data={"duration_ms": rng.randint(10, 200)}, dependencies=[f"t{d}" for d in deps]))
+    return tasks
+
+
+def lower_bound(tasks: list[TaskSpec], slots: int) -> float:
+    finish: dict[str, float] = {}
+    for task in tasks:  # tasks are in topological order by construction
+        finish[task.task_id] = task.input_data["duration_ms"] + max((finish[d] for d in task.dependencies), default=0)
+    total = sum(t.input_data["duration_ms"] for t in tasks)
+    return max(max(finish.values()), total / slots)
+
+
+def level_by_level(tasks: list[TaskSpec], slots: int) -> float:
+    """Makespan if each topological level were a barrier (longest-first list scheduling inside a level)."""
+    by_id = {t.task_id: t.input_data["duration_ms"] for t in tasks}
+    total = 0.0
+    for level in topological_levels(tasks):
+        heap = [0.0] * slots
+        for duration in sorted((by_id[t] for t in level), reverse=True):
+            heapq.heappush(heap, heapq.heappop(heap) + duration)
+        total += max(heap)
+    return total
+
+
+def p2_makespan(n: int, seed: int, workers: int, concurrency: int, repeat: int) -> list[dict]:
+    slots = workers * concurrency
+    tasks = random_dag(n, seed)
+    document = {"user_prompt": "makespan benchmark", "config": {"max_workers": slots, "timeout_seconds": 60},
+                "tasks": [t.model_dump() for t in tasks]}
+    bound = lower_bound(tasks, slots)
+    makespans = []
+    with cluster(workers, concurrency) as settings:
+        run_pipeline(settings, {**document, "tasks": document["tasks"][:1]})
+        for _ in range(repeat):
+            _, final = run_pipeline(settings, document)
+            assert final.status == "succeeded", final.status
+            execution = final.result_for(final.phases_executed[-1].phase)
+            makespans.append(execution.duration_ms)
+    made = statistics.median(makespans)
+    levels = level_by_level(tasks, slots)
+    return [{"name": f"P2 makespan, {n}-task random DAG on {workers}x{concurrency} slots (seed {seed})",
+             "value": round(made, 1), "unit": "ms", "baseline": round(bound, 1), "ratio": round(made / bound, 3),
+             "target": "<= 1.05"},
+            {"name": "P2 level-by-level schedule (simulated) vs the same lower bound",
+             "value": round(levels, 1), "unit": "ms", "baseline": round(bound, 1),
+             "ratio": round(levels / bound, 3), "target": "(reference)"}]
+
+
+def run(tasks: int = 1000, dag: int = 200, repeat: int = 3, workers: int = 2, concurrency: int = 4,
+        seed: int = 42) -> list[dict]:
+    return p1_overhead(tasks, repeat, workers, concurrency) + p2_makespan(dag, seed, workers, concurrency, repeat)
+
+
+def print_rows(rows: list[dict]) -> None:
+    for row in rows:
+        print(f"{row['name']:<78} {row['value']:>10} {row['unit']:<3} baseline {row['baseline']:>10} "
+              f"ratio {row['ratio']:>6}  target {row['target']}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--dag", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=42)
+    a = parser.parse_args()
+    print_rows(run(a.tasks, a.dag, a.repeat, a.workers, a.concurrency, a.seed))

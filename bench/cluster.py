@@ -1,0 +1,29 @@
+"""A private Redis and real worker processes for a benchmark run (torn down at exit)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from dispatch.config import Settings
+from dispatch.testing import RedisServer, WorkerPool
+
+
+@contextmanager
+def cluster(workers: int, concurrency: int, pool: str = "threads") -> Iterator[Settings]:
+    tmp = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
+    redis = RedisServer(tmp)
+    redis.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    env.update(DISPATCH_BROKER_URL=redis.url, DISPATCH_STATE_DIR=str(tmp / "state"),
+               DISPATCH_KEY_PREFIX="bench", DISPATCH_WORKER_LOG_LEVEL="WARNING")
+    pool_ = WorkerPool(env, tmp)
+    try:
+        for i in range(workers):
+            pool_.start(f"bench{i}", pool=pool, concurrency=concurrency)
+        yield Settings.from_env(env)
+    finally:
+        pool_.stop_all()
+        redis.stop()
