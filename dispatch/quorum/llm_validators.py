@@ -27,8 +27,15 @@ class LLMValidator(Validator):
             self.client = make_client(options)
         except ConfigError as exc:
             raise ConfigError(f"validators.{self.name}.{exc}") from None
-        self.pass_score = float(self.options.get("pass_score", 70.0))
-        self.retry_score = float(self.options.get("retry_score", 40.0))
+        self.pass_score = self._score_option("pass_score", 70.0)
+        self.retry_score = self._score_option("retry_score", 40.0)
+
+    def _score_option(self, key: str, default: float) -> float:
+        value = self.options.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            self.client.close()
+            raise ConfigError(f"validators.{self.name}.{key}: must be a number from 0 to 100")
+        return float(value)
 
     @property
     def breaker_key(self) -> Optional[str]:

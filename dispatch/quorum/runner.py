@@ -74,6 +74,18 @@ def backoff_delay(retry: int, options: QuorumOptions, rng: random.Random) -> flo
     return round(delay, 6)
 
 
+def breaker_settings(options: QuorumOptions) -> tuple[int, float]:
+    """``quorum.breaker_failures`` (>= 1) and ``quorum.breaker_cooldown_s`` (>= 0) from the config's extras."""
+    extra = options.model_extra or {}
+    failures = extra.get("breaker_failures", DEFAULT_FAILURE_THRESHOLD)
+    cooldown = extra.get("breaker_cooldown_s", DEFAULT_COOLDOWN_S)
+    if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
+        raise ConfigError(f"quorum.breaker_failures: must be a positive integer (got {failures!r})")
+    if isinstance(cooldown, bool) or not isinstance(cooldown, (int, float)) or cooldown < 0:
+        raise ConfigError(f"quorum.breaker_cooldown_s: must be a number of seconds (got {cooldown!r})")
+    return failures, float(cooldown)
+
+
 def run_quorum(request: DispatchInput, config: DispatchConfig, *, cache: Optional[KeyValueCache] = None,
                on_event: Optional[Callable[[str], None]] = None, sleep: Callable[[float], None] = time.sleep,
                rng: Optional[random.Random] = None, known_agents: Optional[set[str]] = None,
@@ -89,6 +101,7 @@ def run_quorum(request: DispatchInput, config: DispatchConfig, *, cache: Optiona
     if options.on_no_quorum not in NO_QUORUM_POLICIES:
         raise ConfigError(f"quorum.on_no_quorum: must be one of {', '.join(NO_QUORUM_POLICIES)} "
                           f"(got {options.on_no_quorum!r})")
+    breaker_settings(options)  # refuse bad settings before any validator is built
     validators = build_validators(config, known_agents)
     planner = None
     try:
@@ -119,9 +132,7 @@ class QuorumSession:
         self.emit = emit
         self.sleep = sleep
         self.rng = rng
-        extra = options.model_extra or {}
-        self.breaker_failures = int(extra.get("breaker_failures", DEFAULT_FAILURE_THRESHOLD))
-        self.breaker_cooldown_s = float(extra.get("breaker_cooldown_s", DEFAULT_COOLDOWN_S))
+        self.breaker_failures, self.breaker_cooldown_s = breaker_settings(options)
         self.warnings: list[str] = []
         self._said: set[str] = set()  # warnings already in the live log
         self._lock = threading.Lock()  # cache warnings come from voting threads
