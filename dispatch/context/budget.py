@@ -1,11 +1,14 @@
 """Ranking, deduplicating and fitting context items to a token budget.
 
 Scores from different retrievers (BM25 from SQLite, whatever a service returns)
-are not comparable, so answers are fused by rank: an item at rank ``r`` of one
-answer earns ``(K + 1) / (K + r)`` (reciprocal-rank fusion, 1.0 for a top hit),
-and an item found by several queries adds up its earnings, which is how
-"relevant to more of the request" rises.  The same id from two answers is one
-item; overlapping line ranges of one file are merged into one.
+are not comparable, so each answer is normalised on its own: an item earns its
+score divided by the answer's best score (or, when an answer's scores are not
+all positive, ``(K + 1) / (K + rank)``, reciprocal-rank style), so every
+answer's top hit earns 1.0.  An item found by several answers keeps its best
+earning plus ``MULTI_HIT_WEIGHT`` of the others: being relevant to more of the
+request lifts it, but two middling hits do not outrank a query's best match.
+The same id from two answers is one item; overlapping line ranges of one file
+are merged into one.
 
 The budget is then filled greedily in score order: an item that fits is taken,
 the first that does not is trimmed (whole lines) when at least
@@ -20,6 +23,7 @@ from ..models import ContextItem
 from .tokens import count_tokens, trim_to_tokens
 
 RRF_K = 10
+MULTI_HIT_WEIGHT = 0.3
 MIN_TRIM_TOKENS = 48
 
 
@@ -27,25 +31,31 @@ def fuse(answers: Iterable[list[ContextItem]]) -> list[ContextItem]:
     """Distinct items from ranked answers, best first, with fused scores.
 
     Each item keeps ``metadata["hits"]``: the (query, retriever, rank, raw
-    score) of every answer that returned it.
+    score, gain) of every answer that returned it.
     """
     by_id: dict[str, ContextItem] = {}
     for answer in answers:
+        top = max((i.score for i in answer), default=0.0)
+        by_score = top > 0 and all(i.score > 0 for i in answer)
         for rank, item in enumerate(answer, start=1):
-            gain = (RRF_K + 1) / (RRF_K + rank)
-            hit = {"query": item.query, "retriever": item.retriever, "rank": rank, "score": item.score}
+            gain = item.score / top if by_score else (RRF_K + 1) / (RRF_K + rank)
+            hit = {"query": item.query, "retriever": item.retriever, "rank": rank,
+                   "score": item.score, "gain": round(gain, 4)}
             seen = by_id.get(item.id)
             if seen is None:
-                by_id[item.id] = item.model_copy(update={
-                    "score": gain, "metadata": {**item.metadata, "hits": [hit]}})
+                by_id[item.id] = item.model_copy(update={"metadata": {**item.metadata, "hits": [hit]}})
             else:
-                seen.score += gain
                 seen.metadata["hits"].append(hit)
     items = merge_overlaps(list(by_id.values()))
     for item in items:
-        item.score = round(item.score, 4)
+        item.score = _fused(item.metadata["hits"])
     items.sort(key=lambda i: (-i.score, i.id))
     return items
+
+
+def _fused(hits: list[dict]) -> float:
+    gains = sorted((h["gain"] for h in hits), reverse=True)
+    return round(gains[0] + MULTI_HIT_WEIGHT * sum(gains[1:]), 4)
 
 
 def _span(item: ContextItem) -> Optional[tuple[str, int, int]]:
@@ -87,7 +97,7 @@ def _merge(path: str, a: ContextItem, b: ContextItem) -> Optional[ContextItem]:
     if b_start > a_end:
         return None
     hits = a.metadata.get("hits", []) + b.metadata.get("hits", [])
-    score = a.score + b.score
+    score = max(a.score, b.score)
     if b_end <= a_end:  # b inside a
         return a.model_copy(update={"score": score, "metadata": {**a.metadata, "hits": hits}})
     a_lines = a.content.splitlines(keepends=True)

@@ -48,6 +48,10 @@ def scan_files(root: Path) -> list[tuple[str, int, str]]:
     return out
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
 def structure_item(root: Path, files: Iterable[tuple[str, int, str]], top: int = 12) -> ContextItem:
     """Summarise ``files`` (``(path, size, status)``) as one ``structure`` item."""
     langs: Counter[str] = Counter()
@@ -66,7 +70,7 @@ def structure_item(root: Path, files: Iterable[tuple[str, int, str]], top: int =
             folders[head] += 1
         else:
             top_files.append(path)
-    lines = [f"Workspace {root.name or root}: {total} files, {total_bytes / 1e6:.1f} MB"
+    lines = [f"Workspace {root.name or root}: {total} files, {_size(total_bytes)}"
              + (f" ({binary} binary)" if binary else "")]
     if langs:
         lines.append("Languages: " + ", ".join(f"{lang} {n}" for lang, n in langs.most_common(top)))
