@@ -82,7 +82,7 @@ class WorkspaceFiles:
 
     def _read(self, req: FileRequirement) -> list[tuple[ContextItem, str]]:
         if req.is_glob:
-            spec = pathspec.PathSpec.from_lines("gitwildmatch", [req.pattern])
+            spec = pathspec.GitIgnoreSpec.from_lines([req.pattern])
             rels = [rel for rel in self._all_files() if spec.match_file(rel)][:MAX_GLOB_FILES]
         else:
             rels = [req.pattern]

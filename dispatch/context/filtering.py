@@ -89,6 +89,9 @@ class ItemPool:
             for q in filter(None, queries):
                 self.by_query.setdefault(_norm_query(q), []).append(n)
         self.paths = [str(i.metadata.get("path") or i.source) for i in self.items]
+        top = max((i.score for i in self.items if i.kind != "structure"), default=0.0)
+        # phase 0's rank, made with the whole corpus's statistics, is a useful prior
+        self.prior = [max(i.score, 0.0) / top if top > 0 and i.kind != "structure" else 0.0 for i in self.items]
         self._memo: dict[str, list[Candidate]] = {}
 
     def match(self, req: Requirement) -> list[Candidate]:
@@ -97,6 +100,9 @@ class ItemPool:
         if found is None:
             found = self._memo[req.raw] = getattr(self, f"_match_{req.kind}")(req)
         return found
+
+    def prior_of(self, cand: Candidate) -> float:
+        return self.prior[cand.index] if cand.index is not None else 0.0
 
     def _match_rag(self, req: Requirement) -> list[Candidate]:
         out = {n: Candidate(self.items[n], n, req, 1.0, f"gathered for query {req.value!r}")
@@ -119,7 +125,7 @@ class ItemPool:
         wanted = parse_file_requirement(req.value, self.root)
         if wanted is None:
             return []
-        spec = pathspec.PathSpec.from_lines("gitwildmatch", [wanted.pattern])
+        spec = pathspec.GitIgnoreSpec.from_lines([wanted.pattern])
         out = []
         for n, item in enumerate(self.items):
             if item.kind == "structure" or not spec.match_file(self.paths[n]):
@@ -206,21 +212,22 @@ def _filter_task(task: TaskSpec, pool: ItemPool, files: WorkspaceFiles, budget: 
     in_pool = {c.index for c in chosen.values() if c.index is not None}
     scores = pool.bm25.scores(terms, only=in_pool) if in_pool else {}
     top = max(scores.values(), default=0.0) or 1.0
-    ranked = sorted(chosen.values(), key=lambda c: -_rank(c, scores.get(c.index, 0.0) / top))
+    ranked = sorted(chosen.values(), key=lambda c: -_rank(c, scores.get(c.index, 0.0) / top, pool.prior_of(c)))
 
     picked, used = select_within_budget([c.item for c in ranked], budget)
-    report = _report(ranked, dict(picked), scores, top)
+    report = _report(ranked, dict(picked), scores, top, pool)
     return TaskContext(task_id=task.task_id, items=[item for _, item in picked], total_tokens=used, budget_tokens=budget,
                        report=report, unmatched_requirements=unmatched)
 
 
-def _rank(cand: Candidate, relevance: float) -> float:
+def _rank(cand: Candidate, relevance: float, prior: float = 0.0) -> float:
+    """Explicit file/structure requests first; then requirement match, task relevance, phase 0 rank."""
     bonus = EXPLICIT_BONUS[cand.requirement.kind] if cand.requirement else 0.0
-    return bonus + 0.6 * cand.strength + 0.4 * relevance
+    return bonus + 0.5 * cand.strength + 0.35 * relevance + 0.15 * prior
 
 
 def _report(ranked: list[Candidate], kept: dict[int, ContextItem], scores: dict[int, float],
-            top: float) -> list[ContextChoice]:
+            top: float, pool: ItemPool) -> list[ContextChoice]:
     """A choice per kept item, and one per requirement whose every match was squeezed out."""
     report: list[ContextChoice] = []
     served: set[Optional[str]] = set()
@@ -232,7 +239,7 @@ def _report(ranked: list[Candidate], kept: dict[int, ContextItem], scores: dict[
             served.add(requirement)
             trimmed = "; trimmed to fit the budget" if item.content != cand.item.content else ""
             report.append(ContextChoice(item_id=item.id, source=item.source, requirement=requirement,
-                                        score=round(_rank(cand, relevance), 4), tokens=item.tokens,
+                                        score=round(_rank(cand, relevance, pool.prior_of(cand)), 4), tokens=item.tokens,
                                         reason=f"{cand.reason}; relevance {relevance:.2f}{trimmed}"))
     for cand in ranked:
         requirement = cand.requirement.raw if cand.requirement else None
