@@ -1,0 +1,110 @@
+"""The terminal summary: the report's facts as aligned plain-text tables.
+
+For a shell over SSH or a CI log, where no browser is at hand.  Cells are one
+line each with control characters removed, so an agent's error output cannot
+break the table or send escape sequences to the terminal.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from ..models import PhaseState, ValidatorVote
+from .common import (FAILED, SKIPPED, SUCCESS, critical_ids, fmt_ms, one_line, parse_ts, phase_status,
+                     run_span_ms, task_counts, task_status)
+
+MARKS = {SUCCESS: "✓ ok", FAILED: "✗ failed", SKIPPED: "⚠ skipped"}
+
+
+def columns(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = (),
+            indent: str = "  ") -> list[str]:
+    """Rows aligned under ``headers``; ``right`` holds the indexes of numeric columns."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    lines = []
+    for row in [list(headers), *rows]:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def _phases(state: PhaseState) -> list[str]:
+    if not state.phases_executed:
+        return ["PHASES", "  (no phase has run)"]
+    rows = []
+    for r in state.phases_executed:
+        note = r.error or (str(r.output_data.get("reason", "")) if r.skipped else "")
+        rows.append([str(r.phase.number), r.phase.title, MARKS[phase_status(r)],
+                     "-" if r.skipped else fmt_ms(r.duration_ms), str(r.retry_count) if r.retry_count else "",
+                     one_line(note, 70)])
+    total = sum(r.duration_ms for r in state.phases_executed)
+    return ["PHASES"] + columns(["#", "phase", "status", "duration", "retries", "error / reason"], rows,
+                                right=(3, 4)) + [f"  total phase time {fmt_ms(total)}"]
+
+
+def _tasks(state: PhaseState) -> list[str]:
+    results = state.task_results
+    if not results:
+        return ["TASKS", "  (no agent task has run)"]
+    counts = task_counts(state)
+    workers = {r.worker for r in results if r.worker}
+    critical = set(critical_ids(state))
+    starts = [parse_ts(r.started_at) for r in results]
+    origin = min([s for s in starts if s], default=None)
+    rows = []
+    for r, start in zip(results, starts):
+        offset = f"+{fmt_ms((start - origin).total_seconds() * 1000)}" if start and origin else "-"
+        rows.append([("* " if r.task_id in critical else "  ") + one_line(r.task_id, 40), one_line(r.agent, 20),
+                     one_line(r.worker or "-", 30), offset, "-" if r.skipped else fmt_ms(r.duration_ms),
+                     MARKS[task_status(r)], one_line(r.error, 60)])
+    head = (f"TASKS  {counts[SUCCESS]} ok, {counts[FAILED]} failed, {counts[SKIPPED]} skipped "
+            f"on {len(workers)} worker{'s' if len(workers) != 1 else ''}")
+    lines = [head] + columns(["  task", "agent", "worker", "start", "duration", "status", "error"], rows,
+                             right=(3, 4))
+    if critical:
+        lines.append("  * on the critical path")
+    return lines
+
+
+def _vote_row(v: ValidatorVote) -> list[str]:
+    return [one_line(v.validator, 30), one_line(v.kind, 16), "abstained" if v.abstained else str(v.recommendation),
+            _pct(v.confidence), fmt_ms(v.latency_ms) + (" (cached)" if v.cached else ""),
+            one_line(v.error or "; ".join(v.deficiencies), 60)]
+
+
+def _quorum(state: PhaseState) -> list[str]:
+    q = state.quorum_result
+    if q is None:
+        return ["QUORUM  did not run (--enable-quorum)"]
+    retries = f" · {q.retry_count} retr{'y' if q.retry_count == 1 else 'ies'}" if q.retry_count else ""
+    lines = [f"QUORUM  {q.decision} · confidence {_pct(q.confidence)} · answered {_pct(q.answered_share)}"
+             f"{'' if q.quorum_reached else ' · no quorum'}{retries}"]
+    if q.votes:
+        lines += columns(["validator", "kind", "vote", "confidence", "latency", "deficiencies / error"],
+                         [_vote_row(v) for v in q.votes], right=(3, 4))
+    lines += [f"  deficiency: {one_line(d, 100)}" for d in q.deficiencies]
+    lines += [f"  warning: {one_line(w, 100)}" for w in q.warnings]
+    return lines
+
+
+def _critical_path(state: PhaseState) -> list[str]:
+    path = critical_ids(state)
+    if not path:
+        return []
+    by_id = {r.task_id: r for r in state.task_results}
+    total = sum(by_id[t].duration_ms for t in path if t in by_id and not by_id[t].skipped)
+    chain = " → ".join(one_line(t, 40) for t in path)
+    return [f"CRITICAL PATH  {chain}" + (f"  ({fmt_ms(total)} of task time)" if by_id else "")]
+
+
+def render_text(state: PhaseState) -> str:
+    """The run as a few plain-text tables: phases, tasks, quorum, critical path."""
+    status = f"dispatch run {one_line(state.run_id, 80)} · {state.status}"
+    span = run_span_ms(state)
+    if span is not None:
+        status += f" · wall time {fmt_ms(span)}"
+    blocks = [[status] + ([f"prompt: {one_line(state.user_prompt, 100)}"] if state.user_prompt.strip() else []),
+              _phases(state), _tasks(state), _quorum(state), _critical_path(state)]
+    return "\n\n".join("\n".join(b) for b in blocks if b) + "\n"
