@@ -1,0 +1,398 @@
+"""Human in the loop: ``--interactive/-i`` checkpoints and ``--resume-session FILE``.
+
+Each phase is its own chain submission (``Runner.run`` with one selected
+phase) so that between phases nothing runs and nothing holds a worker while a
+human decides; the run keeps one run id throughout.  After each phase (and
+before phase 4 when phase 3 did not run) a checkpoint shows what the phase
+produced and asks: approve, edit, retry, skip, batch-approve the rest, or quit.
+
+What a human decides is applied to the ``PhaseState`` itself, which is what the
+next submission carries, so an edit reaches every later phase.  The session
+file (``dispatch/session.py``) is rewritten after every step.
+
+The terminal is opened directly (``/dev/tty``): the task breakdown may be
+arriving on stdin, stdout carries only the JSON result, and the log goes to
+stderr.  No terminal means no one to ask, which is a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import TypeAdapter, ValidationError
+
+from .checkpoint_view import checkpoint_lines
+from .config import DispatchConfig, Settings, format_validation_error
+from .editor import EditRejected, Editor
+from .errors import DispatchError, UsageError
+from .logs import Log
+from .models import ExecutionPhase, GlobalContext, PhaseConfig, PhaseResult, PhaseState, TaskSpec
+from .phases import is_critical_failure
+from .planning import GraphError, plan_tasks
+from .runner import Runner, build_output, prepare_state
+from .session import Checkpoint, Decision, Session, SessionFlags
+from .state_store import load_state_file, save_state_file
+
+ACTIONS = {"a": "approve", "e": "edit", "r": "retry", "s": "skip", "b": "batch-approve", "q": "quit"}
+LABELS = {"a": "[a]pprove", "e": "[e]dit", "r": "[r]etry", "s": "[s]kip", "b": "[b]atch-approve the rest",
+          "q": "[q]uit"}
+SKIP_REASON = "skipped at the interactive checkpoint"
+# Flags a resumed session must not be given: the session already fixes them.
+FIXED_ON_RESUME = ("only_phase", "stop_after_phase", "skip_phases", "enable_context", "enable_quorum",
+                   "input_file", "load_phase_state", "config")
+
+
+class Terminal:
+    """The controlling terminal, for prompts, summaries and the editor."""
+
+    def __init__(self, reader: Any, writer: Any) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    def open(cls, device: str = "/dev/tty") -> "Terminal":
+        try:
+            fd = os.open(device, os.O_RDWR | os.O_NOCTTY)
+        except OSError as exc:
+            raise UsageError(
+                f"--interactive needs a terminal to ask at each checkpoint, and this process has none "
+                f"({device}: {exc.strerror or exc}).\n"
+                "  Run it from a terminal (the task JSON may still come on stdin or --input-file), or drop -i "
+                "and use --stop-after-phase N --save-phase-state FILE to inspect between phases.") from None
+        reader = os.fdopen(fd, "r", encoding="utf-8", errors="replace", closefd=True)
+        writer = os.fdopen(os.dup(fd), "w", encoding="utf-8", errors="replace", closefd=True)
+        return cls(reader, writer)
+
+    @property
+    def columns(self) -> int:
+        try:
+            return max(60, min(os.get_terminal_size(self.writer.fileno()).columns, 160))
+        except (OSError, ValueError):
+            return 100
+
+    def say(self, text: str = "") -> None:
+        self.writer.write(text + "\n")
+        self.writer.flush()
+
+    def ask(self, prompt: str) -> str:
+        """One line from the terminal; EOF (Ctrl-D, hang-up) raises ``EOFError``."""
+        self.writer.write(prompt)
+        self.writer.flush()
+        line = self.reader.readline()
+        if not line:
+            raise EOFError
+        return line.strip()
+
+    def close(self) -> None:
+        for stream in (self.reader, self.writer):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def resume_command(path: Path) -> str:
+    """How to resume, in the form this command was started with."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    prefix = f"python {shlex.quote(argv0)}" if argv0.endswith(".py") else "dispatch"
+    return f"{prefix} --resume-session {shlex.quote(str(path))}"
+
+
+def emit(document: dict) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def run_interactive(args: argparse.Namespace, cfg: PhaseConfig, settings: Settings, config: DispatchConfig,
+                    log: Log) -> int:
+    """The CLI's entry for ``-i`` and ``--resume-session``: same exit codes and JSON result as a plain run."""
+    if args.no_wait:
+        raise UsageError("--interactive waits at every checkpoint; it cannot be combined with --no-wait")
+    if args.resume_session:
+        given = [name for name in FIXED_ON_RESUME if getattr(args, name, None) not in (None, False, [])]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UsageError(f"--resume-session continues a session with the flags it started with; "
+                             f"drop {flags}")
+        session = Session.load(args.resume_session)  # a bad file is exit 2 before the terminal matters
+        path = Path(args.resume_session).resolve()
+    term = Terminal.open()
+    try:
+        if not args.resume_session:
+            from cli import read_input  # the CLI's own reading of stdin / --input-file
+
+            loaded = load_state_file(args.load_phase_state) if args.load_phase_state else None
+            state = prepare_state(read_input(args), cfg, config, loaded, log)
+            session = Session(run_id=state.run_id, phase_config=cfg, selected_phases=list(state.selected_phases),
+                              state=state, flags=SessionFlags(
+                                  input_file=args.input_file, load_phase_state=args.load_phase_state,
+                                  save_phase_state=args.save_phase_state, config=args.config, quiet=args.quiet))
+            path = (Path(settings.state_dir) / "sessions" / f"{state.run_id}.json").resolve()
+            session.save(path)
+            term.say(f"Interactive run {state.run_id}; session file: {path}")
+        else:
+            term.say(f"Resuming run {session.run_id} from {path}")
+        save_file = args.save_phase_state or session.flags.save_phase_state
+        return InteractiveRun(session, path, Runner(settings, log), term, log, save_file).run()
+    finally:
+        term.close()
+
+
+class InteractiveRun:
+    """Walks the session's checkpoints in order, running each phase just before its checkpoint."""
+
+    def __init__(self, session: Session, path: Path, runner: Runner, term: Terminal, log: Log,
+                 save_file: Optional[str]) -> None:
+        self.session = session
+        self.path = path
+        self.runner = runner
+        self.term = term
+        self.log = log
+        self.save_file = save_file
+        self.config = DispatchConfig.model_validate(session.state.settings)
+        self.editor = Editor(term.writer, term.say)
+
+    @property
+    def state(self) -> PhaseState:
+        return self.session.state
+
+    def save(self) -> None:
+        self.session.save(self.path)
+
+    # ---------------------------------------------------------------- the walk
+    def run(self) -> int:
+        if self.session.status == "finished":
+            self.term.say("This session has already finished; printing its result.")
+            return self.finish()
+        self.session.status = "open"
+        try:
+            while True:
+                point = self.session.pending()
+                if point is None:
+                    return self.finish()
+                if point.when == "after" and point.phase not in self.session.ran:
+                    self.execute([point.phase])
+                    if self.state.status == "cancelled":
+                        return self.finish()
+                outcome = self.checkpoint(point)
+                if outcome == "quit":
+                    return self.pause()
+                if outcome == "stop":
+                    return self.finish()
+        except (KeyboardInterrupt, EOFError) as exc:
+            self.term.say()
+            return self.pause(130 if isinstance(exc, KeyboardInterrupt) else 0)
+        except DispatchError as exc:  # a phase crashed on its worker: the session still holds the last good state
+            if isinstance(exc, UsageError):
+                raise
+            self.log.fail(str(exc))
+            self.save()
+            self.term.say(f"Session saved; to retry from here: {resume_command(self.path)}")
+            emit(build_output(self.state, self.session.run_ms, None, error=str(exc)).model_dump(mode="json"))
+            return 1
+
+    def execute(self, phases: list[int]) -> None:
+        """One chain submission for ``phases``, on the run's one run id."""
+        state = self.state
+        if 1 in phases:
+            self.session.tasks_before_quorum = [t.model_copy(deep=True) for t in state.tasks_data]
+        state.selected_phases = list(phases)
+        state.status = "running"
+        t0 = time.perf_counter()
+        try:
+            final = self.runner.run(state)
+        finally:
+            self.session.run_ms += (time.perf_counter() - t0) * 1000
+        assert final is not None  # run(wait=True) always returns the state
+        self.session.state = final
+        self.session.ran = sorted(set(self.session.ran) | set(phases))
+        self.save()
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint(self, point: Checkpoint) -> str:
+        """Loop until the human approves, skips or quits: 'next', 'stop' (approved failure) or 'quit'."""
+        while True:
+            for line in checkpoint_lines(point.when, point.phase, self.state, self.term.columns):
+                self.term.say(line)
+            failed = self.failed(point)
+            if self.session.batch:
+                action, auto = "batch-approve", True
+                self.term.say("→ approved (batch-approve)")
+            else:
+                action, auto = self.ask(point, failed), False
+            if action in ("approve", "batch-approve"):
+                self.session.batch = self.session.batch or action == "batch-approve"
+                self.session.record(Decision(checkpoint=point.key, action=action, auto=auto))
+                self.save()
+                self.log.line(f"Checkpoint {point.key}: approved" + (" (batch)" if auto else ""))
+                return "stop" if failed else "next"
+            if action == "quit":
+                self.session.record(Decision(checkpoint=point.key, action="quit"))
+                return "quit"
+            if action == "skip":
+                self.skip(point)
+                return "next"
+            if action == "retry":
+                self.retry(point)
+            elif action == "edit":
+                self.edit(point)
+
+    def failed(self, point: Checkpoint) -> bool:
+        result = self.state.result_for(ExecutionPhase.of(point.phase))
+        return point.when == "after" and result is not None and is_critical_failure(result)
+
+    def choices(self, point: Checkpoint) -> str:
+        if point.when == "before":
+            return "aesbq"  # nothing ran yet, so nothing to retry
+        if point.phase == 4:
+            return "arq"  # the last phase: its results can be accepted or run again
+        return "aersbq"
+
+    def ask(self, point: Checkpoint, failed: bool) -> str:
+        keys = self.choices(point)
+        if failed:
+            self.term.say("This phase failed: approving ends the run as failed; skip goes on without it.")
+        words = {ACTIONS[k]: k for k in keys} | {"batch": "b"}
+        while True:
+            answer = self.term.ask("  ".join(LABELS[k] for k in keys) + " > ").lower()
+            key = words.get(answer, answer[:1] if len(answer) == 1 else "")
+            if key and key in keys:
+                return ACTIONS[key]
+            self.term.say(f"Please answer one of: {', '.join(keys)}")
+
+    def skip(self, point: Checkpoint) -> None:
+        """Drop the phase's output as if it had not run, keeping any edit made here."""
+        state, number = self.state, point.phase
+        edited = any(d.action == "edit" for d in self.session.actions_at(point.key))
+        if point.when == "after":
+            if number == 0:
+                state.global_context = None
+            elif number == 1:
+                state.quorum_result = None
+                if not edited and self.session.tasks_before_quorum is not None:
+                    state.tasks_data = self.session.tasks_before_quorum
+            elif number == 2:
+                state.plan = None
+            elif number == 3:
+                state.task_contexts = {}
+        state.record(PhaseResult.skipped_result(ExecutionPhase.of(number), SKIP_REASON))
+        if state.status == "failed":
+            state.status = "running"
+        self.session.record(Decision(checkpoint=point.key, action="skip"))
+        self.save()
+        self.log.warn(f"Checkpoint {point.key}: phase {number} skipped")
+
+    def retry(self, point: Checkpoint) -> None:
+        feedback = None
+        if point.phase == ExecutionPhase.QUORUM_VALIDATION.number:
+            feedback = self.term.ask("Feedback for the validators and planner (Enter for none) > ") or None
+            if feedback:
+                self.state.input_extras["quorum_feedback"] = feedback
+            else:
+                self.state.input_extras.pop("quorum_feedback", None)
+        self.log.line(f"Checkpoint {point.key}: retrying phase {point.phase}")
+        self.execute([point.phase])
+        self.session.record(Decision(checkpoint=point.key, action="retry", feedback=feedback, rerun=[point.phase]))
+        self.save()
+
+    # ------------------------------------------------------------------ edits
+    def edit(self, point: Checkpoint) -> None:
+        """Edit in $VISUAL/$EDITOR; a task-list edit re-runs the phases derived from it (2, 3)."""
+        if point.when == "after" and point.phase == 0:
+            target, header = "global_context", ["Phase 0's global context (a GlobalContext object)."]
+            document = (self.state.global_context or GlobalContext()).model_dump(mode="json")
+            value: Any = self.editor.edit(document, validate_context, target, header + EDIT_HELP)
+        else:
+            target, header = "tasks_data", ["The task breakdown: a JSON list of tasks "
+                                            "(task_id, agent, description, dependencies, ...)."]
+            document = [t.model_dump(mode="json") for t in self.state.tasks_data]
+            value = self.editor.edit(document, self.validate_tasks, target, header + EDIT_HELP)
+        if value is None:
+            return
+        setattr(self.state, target, value)
+        rerun = []
+        if target == "tasks_data":
+            rerun = [n for n in (2, 3) if n <= point.phase and self.state.has_completed(ExecutionPhase.of(n))]
+        self.log.line(f"Checkpoint {point.key}: {target} edited" +
+                      (f"; re-running phase {', '.join(map(str, rerun))} on the edit" if rerun else ""))
+        if rerun:
+            self.execute(rerun)
+        dumped = [t.model_dump(mode="json") for t in value] if target == "tasks_data" else value.model_dump(mode="json")
+        self.session.record(Decision(checkpoint=point.key, action="edit", target=target, value=dumped, rerun=rerun))
+        self.save()
+
+    def validate_tasks(self, raw: Any) -> list[TaskSpec]:
+        """The same checks a breakdown gets on input and in phase 2: shape, graph, agents."""
+        if not isinstance(raw, list):
+            raise EditRejected(f"expected a JSON list of tasks, got {type(raw).__name__}")
+        if not raw:
+            raise EditRejected("the task list is empty; nothing would run (quit instead to stop the run)")
+        try:
+            tasks = TypeAdapter(list[TaskSpec]).validate_python(raw)
+        except ValidationError as exc:
+            raise EditRejected("tasks" + format_validation_error(exc)) from None
+        from .agents import resolve_agent
+
+        try:
+            plan_tasks(tasks, lambda name: resolve_agent(name, self.config).kind)
+        except GraphError as exc:
+            raise EditRejected(str(exc)) from None
+        return tasks
+
+    # ------------------------------------------------------------------- ends
+    def pause(self, code: int = 0) -> int:
+        """Quit: save everything, say how to resume, exit 0 (130 after Ctrl-C)."""
+        state = self.state
+        self.session.status = "paused"
+        state.status = "paused"
+        self.save()
+        try:
+            self.runner.store.save(state)
+        except Exception as exc:  # noqa: BLE001 - the session file is the record that matters here
+            self.log.warn(f"could not update run {state.run_id} in the state store: {exc}")
+        if self.save_file:
+            save_state_file(state, self.save_file)
+        command = resume_command(self.path)
+        self.term.say(f"Session saved to {self.path}\nResume with: {command}")
+        self.log.line(f"Run {state.run_id} paused; resume with: {command}")
+        emit({"run_id": state.run_id, "status": "paused", "session_file": str(self.path),
+              "resume_command": command, "phases_completed": sorted(
+                  r.phase.number for r in state.phases_executed if r.success and not r.skipped)})
+        return code
+
+    def finish(self) -> int:
+        state = self.state
+        state.selected_phases = sorted(set(self.session.selected_phases) | set(self.session.ran))
+        if state.status != "cancelled":
+            failed = any(is_critical_failure(r) for r in state.phases_executed)
+            state.status = "failed" if failed else "succeeded"
+        self.runner.store.save(state)
+        self.session.status = "finished"
+        self.save()
+        if self.save_file:
+            save_state_file(state, self.save_file)
+            self.log.ok(f"Phase state saved to {self.save_file}")
+        output = build_output(state, self.session.run_ms, self.save_file)
+        emit(output.model_dump(mode="json"))
+        if not output.success:
+            self.log.fail(f"Run {state.run_id} {state.status}" + (f": {output.error}" if output.error else ""))
+        return 0 if output.success else 1
+
+
+EDIT_HELP = ["Lines starting with // are ignored. Save and close the editor to apply;",
+             "empty the file (or leave it unchanged) to keep things as they were."]
+
+
+def validate_context(raw: Any) -> GlobalContext:
+    if not isinstance(raw, dict):
+        raise EditRejected(f"expected a JSON object (the global context), got {type(raw).__name__}")
+    try:
+        return GlobalContext.model_validate(raw)
+    except ValidationError as exc:
+        raise EditRejected("global_context." + format_validation_error(exc)) from None
