@@ -173,7 +173,44 @@ def show_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"schema": schema_command, "runs": runs_command, "show": show_command}
+def report_command(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from dispatch.report import render_html, render_text
+    from dispatch.runtime import make_store
+    from dispatch.state_store import load_state_file
+
+    p = argparse.ArgumentParser(prog="dispatch report", description="Write a report of a run: a self-contained "
+                                "HTML page (timelines of phases and tasks by worker, critical path, quorum votes, "
+                                "context per task) or, with --format text, summary tables on stdout.")
+    p.add_argument("source", metavar="RUN_ID|STATE_FILE", help="a state file, or a run id in the state store")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write (html default: report-RUN_ID.html; "
+                   "text default: stdout, the one case where stdout carries text rather than JSON)")
+    p.add_argument("--format", choices=["html", "text"], default="html", help="html (default) or text")
+    args = p.parse_args(argv)
+    if Path(args.source).exists():
+        state = load_state_file(args.source)
+    else:
+        looks_like_path = "/" in args.source or args.source.endswith(".json")
+        state = None if looks_like_path else make_store(Settings.from_env()).load(args.source)
+        if state is None:
+            raise UsageError(f"'{args.source}' is neither a state file nor a run id in the state store "
+                             "(see 'dispatch runs')")
+    document = render_html(state) if args.format == "html" else render_text(state)
+    if args.format == "text" and not args.output:
+        sys.stdout.write(document)
+        return 0
+    output = Path(args.output or "report-{}.html".format("".join(c if c.isalnum() or c in "-_." else "_"
+                                                                  for c in state.run_id)))
+    try:
+        output.write_text(document, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write report ({exc.strerror or exc})") from None
+    Log().ok(f"Report written to {output}")
+    return 0
+
+
+COMMANDS = {"schema": schema_command, "runs": runs_command, "show": show_command, "report": report_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
