@@ -74,8 +74,10 @@ def random_dag(n: int, seed: int) -> list[TaskSpec]:
     tasks = []
     for i in range(n):
         deps = sorted(rng.sample(range(i), k=min(i, rng.choice([0, 0, 1, 1, 2, 3])))) if i else []
+        duration = rng.randint(10, 200)
         tasks.append(TaskSpec(task_id=f"t{i}", agent="sleep", description=f"sleep {i}",
-                              input_data={"duration_ms": rng.randint(10, 200)}, dependencies=[f"t{d}" for d in deps]))
+                              input_data={"duration_ms": duration}, estimated_duration_ms=duration,
+                              dependencies=[f"t{d}" for d in deps]))
     return tasks
 
 

@@ -36,6 +36,8 @@ class TaskSpec(BaseModel):
     input_data: dict[str, Any] = Field(default_factory=dict)
     context_requirements: list[str] = Field(default_factory=list)
     dependencies: list[str] = Field(default_factory=list)
+    # A hint for the scheduler: tasks on the longest remaining path start first.
+    estimated_duration_ms: Optional[float] = Field(default=None, ge=0)
 
 
 class RunConfig(BaseModel):

@@ -68,10 +68,12 @@ def execute_phase_0_context_gathering(state: PhaseState, env: PhaseEnv) -> Phase
 
 
 def execute_phase_1_quorum_validation(state: PhaseState, env: PhaseEnv) -> PhaseResult:
+    from .agents import AGENTS
     from .quorum import run_quorum
 
+    known_agents = set(env.config.agents) | set(AGENTS.kinds())
     outcome = run_quorum(state.request(), env.config, cache=env.quorum_cache,
-                         on_event=env.on_event, sleep=env.sleep)
+                         on_event=env.on_event, sleep=env.sleep, known_agents=known_agents)
     quorum = outcome.result
     state.quorum_result = quorum
     if [t.model_dump() for t in outcome.tasks] != [t.model_dump() for t in state.tasks_data]:

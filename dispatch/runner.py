@@ -16,7 +16,7 @@ from .logs import Log, execution_lines, phase_body, phase_header
 from .models import (ExecutionPhase, DispatchInput, DispatchOutput, PhaseConfig, PhaseResult, PhaseState,
                      PhaseTiming, TimingSummary, iso, utcnow)
 from .planning import GraphError, plan_tasks
-from .selection import check_inputs_available, context_enabled, selected_phases, skip_reason
+from .selection import check_inputs_available, selected_phases, skip_reason
 
 
 def new_run_id() -> str:

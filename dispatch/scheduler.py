@@ -2,13 +2,15 @@
 
 Why not a static canvas: a level-by-level chain of chords makes a fast branch
 wait for a slow unrelated one.  Instead each task is dispatched the moment its
-own dependencies have succeeded.  The bookkeeping lives in Redis (the result
-backend's server, real or embedded), using only atomic single-key commands, so
-any number of workers can complete tasks concurrently:
+own dependencies have succeeded and a slot is free.  The bookkeeping lives in
+Redis (the result backend's server, real or embedded) and every transition is
+one Lua script, so any number of workers can complete tasks concurrently and a
+completion costs one round trip:
 
-- ``remaining``: hash task_id -> unfinished dependencies (HINCRBY -1; the one
-  completer that sees 0 makes the task ready, exactly once);
-- ``ready``: list of tasks waiting for a slot;
+- ``remaining``: hash task_id -> unfinished dependencies; the completion that
+  takes it to 0 makes the task ready, exactly once;
+- ``ready``: sorted set of tasks waiting for a slot, longest remaining path
+  first (HLFET), ties in input order;
 - ``inflight``: counter capped at ``max_workers`` (the run's cluster-wide limit);
 - ``results``: hash task_id -> TaskResult JSON, written with HSETNX so a
   redelivered task (worker killed after finishing) never schedules twice.
@@ -22,10 +24,46 @@ import json
 from typing import Any, Optional
 
 from .models import PhaseState, TaskResult
+from .planning import bottom_levels
+
+# KEYS: ready, inflight, limit.  Pops the best ready tasks while slots are free.
+TAKE_READY = """
+local limit = tonumber(redis.call('GET', KEYS[3]) or '1')
+local taken = {}
+while tonumber(redis.call('GET', KEYS[2]) or '0') < limit do
+  local best = redis.call('ZPOPMIN', KEYS[1])
+  if #best == 0 then break end
+  redis.call('INCR', KEYS[2])
+  table.insert(taken, best[1])
+end
+return taken
+"""
+
+# KEYS: results, dependents, remaining, priority, ready, inflight, limit
+# ARGV: task_id, result_json, succeeded ("1"/"0"), ttl_s
+COMPLETE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {} end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[3] == '1' then
+  local children = redis.call('HGET', KEYS[2], ARGV[1])
+  if children then
+    for child in string.gmatch(children, '[^\\n]+') do
+      if redis.call('HINCRBY', KEYS[3], child, -1) == 0 then
+        redis.call('ZADD', KEYS[5], redis.call('HGET', KEYS[4], child), child)
+      end
+    end
+  end
+end
+redis.call('DECR', KEYS[6])
+""" + TAKE_READY.replace("KEYS[1]", "KEYS[5]").replace("KEYS[2]", "KEYS[6]").replace("KEYS[3]", "KEYS[7]")
 
 
 def dag_prefix(key_prefix: str, run_id: str) -> str:
     return f"{key_prefix}:dag:{run_id}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class DagScheduler:
@@ -34,106 +72,95 @@ class DagScheduler:
     def __init__(self, client: Any, key_prefix: str, run_id: str, ttl_s: int = 7 * 24 * 3600) -> None:
         self.client = client
         self.run_id = run_id
-        self.ttl_s = ttl_s
+        self.ttl_s = max(1, int(ttl_s))
         base = dag_prefix(key_prefix, run_id)
-        self.k_remaining = f"{base}:remaining"
-        self.k_ready = f"{base}:ready"
-        self.k_inflight = f"{base}:inflight"
-        self.k_results = f"{base}:results"
-        self.k_payloads = f"{base}:payloads"
-        self.k_dependents = f"{base}:dependents"
-        self.k_state = f"{base}:state"
-        self.k_limit = f"{base}:limit"
-        self.k_started = f"{base}:started"
+        names = ("remaining", "ready", "inflight", "results", "payloads", "dependents", "priority",
+                 "state", "limit", "started")
+        self.keys = {name: f"{base}:{name}" for name in names}
+        self._complete = client.register_script(COMPLETE)
+        self._take_ready = client.register_script(TAKE_READY)
+
+    def key(self, name: str) -> str:
+        return self.keys[name]
 
     # ------------------------------------------------------------------ start
     def start(self, state: PhaseState, payloads: dict[str, dict], started: float) -> list[str]:
-        """Store the run, seed the ready list with root tasks, return those to dispatch now."""
+        """Store the run, seed the ready set with root tasks, return those to dispatch now."""
         self.reset()
+        tasks = state.tasks_data
+        k = self.key
+        levels = bottom_levels(tasks)
+        # lower score pops first: longest remaining path first, then input order
+        scores = {t.task_id: round(-levels[t.task_id], 3) + i * 1e-7 for i, t in enumerate(tasks)}
+        children: dict[str, list[str]] = {t.task_id: [] for t in tasks}
+        for t in tasks:
+            for dep in dict.fromkeys(t.dependencies):
+                children[dep].append(t.task_id)
         pipe = self.client.pipeline()
-        pipe.set(self.k_started, repr(started))
-        pipe.set(self.k_state, state.model_dump_json())
-        pipe.set(self.k_limit, max(1, state.run_config.max_workers))
-        pipe.set(self.k_inflight, 0)
+        pipe.set(k("started"), repr(started))
+        pipe.set(k("state"), state.model_dump_json())
+        pipe.set(k("limit"), max(1, state.run_config.max_workers))
+        pipe.set(k("inflight"), 0)
         if payloads:
-            pipe.hset(self.k_payloads, mapping={tid: json.dumps(p) for tid, p in payloads.items()})
-        deps = {t.task_id: list(dict.fromkeys(t.dependencies)) for t in state.tasks_data}
-        dependents: dict[str, list[str]] = {tid: [] for tid in deps}
-        for tid, ds in deps.items():
-            for d in ds:
-                dependents[d].append(tid)
-        if deps:
-            pipe.hset(self.k_remaining, mapping={tid: len(ds) for tid, ds in deps.items()})
-            pipe.hset(self.k_dependents, mapping={tid: json.dumps(ch) for tid, ch in dependents.items()})
-        roots = [t.task_id for t in state.tasks_data if not deps[t.task_id]]
-        if roots:
-            pipe.rpush(self.k_ready, *roots)
-        for key in (self.k_started, self.k_state, self.k_limit, self.k_inflight, self.k_payloads, self.k_remaining,
-                    self.k_dependents, self.k_ready):
+            pipe.hset(k("payloads"), mapping={tid: json.dumps(p) for tid, p in payloads.items()})
+        if tasks:
+            pipe.hset(k("remaining"), mapping={t.task_id: len(set(t.dependencies)) for t in tasks})
+            pipe.hset(k("dependents"), mapping={tid: "\n".join(ch) for tid, ch in children.items()})
+            pipe.hset(k("priority"), mapping={tid: repr(score) for tid, score in scores.items()})
+            roots = {t.task_id: scores[t.task_id] for t in tasks if not t.dependencies}
+            pipe.zadd(k("ready"), roots)
+        for key in self.keys.values():
             pipe.expire(key, self.ttl_s)
         pipe.execute()
         return self.take_ready()
 
     # --------------------------------------------------------------- per task
-    def payload(self, task_id: str) -> dict:
-        raw = self.client.hget(self.k_payloads, task_id)
+    def prepare(self, task_id: str, cancel_key: Optional[str] = None) -> tuple[dict, bool]:
+        """The task's payload and whether its run was cancelled, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.key("payloads"), task_id)
+        pipe.exists(cancel_key or f"{self.key('state')}:no-cancel-key")
+        raw, cancelled = pipe.execute()
         if raw is None:
             raise LookupError(f"run {self.run_id}: no payload for task '{task_id}' (expired or cancelled)")
-        return json.loads(raw)
+        return json.loads(raw), bool(cancelled)
+
+    def payload(self, task_id: str) -> dict:
+        return self.prepare(task_id)[0]
 
     def dependency_outputs(self, task_ids: list[str]) -> dict[str, Any]:
         if not task_ids:
             return {}
-        raws = self.client.hmget(self.k_results, task_ids)
+        raws = self.client.hmget(self.key("results"), task_ids)
         return {tid: json.loads(raw).get("output") for tid, raw in zip(task_ids, raws) if raw is not None}
 
     def complete(self, result: TaskResult) -> list[str]:
         """Record a finished task once; return the tasks that may start now."""
-        if not self.client.hsetnx(self.k_results, result.task_id, result.model_dump_json()):
-            return []  # a redelivered duplicate: the first completion already scheduled what follows
-        self.client.expire(self.k_results, self.ttl_s)
-        if result.success:
-            children = json.loads(self.client.hget(self.k_dependents, result.task_id) or "[]")
-            newly_ready = [c for c in children if self.client.hincrby(self.k_remaining, c, -1) == 0]
-            if newly_ready:
-                self.client.rpush(self.k_ready, *newly_ready)
-        self.client.decr(self.k_inflight)
-        return self.take_ready()
+        k = self.key
+        taken = self._complete(
+            keys=[k("results"), k("dependents"), k("remaining"), k("priority"), k("ready"), k("inflight"),
+                  k("limit")],
+            args=[result.task_id, result.model_dump_json(), "1" if result.success else "0", self.ttl_s])
+        return [_text(t) for t in taken]
 
     def take_ready(self) -> list[str]:
-        """Claim slots for waiting tasks.
-
-        Lost-wakeup free: a task is pushed to ``ready`` before its pusher tries
-        for a slot, and whoever frees a slot re-checks ``ready`` afterwards.
-        """
-        limit = int(self.client.get(self.k_limit) or 1)
-        taken: list[str] = []
-        while self.client.llen(self.k_ready) > 0:
-            if self.client.incr(self.k_inflight) > limit:
-                self.client.decr(self.k_inflight)
-                break
-            task_id = self.client.lpop(self.k_ready)
-            if task_id is None:
-                self.client.decr(self.k_inflight)
-                continue
-            taken.append(task_id.decode() if isinstance(task_id, bytes) else task_id)
-        return taken
+        taken = self._take_ready(keys=[self.key("ready"), self.key("inflight"), self.key("limit")])
+        return [_text(t) for t in taken]
 
     # ---------------------------------------------------------------- collect
     def state(self) -> Optional[PhaseState]:
-        raw = self.client.get(self.k_state)
+        raw = self.client.get(self.key("state"))
         return PhaseState.model_validate_json(raw) if raw else None
 
     def started(self) -> float:
-        return float(self.client.get(self.k_started) or 0.0)
+        return float(self.client.get(self.key("started")) or 0.0)
 
     def results(self) -> dict[str, TaskResult]:
-        return {(k.decode() if isinstance(k, bytes) else k): TaskResult.model_validate_json(v)
-                for k, v in self.client.hgetall(self.k_results).items()}
+        return {_text(k): TaskResult.model_validate_json(v)
+                for k, v in self.client.hgetall(self.key("results")).items()}
 
     def finished_count(self) -> int:
-        return int(self.client.hlen(self.k_results))
+        return int(self.client.hlen(self.key("results")))
 
     def reset(self) -> None:
-        self.client.delete(self.k_remaining, self.k_ready, self.k_inflight, self.k_results, self.k_payloads,
-                           self.k_dependents, self.k_state, self.k_limit, self.k_started)
+        self.client.delete(*self.keys.values())

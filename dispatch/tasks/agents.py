@@ -62,9 +62,9 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     started, t0 = utcnow(), time.perf_counter()
     agent_name, prompt = "?", None
     try:
-        payload = scheduler.payload(task_id)
+        payload, cancelled = scheduler.prepare(task_id, runtime.cancel_key(run_id))
         agent_name = payload["task"].get("agent", "?")
-        outcome, prompt = invoke_agent(self, runtime, scheduler, payload)
+        outcome, prompt = invoke_agent(self, scheduler, payload, cancelled)
     except Exception as exc:  # noqa: BLE001 - recorded as the task's failure
         outcome = AgentOutcome(success=False, error=f"{type(exc).__name__}: {exc}")
     if not outcome.success and outcome.transient and self.request.retries < TRANSIENT_RETRIES:
@@ -78,7 +78,7 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     return {"task_id": task_id, "success": result.success}
 
 
-def invoke_agent(task: Any, runtime: Runtime, scheduler: DagScheduler, payload: dict) -> tuple[Any, str]:
+def invoke_agent(task: Any, scheduler: DagScheduler, payload: dict, cancelled: bool) -> tuple[Any, str]:
     from ..agents import AGENTS, AgentInvocation, AgentOutcome, build_prompt, run_agent
 
     spec = TaskSpec.model_validate(payload["task"])
@@ -86,7 +86,7 @@ def invoke_agent(task: Any, runtime: Runtime, scheduler: DagScheduler, payload: 
     context = TaskContext.model_validate(payload["context"]) if payload.get("context") else None
     deps = scheduler.dependency_outputs(spec.dependencies)
     prompt = build_prompt(spec, context, deps, payload["user_prompt"])
-    if runtime.cancelled(scheduler.run_id):
+    if cancelled:
         return AgentOutcome(success=False, error="cancelled"), prompt
     timeout = float(agent_config.options.get("timeout_s") or payload["timeout_s"])
     invocation = AgentInvocation(task=spec, context=context, dependency_outputs=deps,
