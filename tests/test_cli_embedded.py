@@ -198,3 +198,30 @@ def test_phase_names_in_state_match_the_guide(tmp_path, cli, tasks_json):
     cli("--save-phase-state", str(state_file), stdin=tasks_json)
     names = {p["phase"]: p["phase_name"] for p in json.loads(state_file.read_text())["phases_executed"]}
     assert names == {p.value: p.title for p in ExecutionPhase}
+
+
+def test_phase_0_failure_is_not_critical(cli):
+    tasks = json.dumps({"user_prompt": "count files", "workspace_path": "/nonexistent/workspace",
+                        "tasks": [{"task_id": "a", "agent": "echo", "description": "count the files",
+                                   "context_requirements": ["rag:files"]}]})
+    run = cli("--enable-context", stdin=tasks)
+    assert run.returncode == 0, run.stderr
+    phase0 = run.json["phases_executed"][0]
+    assert phase0["phase"] == "CONTEXT_GATHERING" and not phase0["success"] and "does not exist" in phase0["error"]
+    assert executed(run.json)[-1] == "PARALLEL_EXECUTION" and run.json["success"]
+    assert "⚠ Phase 0 failed" in run.stderr
+
+
+def test_quorum_fail_aborts_with_exit_1(cli, tmp_path):
+    """The guide's motivating failure: a postgres adapter broken down as user authentication."""
+    tasks = json.dumps({"user_prompt": "Build a postgres adapter", "tasks": [
+        {"task_id": "model", "agent": "echo", "description": "Create UserAuthentication model"},
+        {"task_id": "login", "agent": "echo", "description": "Implement login endpoint", "dependencies": ["model"]}]})
+    state_file = tmp_path / "s.json"
+    run = cli("--enable-quorum", "--save-phase-state", str(state_file), stdin=tasks)
+    assert run.returncode == 1, run.stderr
+    out = run.json
+    assert out["success"] is False and out["quorum_result"]["decision"] == "FAIL"
+    assert executed(out) == ["QUORUM_VALIDATION"] and out["results"] == []
+    assert "Quorum decision: FAIL" in run.stderr and "postgres" in run.stderr
+    assert json.loads(state_file.read_text())["status"] == "failed"
