@@ -6,6 +6,10 @@ splits it, so ``EDITOR="code --wait"`` works.  It runs attached to the terminal
 which carries only the JSON result).  Lines starting with ``//`` are comments:
 the header explains the file, and after a rejected edit the error is written
 there too, so it is visible even in an editor that has no terminal of its own.
+
+An edited task list gets the checks a breakdown gets on input and in phase 2
+(``TaskSpec`` shape, graph, known agents), so an accepted edit cannot break a
+later phase.
 """
 from __future__ import annotations
 
@@ -17,7 +21,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, TextIO, TypeVar
 
+from pydantic import TypeAdapter, ValidationError
+
+from .config import DispatchConfig, format_validation_error
 from .errors import UsageError
+from .models import GlobalContext, TaskSpec
+from .planning import GraphError, plan_tasks
 
 T = TypeVar("T")
 
@@ -110,3 +119,35 @@ class Editor:
         finally:
             path.unlink(missing_ok=True)
 
+
+# ------------------------------------------------------------ what an edit must satisfy
+EDIT_HELP = ["Lines starting with // are ignored. Save and close the editor to apply;",
+             "empty the file (or leave it unchanged) to keep things as they were."]
+
+
+def validate_tasks(raw: Any, config: DispatchConfig) -> list[TaskSpec]:
+    """The same checks a breakdown gets on input and in phase 2: shape, graph, agents."""
+    if not isinstance(raw, list):
+        raise EditRejected(f"expected a JSON list of tasks, got {type(raw).__name__}")
+    if not raw:
+        raise EditRejected("the task list is empty; nothing would run (quit instead to stop the run)")
+    try:
+        tasks = TypeAdapter(list[TaskSpec]).validate_python(raw)
+    except ValidationError as exc:
+        raise EditRejected("tasks" + format_validation_error(exc)) from None
+    from .agents import resolve_agent
+
+    try:
+        plan_tasks(tasks, lambda name: resolve_agent(name, config).kind)
+    except GraphError as exc:
+        raise EditRejected(str(exc)) from None
+    return tasks
+
+
+def validate_context(raw: Any) -> GlobalContext:
+    if not isinstance(raw, dict):
+        raise EditRejected(f"expected a JSON object (the global context), got {type(raw).__name__}")
+    try:
+        return GlobalContext.model_validate(raw)
+    except ValidationError as exc:
+        raise EditRejected("global_context." + format_validation_error(exc)) from None

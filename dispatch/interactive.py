@@ -25,16 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import TypeAdapter, ValidationError
-
 from .checkpoint_view import checkpoint_lines
-from .config import DispatchConfig, Settings, format_validation_error
-from .editor import EditRejected, Editor
+from .config import DispatchConfig, Settings
+from .editor import EDIT_HELP, Editor, validate_context, validate_tasks
 from .errors import DispatchError, UsageError
 from .logs import Log
-from .models import ExecutionPhase, GlobalContext, PhaseConfig, PhaseResult, PhaseState, TaskSpec
+from .models import ExecutionPhase, GlobalContext, PhaseConfig, PhaseResult, PhaseState
 from .phases import is_critical_failure
-from .planning import GraphError, plan_tasks
 from .runner import Runner, build_output, prepare_state
 from .session import Checkpoint, Decision, Session, SessionFlags
 from .state_store import load_state_file, save_state_file
@@ -312,7 +309,8 @@ class InteractiveRun:
             target, header = "tasks_data", ["The task breakdown: a JSON list of tasks "
                                             "(task_id, agent, description, dependencies, ...)."]
             document = [t.model_dump(mode="json") for t in self.state.tasks_data]
-            value = self.editor.edit(document, self.validate_tasks, target, header + EDIT_HELP)
+            value = self.editor.edit(document, lambda raw: validate_tasks(raw, self.config), target,
+                                     header + EDIT_HELP)
         if value is None:
             return
         setattr(self.state, target, value)
@@ -326,24 +324,6 @@ class InteractiveRun:
         dumped = [t.model_dump(mode="json") for t in value] if target == "tasks_data" else value.model_dump(mode="json")
         self.session.record(Decision(checkpoint=point.key, action="edit", target=target, value=dumped, rerun=rerun))
         self.save()
-
-    def validate_tasks(self, raw: Any) -> list[TaskSpec]:
-        """The same checks a breakdown gets on input and in phase 2: shape, graph, agents."""
-        if not isinstance(raw, list):
-            raise EditRejected(f"expected a JSON list of tasks, got {type(raw).__name__}")
-        if not raw:
-            raise EditRejected("the task list is empty; nothing would run (quit instead to stop the run)")
-        try:
-            tasks = TypeAdapter(list[TaskSpec]).validate_python(raw)
-        except ValidationError as exc:
-            raise EditRejected("tasks" + format_validation_error(exc)) from None
-        from .agents import resolve_agent
-
-        try:
-            plan_tasks(tasks, lambda name: resolve_agent(name, self.config).kind)
-        except GraphError as exc:
-            raise EditRejected(str(exc)) from None
-        return tasks
 
     # ------------------------------------------------------------------- ends
     def pause(self, code: int = 0) -> int:
@@ -383,16 +363,3 @@ class InteractiveRun:
         if not output.success:
             self.log.fail(f"Run {state.run_id} {state.status}" + (f": {output.error}" if output.error else ""))
         return 0 if output.success else 1
-
-
-EDIT_HELP = ["Lines starting with // are ignored. Save and close the editor to apply;",
-             "empty the file (or leave it unchanged) to keep things as they were."]
-
-
-def validate_context(raw: Any) -> GlobalContext:
-    if not isinstance(raw, dict):
-        raise EditRejected(f"expected a JSON object (the global context), got {type(raw).__name__}")
-    try:
-        return GlobalContext.model_validate(raw)
-    except ValidationError as exc:
-        raise EditRejected("global_context." + format_validation_error(exc)) from None

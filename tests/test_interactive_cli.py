@@ -164,3 +164,212 @@ def test_edited_description_reaches_phase_4_after_a_rejected_edit(cli: Cli) -> N
     assert by_id["tests"]["output"]["description"] == "Write property-based unit tests for the parser"
     assert "Write property-based unit tests for the parser" in by_id["tests"]["prompt"]
     assert by_id["parser"]["output"]["description"] == "Write the config parser module"
+
+
+def test_quorum_fail_fixed_by_edit_then_retry_with_feedback(cli: Cli) -> None:
+    tasks = cli.write("off_topic.json", OFF_TOPIC)
+    cli.edits(json.dumps(TASKS["tasks"]))
+    child = cli.spawn(f"-i --enable-quorum -f {tasks}")
+    shown = answer(child, "Checkpoint after phase 1: Quorum Validation", "e")
+    assert "Decision: FAIL" in shown and "no task mentions" in shown
+    assert "approving ends the run as failed" in shown
+    shown = answer(child, "Checkpoint after phase 1: Quorum Validation", "r")  # shown again with the edit
+    assert "Write unit tests for the config parser" in shown and "Bake sourdough bread" not in shown
+    child.expect_exact("Feedback for the validators and planner (Enter for none) > ")
+    child.sendline("keep to the parser and its tests")
+    child.expect_exact("Phase 1: Quorum Validation")  # a new chain submission for the retry
+    shown = answer(child, "Checkpoint after phase 1: Quorum Validation", "b")
+    assert "Decision: PASS" in shown and "keep to the parser and its tests" in shown
+    for title in ("after phase 2", "after phase 3", "after phase 4"):
+        child.expect_exact(f"Checkpoint {title}")
+        child.expect_exact("→ approved (batch-approve)")
+    code, _ = finish(child)
+    assert code == 0
+    out = cli.result()
+    assert out["success"] is True and out["quorum_result"]["decision"] == "PASS"
+    assert {r["output"]["description"] for r in out["results"]} == {t["description"] for t in TASKS["tasks"]}
+    state = cli.stored_run(out["run_id"])
+    assert state["input_extras"]["quorum_feedback"] == "keep to the parser and its tests"
+    session = json.loads(next((cli.state_dir / "sessions").glob("*.json")).read_text())
+    actions = [(d["checkpoint"], d["action"], d["auto"]) for d in session["history"]]
+    assert actions == [("after-1", "edit", False), ("after-1", "retry", False), ("after-1", "batch-approve", False),
+                       ("after-2", "batch-approve", True), ("after-3", "batch-approve", True),
+                       ("after-4", "batch-approve", True)]
+    assert session["history"][0]["value"][0]["task_id"] == "parser"
+    assert session["history"][1]["feedback"] == "keep to the parser and its tests"
+
+
+def test_approving_a_failed_quorum_ends_the_run_failed(cli: Cli) -> None:
+    tasks = cli.write("off_topic.json", OFF_TOPIC)
+    child = cli.spawn(f"-i --enable-quorum -f {tasks}")
+    answer(child, "Checkpoint after phase 1", "a")
+    code, transcript = finish(child)
+    assert code == 1
+    assert "Phase 2: Task Planning" not in transcript
+    out = cli.result()
+    assert out["success"] is False and out["status"] == "failed" and "quorum decision FAIL" in out["error"]
+    assert cli.stored_run(out["run_id"])["status"] == "failed"
+
+
+def test_skip_failed_quorum_and_phase_3_goes_on(cli: Cli) -> None:
+    tasks = cli.write("off_topic.json", OFF_TOPIC)
+    child = cli.spawn(f"-i --enable-quorum -f {tasks}")
+    answer(child, "Checkpoint after phase 1", "s")
+    answer(child, "Checkpoint after phase 2", "a")
+    answer(child, "Checkpoint after phase 3", "s")
+    shown = answer(child, "Checkpoint after phase 4", "a")
+    assert "Results: 2 of 2 succeeded" in shown
+    code, _ = finish(child)
+    assert code == 0
+    out = cli.result()
+    assert out["success"] is True and out["quorum_result"] is None
+    phases = {p["phase"]: p for p in out["phases_executed"]}
+    for name in ("QUORUM_VALIDATION", "CONTEXT_FILTERING"):
+        assert phases[name]["skipped"] is True
+        assert phases[name]["output_data"]["reason"] == "skipped at the interactive checkpoint"
+    assert phases["PARALLEL_EXECUTION"]["skipped"] is False
+    assert cli.stored_run(out["run_id"])["task_contexts"] == {}
+
+
+def test_retry_reruns_the_phase(cli: Cli) -> None:
+    tasks = cli.write("tasks.json", TASKS)
+    child = cli.spawn(f"-i --stop-after-phase 2 -f {tasks}")
+    answer(child, "Checkpoint after phase 2", "r")  # no feedback question outside the quorum
+    child.expect_exact("Phase 2: Task Planning")
+    answer(child, "Checkpoint after phase 2", "a")
+    code, transcript = finish(child)
+    assert code == 0 and "Feedback" not in transcript
+    out = cli.result()
+    session = json.loads(next((cli.state_dir / "sessions").glob("*.json")).read_text())
+    assert [(d["action"], d["rerun"]) for d in session["history"]] == [("retry", [2]), ("approve", [])]
+    assert [p["skipped"] for p in out["timing_summary"]["phases"]] == [True, True, False, True, True]
+
+
+def test_quit_then_resume_keeps_edits_and_does_not_rerun(cli: Cli) -> None:
+    tasks = cli.write("tasks.json", TASKS)
+    cli.edits({"describe": {"parser": "Write the config parser, edited before the quit"}})
+    child = cli.spawn(f"-i -f {tasks} --save-phase-state {cli.tmp / 'saved.json'}")
+    answer(child, "Checkpoint after phase 2", "e")
+    answer(child, "Checkpoint after phase 2", "a")
+    answer(child, "Checkpoint after phase 3", "q")
+    child.expect(r"Resume with: python cli.py --resume-session (\S+)")
+    session_file = Path(child.match.group(1))
+    code, _ = finish(child)
+    assert code == 0
+    paused = cli.result()
+    assert paused["status"] == "paused" and paused["session_file"] == str(session_file)
+    assert paused["phases_completed"] == [2, 3]
+    before = json.loads(session_file.read_text())
+    assert before["status"] == "paused" and before["decided"] == {"after-2": "approve"}
+    started = {r["phase"]: r["started_at"] for r in before["state"]["phases_executed"] if not r["skipped"]}
+    assert set(started) == {"TASK_PLANNING", "CONTEXT_FILTERING"}
+    assert json.loads((cli.tmp / "saved.json").read_text())["status"] == "paused"
+    assert cli.stored_run(paused["run_id"])["status"] == "paused"
+
+    child = cli.spawn(f"--resume-session {shlex.quote(str(session_file))}", out="resumed.json")
+    child.expect_exact(f"Resuming run {paused['run_id']}")
+    child.expect_exact("Checkpoint after phase 3")  # the first undecided checkpoint, with nothing run before it
+    assert "Phase 2" not in child.before and "Phase 3" not in child.before
+    shown = answer(child, "", "a")
+    assert "edited before the quit" in shown
+    answer(child, "Checkpoint after phase 4", "a")
+    code, _ = finish(child)
+    assert code == 0
+    out = cli.result("resumed.json")
+    assert out["run_id"] == paused["run_id"] and out["success"] is True
+    assert {r["phase"]: r["started_at"] for r in out["phases_executed"] if not r["skipped"]
+            and r["phase"] != "PARALLEL_EXECUTION"} == started
+    parser = next(r for r in out["results"] if r["task_id"] == "parser")
+    assert parser["output"]["description"] == "Write the config parser, edited before the quit"
+    assert json.loads(session_file.read_text())["status"] == "finished"
+    assert json.loads((cli.tmp / "saved.json").read_text())["status"] == "succeeded"  # the session's flag kept
+
+
+def test_checkpoint_before_phase_4_on_a_loaded_state(cli: Cli) -> None:
+    tasks = cli.write("tasks.json", TASKS)
+    prepared = cli.tmp / "prepared.json"
+    done = run_plain(cli, "--stop-after-phase", "3", "--save-phase-state", str(prepared), "-f", str(tasks))
+    assert done.returncode == 0, done.stderr
+    cli.edits({"describe": {"tests": "Write unit tests, edited before execution"}})
+    child = cli.spawn(f"-i --load-phase-state {prepared} --only-phase 4")
+    shown = answer(child, "Before phase 4: Parallel Execution", "r")  # nothing ran yet: no retry here
+    assert shown.endswith("[a]pprove  [e]dit  [s]kip  [b]atch-approve the rest  ")
+    child.expect_exact("Please answer one of: a, e, s, b, q")
+    child.expect(PROMPT)
+    child.sendline("e")
+    # the loaded plan and per-task context were made for the old list: they are made again
+    child.expect_exact("Phase 2: Task Planning")
+    child.expect_exact("Phase 3: Context Filtering")
+    shown = answer(child, "Before phase 4", "a")
+    assert "edited before execution" in shown
+    answer(child, "Checkpoint after phase 4", "a")
+    code, _ = finish(child)
+    assert code == 0
+    out = cli.result()
+    tests_result = next(r for r in out["results"] if r["task_id"] == "tests")
+    assert tests_result["output"]["description"] == "Write unit tests, edited before execution"
+    assert out["run_id"] != json.loads(prepared.read_text())["run_id"]
+
+
+def test_task_json_on_stdin_with_prompts_on_the_terminal(cli: Cli) -> None:
+    tasks = cli.write("tasks.json", TASKS)
+    child = cli.spawn(f"-i < {shlex.quote(str(tasks))}")
+    answer(child, "Checkpoint after phase 2", "b")
+    child.expect_exact("Checkpoint after phase 4")
+    child.expect_exact("→ approved (batch-approve)")
+    code, _ = finish(child)
+    assert code == 0
+    assert cli.result()["success"] is True
+
+
+def test_ctrl_c_at_a_checkpoint_saves_the_session(cli: Cli) -> None:
+    tasks = cli.write("tasks.json", TASKS)
+    child = cli.spawn(f"-i -f {tasks}")
+    child.expect_exact("Checkpoint after phase 2")
+    child.expect(PROMPT)
+    child.sendintr()
+    child.expect(r"Resume with: .*--resume-session (\S+)")
+    session_file = Path(child.match.group(1))
+    code, _ = finish(child)
+    assert code == 130
+    assert json.loads(session_file.read_text())["status"] == "paused"
+    assert cli.result()["status"] == "paused"
+
+
+def run_plain(cli: Cli, *args: str, stdin_file: Path | None = None) -> subprocess.CompletedProcess:
+    """No pseudo-terminal and a new session: the process has no controlling terminal at all."""
+    with open(stdin_file or os.devnull, "rb") as stdin:
+        return subprocess.run([PY, "cli.py", *args], cwd=ROOT, env=cli.env(), stdin=stdin, capture_output=True,
+                              text=True, timeout=60, start_new_session=True)
+
+
+def test_interactive_without_a_terminal_is_a_usage_error(cli: Cli) -> None:
+    tasks = cli.write("tasks.json", TASKS)
+    done = run_plain(cli, "-i", stdin_file=tasks)
+    assert done.returncode == 2
+    assert "--interactive needs a terminal" in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""
+    assert not (cli.state_dir / "runs").exists()  # refused before anything was submitted
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "empty file, not a dispatch session"),
+    ('{"kind": "dispatch.session", "schema_version": 1, "run_id": "r", "sta', "corrupt or truncated session"),
+    ('{"phases_executed": [], "schema_version": 1, "run_id": "r"}', "looks like a phase state"),
+    ('{"kind": "dispatch.session", "schema_version": 99}', "session schema_version 99 is not supported"),
+    ('{"kind": "dispatch.session", "schema_version": 1, "run_id": "r"}', "invalid session: state: Field required"),
+])
+def test_bad_session_files_are_usage_errors(cli: Cli, content: str, message: str) -> None:
+    path = cli.tmp / "session.json"
+    path.write_text(content)
+    done = run_plain(cli, "--resume-session", str(path))
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+def test_flag_conflicts_are_usage_errors(cli: Cli) -> None:
+    tasks = cli.write("tasks.json", TASKS)
+    done = run_plain(cli, "-i", "--no-wait", "-f", str(tasks))
+    assert done.returncode == 2 and "cannot be combined with --no-wait" in done.stderr
+    done = run_plain(cli, "--resume-session", str(tasks), "--skip-phases", "3")
+    assert done.returncode == 2 and "drop --skip-phases" in done.stderr
