@@ -32,7 +32,21 @@ def dump_state(state: PhaseState) -> str:
 
 
 def parse_state(text: str, source: str) -> PhaseState:
-    """Validate a state document; every fault is a ``StateFileError`` naming ``source``."""
+    """Validate a state document; every fault is a ``StateFileError`` naming ``source``.
+
+    The fast path parses and validates in one pass (pydantic-core); only a
+    document that fails it is taken apart again to say precisely what is wrong.
+    """
+    try:
+        state = PhaseState.model_validate_json(text)
+        if state.schema_version == SCHEMA_VERSION and '"phases_executed"' in text:
+            return state
+    except ValidationError:
+        pass
+    return _diagnose(text, source)
+
+
+def _diagnose(text: str, source: str) -> PhaseState:
     if not text.strip():
         raise StateFileError(f"{source}: empty file, not a dispatch phase state")
     try:

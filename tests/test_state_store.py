@@ -87,3 +87,10 @@ def test_redis_store_uses_its_prefix_and_ttl():
     RedisStateStore(client, prefix="team-a", ttl_s=100).save(sample_state())
     assert client.keys("*") and all(k.startswith(b"team-a:") for k in client.keys("*"))
     assert 0 < client.ttl("team-a:run:r1") <= 100
+
+
+def test_a_document_without_phases_is_not_a_state(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('{"run_id": "x", "schema_version": 1}')
+    with pytest.raises(StateFileError, match="not a dispatch phase state"):
+        load_state_file(path)

@@ -1,0 +1,68 @@
+"""Every benchmark side by side in one run: a table of absolute figures and ratios.
+
+    .venv/bin/python bench/run_all.py [--quick]
+
+P1 pipeline overhead vs a bare Celery group, P2 DAG makespan vs its lower bound
+(real Redis, real workers), P3 context index and query vs a naive scan, P4 CLI
+start vs ``celery --help``, P5 state save+load for 10k tasks.  Run it on a
+quiet machine: the ratios compare runs made minutes apart on the same cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import bench_cli, bench_context, bench_pipeline, bench_state  # noqa: E402
+
+
+def machine_line() -> str:
+    import celery
+    import kombu
+    import redis
+
+    cpu = platform.processor() or platform.machine()
+    return (f"machine: {platform.system()} {platform.release()} {cpu}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}, celery {celery.__version__}, kombu {kombu.__version__}, "
+            f"redis-py {redis.__version__}, load average {os.getloadavg()[0]:.2f}")
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'benchmark':<86} {'value':>10}      {'baseline':>10}  {'ratio':>6}  target",
+             "-" * 132]
+    for r in rows:
+        lines.append(f"{r['name']:<86} {r['value']:>10} {r['unit']:<4} {r['baseline']:>10}  {r['ratio']:>6}  "
+                     f"{r.get('target', '')}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller P1 (a smoke run)")
+    args = parser.parse_args()
+    repeat = 1 if args.quick else 3
+    rows: list[dict] = []
+    t0 = time.time()
+    suites = [
+        ("P1/P2", lambda: bench_pipeline.run(tasks=200 if args.quick else 1000, repeat=repeat)),
+        ("P3", lambda: bench_context.run(bench_context.DEFAULT_CORPUS)),
+        ("P4", lambda: bench_cli.run(repeat=3 if args.quick else 5)),
+        ("P5", lambda: bench_state.run(repeat=repeat)),
+    ]
+    for name, suite in suites:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        rows += suite()
+    print(machine_line())
+    print(table(rows))
+    print(f"(total {time.time() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
