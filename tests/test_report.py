@@ -18,7 +18,7 @@ from dispatch.models import (ContextChoice, ContextItem, ExecutionPhase, GlobalC
 from dispatch.report import render_html, render_text
 from dispatch.report.common import fmt_ms, one_line
 from dispatch.report.svg import nice_step
-from dispatch.report.timeline import NOT_RUN, phase_chart, task_chart
+from dispatch.report.timeline import NOT_RUN, NOT_RUN_ROWS, phase_chart, task_chart
 
 T0 = datetime(2025, 10, 7, 16, 30, 0, tzinfo=timezone.utc)
 HOSTILE = '<script>alert("owned")</script> & <img src=x onerror=alert(1)>'
@@ -210,6 +210,16 @@ def test_tasks_that_did_not_run_start_when_they_were_blocked():
     assert chart.rows[-2].label == NOT_RUN and [b.key for b in not_run] == ["apply-migration", "release-notes"]
     assert not_run[0].start_ms == not_run[1].start_ms == pytest.approx(680)  # flaky-migration ended
     assert not_run[0].end_ms == chart.span_ms == pytest.approx(3100)
+
+
+def test_many_tasks_that_did_not_run_are_summed_up():
+    state = sample_state()
+    for n in range(NOT_RUN_ROWS + 5):
+        state.tasks_data.append(TaskSpec(task_id=f"late-{n}", agent="echo", description="-"))
+        state.task_results.append(TaskResult(task_id=f"late-{n}", agent="echo", success=False, skipped=True))
+    rows = [r for r in task_chart(state).rows if r.group == 3]
+    assert len(rows) == NOT_RUN_ROWS + 1 and rows[-1].note.startswith("… and 7 more tasks that did not run")
+    assert "and 7 more tasks that did not run" in render_html(state)
 
 
 def test_phase_without_timestamps_is_laid_after_the_previous_one():

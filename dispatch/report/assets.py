@@ -66,8 +66,10 @@ body.only-crit .gantt .bar:not(.crit) { opacity: .18; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { text-align: left; padding: 5px 10px 5px 0; border-bottom: 1px solid #eaeef2; vertical-align: top; }
 th { color: var(--muted); font-weight: 600; font-size: 12px; border-bottom-color: var(--line); }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.mono { white-space: nowrap; }
 td.err { color: var(--fail-dark); max-width: 380px; overflow-wrap: anywhere; }
+td.muted { color: var(--muted); }
 td.desc { max-width: 320px; overflow-wrap: anywhere; }
 tr.crit td:first-child { box-shadow: inset 3px 0 0 var(--crit); padding-left: 8px; }
 tr:target td { background: #fff8c5; }

@@ -9,7 +9,7 @@ import re
 from datetime import datetime
 from typing import Optional
 
-from ..models import PhaseResult, PhaseState, TaskResult
+from ..models import ExecutionPhase, PhaseResult, PhaseState, TaskResult
 
 SUCCESS, FAILED, SKIPPED = "success", "failed", "skipped"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -89,6 +89,20 @@ def run_span_ms(state: PhaseState) -> Optional[float]:
     if not starts or not ends:
         return None
     return max(0.0, (max(ends) - min(starts)).total_seconds() * 1000)
+
+
+def execution_origin(state: PhaseState) -> Optional[datetime]:
+    """Phase 4's clock: its start, or the first task's if earlier (or if the phase has no record)."""
+    execution = state.result_for(ExecutionPhase.PARALLEL_EXECUTION)
+    stamps = [parse_ts(r.started_at) for r in state.task_results]
+    stamps.append(parse_ts(execution.started_at) if execution else None)
+    return min((s for s in stamps if s), default=None)
+
+
+def offset_text(result: TaskResult, origin: Optional[datetime]) -> str:
+    """``+410 ms``: when a task started on phase 4's clock."""
+    start = parse_ts(result.started_at)
+    return f"+{fmt_ms((start - origin).total_seconds() * 1000)}" if start and origin else "-"
 
 
 def descriptions(state: PhaseState) -> dict[str, str]:

@@ -11,8 +11,8 @@ from typing import Iterable, Optional
 
 from ..models import ExecutionPhase, PhaseState, QuorumResult, TaskContext, ValidatorVote
 from .assets import CONTENT_SECURITY_POLICY, CSS, JS, SVG_DEFS
-from .common import (FAILED, SKIPPED, SUCCESS, critical_ids, descriptions, fmt_ms, one_line, parse_ts,
-                     phase_status, run_span_ms, task_counts, task_status)
+from .common import (FAILED, SKIPPED, SUCCESS, critical_ids, descriptions, execution_origin, fmt_ms, offset_text,
+                     one_line, phase_status, run_span_ms, task_counts, task_status)
 from .svg import render_chart
 from .timeline import phase_chart, task_chart
 
@@ -61,7 +61,7 @@ def _header(state: PhaseState) -> str:
     phase_total = sum(r.duration_ms for r in state.phases_executed)
     workers = {r.worker for r in state.task_results if r.worker}
     facts = [("status", _badge(state.status)),
-             ("started", _e(state.started_at or "-")),
+             ("started", _e((state.started_at or "-").replace("T", " ").replace("Z", " UTC"))),
              ("wall time", _e(fmt_ms(span))),
              ("phase time", _e(fmt_ms(phase_total))),
              ("tasks", f"{counts[SUCCESS]} ok · {counts[FAILED]} failed · {counts[SKIPPED]} skipped"),
@@ -81,10 +81,11 @@ def _phases(state: PhaseState) -> str:
     for r in state.phases_executed:
         status = phase_status(r)
         detail = r.error if r.error else (r.output_data.get("reason") if r.skipped else "")
+        duration = "-" if r.skipped else fmt_ms(r.duration_ms)
         rows.append(f'<tr id="phase-{r.phase.number}"><td>{r.phase.number} {_e(r.phase.title)}</td>'
-                    f"<td>{_badge(status)}</td><td class=\"num\">{_e(fmt_ms(r.duration_ms))}</td>"
+                    f"<td>{_badge(status)}</td><td class=\"num\">{_e(duration)}</td>"
                     f'<td class="num">{r.retry_count}</td><td class="mono">{_e(r.started_at or "-")}</td>'
-                    f'<td class="err">{_long_text(detail)}</td></tr>')
+                    f'<td class="{"err" if r.error else "muted"}">{_long_text(detail)}</td></tr>')
     table = _table(["phase", "status", "duration", "retries", "started", "error / reason"], rows, numeric=(2, 3))
     chart = render_chart(phase_chart(state), "phase-timeline", "Timeline of the run's phases")
     return (f'<section id="phases"><h2>Phases</h2>{_legend()}<div class="chart">{chart}</div>'
@@ -97,7 +98,7 @@ def _timeline(state: PhaseState) -> str:
     else:
         chart = render_chart(task_chart(state), "task-timeline", "Timeline of the agent tasks by worker")
         body = (f'{_legend(with_critical=bool(critical_ids(state)))}<div class="chart">{chart}</div>'
-                '<p class="sub">Time since the first task started. Tasks that did not run are drawn from the '
+                '<p class="sub">Time since phase 4 started. Tasks that did not run are drawn from the '
                 "moment they were blocked. Hover a bar for details; click it to jump to the task.</p>")
     return f'<section id="timeline"><h2>Agent tasks by worker</h2>{body}</section>'
 
@@ -141,6 +142,7 @@ def _vote_rows(votes: list[ValidatorVote]) -> list[str]:
     return rows
 
 
+OPEN_CONTEXTS = 5  # up to this many tasks, their context tables start unfolded
 VOTE_HEADERS = ["validator", "kind", "weight", "vote", "confidence", "alignment", "latency", "deficiencies", "error"]
 
 
@@ -176,11 +178,10 @@ def _task_table(state: PhaseState) -> str:
     if not state.task_results and not state.tasks_data:
         return ""
     descs, critical = descriptions(state), set(critical_ids(state))
-    starts = [parse_ts(r.started_at) for r in state.task_results]
-    origin = min([s for s in starts if s], default=None)
+    origin = execution_origin(state)
     rows = []
-    for i, (r, start) in enumerate(zip(state.task_results, starts)):
-        offset = f"+{fmt_ms((start - origin).total_seconds() * 1000)}" if start and origin else "-"
+    for i, r in enumerate(state.task_results):
+        offset = offset_text(r, origin)
         rows.append(f'<tr id="task-{i}"{" class=crit" if r.task_id in critical else ""}>'
                     f'<td class="mono">{_e(r.task_id)}</td><td>{_e(r.agent)}</td><td>{_e(r.worker or "-")}</td>'
                     f'<td class="num">{_e(offset)}</td>'
@@ -241,7 +242,7 @@ def _contexts(state: PhaseState) -> str:
                      if ctx.unmatched_requirements else "")
         rows = _context_rows(ctx)
         body = _table(headers, rows, numeric=(2, 3)) if rows else '<p class="empty">No items chosen.</p>'
-        out.append(f'<details><summary><code>{_e(tid)}</code><span class="meta">{_e(meta)}</span> {meter}'
+        out.append(f'<details{" open" if len(order) <= OPEN_CONTEXTS else ""}><summary><code>{_e(tid)}</code><span class="meta">{_e(meta)}</span> {meter}'
                    f"</summary>{unmatched}{body}</details>")
     out.append("</section>")
     return "".join(out)

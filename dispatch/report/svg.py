@@ -104,7 +104,7 @@ def _bar(bar: Bar, y: float, scale: float) -> str:
     parts = [f'<g class="{cls}" data-key="{_e(bar.key)}">', f"<title>{_e(bar.tip)}</title>",
              f'<rect x="{x:.1f}" y="{by:.1f}" width="{w:.1f}" height="{BAR_H}" rx="3"/>']
     fits = int((w - 8) / CHAR_W)
-    if fits >= min(len(bar.label), 4):
+    if bar.label and fits >= min(len(bar.label), 4):
         parts.append(f'<text class="bar-label" x="{x + 4:.1f}" y="{by + BAR_H - 4:.1f}">'
                      f"{_e(_truncate(bar.label, fits))}</text>")
     if bar.note:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..models import PhaseState, ValidatorVote
-from .common import (FAILED, SKIPPED, SUCCESS, critical_ids, fmt_ms, one_line, parse_ts, phase_status,
-                     run_span_ms, task_counts, task_status)
+from .common import (FAILED, SKIPPED, SUCCESS, critical_ids, execution_origin, fmt_ms, offset_text, one_line,
+                     phase_status, run_span_ms, task_counts, task_status)
 
 MARKS = {SUCCESS: "✓ ok", FAILED: "✗ failed", SKIPPED: "⚠ skipped"}
 
@@ -51,13 +51,11 @@ def _tasks(state: PhaseState) -> list[str]:
     counts = task_counts(state)
     workers = {r.worker for r in results if r.worker}
     critical = set(critical_ids(state))
-    starts = [parse_ts(r.started_at) for r in results]
-    origin = min([s for s in starts if s], default=None)
+    origin = execution_origin(state)
     rows = []
-    for r, start in zip(results, starts):
-        offset = f"+{fmt_ms((start - origin).total_seconds() * 1000)}" if start and origin else "-"
+    for r in results:
         rows.append([("* " if r.task_id in critical else "  ") + one_line(r.task_id, 40), one_line(r.agent, 20),
-                     one_line(r.worker or "-", 30), offset, "-" if r.skipped else fmt_ms(r.duration_ms),
+                     one_line(r.worker or "-", 30), offset_text(r, origin), "-" if r.skipped else fmt_ms(r.duration_ms),
                      MARKS[task_status(r)], one_line(r.error, 60)])
     head = (f"TASKS  {counts[SUCCESS]} ok, {counts[FAILED]} failed, {counts[SKIPPED]} skipped "
             f"on {len(workers)} worker{'s' if len(workers) != 1 else ''}")

@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Optional
 
 from ..models import ExecutionPhase, PhaseState, TaskResult
-from .common import SKIPPED, descriptions, fmt_ms, one_line, parse_ts, phase_status, task_status
+from .common import SKIPPED, descriptions, execution_origin, fmt_ms, one_line, parse_ts, phase_status, task_status
 
-NOT_RUN_ROWS = 40  # beyond this, tasks that never ran are summed up in one row
+NOT_RUN_ROWS = 20  # beyond this, tasks that never ran are summed up in one row
 UNKNOWN_WORKER = "(unknown worker)"
 NOT_RUN = "not run"
 
@@ -83,7 +83,7 @@ def phase_chart(state: PhaseState) -> Chart:
             tip.append(f"retries: {result.retry_count}")
         if result.error:
             tip.append(f"error: {one_line(result.error, 300)}")
-        row.bars.append(Bar(key=result.phase.value, label=result.phase.title, start_ms=start, end_ms=end,
+        row.bars.append(Bar(key=result.phase.value, label="", start_ms=start, end_ms=end,
                             status=status, tip="\n".join(tip), anchor=f"phase-{result.phase.number}",
                             note=fmt_ms(result.duration_ms)))
         rows.append(row)
@@ -123,7 +123,7 @@ def _task_tip(result: TaskResult, status: str, description: str, start: Optional
 
 
 def task_chart(state: PhaseState) -> Chart:
-    """Every agent task, grouped by worker, on phase 4's clock (origin: its first start).
+    """Every agent task, grouped by worker, on phase 4's clock (``common.execution_origin``).
 
     Phase 4's own clock rather than the run's: when phases 0-3 ran in an earlier
     session (``--load-phase-state``), the gap would flatten every task bar.
@@ -135,11 +135,9 @@ def task_chart(state: PhaseState) -> Chart:
     descs, critical = descriptions(state), set(state.plan.critical_path if state.plan else [])
     execution = state.result_for(ExecutionPhase.PARALLEL_EXECUTION)
     stamps = [parse_ts(r.started_at) for r in results]
-    known = [s for s in stamps if s] + ([parse_ts(execution.started_at)]
-                                        if execution and parse_ts(execution.started_at) else [])
-    if not known:
+    origin = execution_origin(state)
+    if origin is None:
         return Chart(rows=[], span_ms=1.0)
-    origin = min(known)
 
     ran: dict[str, list[tuple[float, float, TaskResult]]] = {}
     ends: dict[str, float] = {}
