@@ -73,3 +73,36 @@ def test_only_agents_queue_workers_run_agents(distributed, tmp_path):
     run = cli(distributed, "--skip-phases", "0,1", stdin=breakdown(make_workspace(tmp_path / "ws"), n_extra=4))
     assert run.returncode == 0, run.stderr
     assert {r["worker"].split("@")[0] for r in run.json["results"]} == {"agents"}
+
+
+def comparable(results: list[dict]) -> list[dict]:
+    """What must not depend on where a task ran: everything but worker, timing and attempts."""
+    drop = {"worker", "duration_ms", "started_at", "completed_at", "attempts"}
+    return [{k: v for k, v in r.items() if k not in drop} for r in results]
+
+
+def test_results_are_identical_embedded_and_on_redis(distributed, tmp_path, cli):
+    distributed["workers"].start("alpha")
+    distributed["workers"].start("beta")
+    tasks = breakdown(make_workspace(tmp_path / "ws"), fail="reader", n_extra=3)
+    on_redis = run_cli(["--skip-phases", "0,1"], stdin=tasks, env=distributed["env"])
+    embedded = cli("--skip-phases", "0,1", stdin=tasks)
+    assert on_redis.returncode == embedded.returncode == 1
+    assert comparable(on_redis.json["results"]) == comparable(embedded.json["results"])
+
+
+def test_max_workers_1_serialises_across_workers(distributed, tmp_path):
+    from datetime import datetime
+
+    distributed["workers"].start("alpha")
+    distributed["workers"].start("beta")
+    document = json.loads(breakdown(make_workspace(tmp_path / "ws"), n_extra=6, sleep_ms=80))
+    document["config"]["max_workers"] = 1
+    run = run_cli(["--skip-phases", "0,1"], stdin=json.dumps(document), env=distributed["env"])
+    assert run.returncode == 0, run.stderr
+
+    def ts(text):
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+    spans = sorted((ts(r["started_at"]), ts(r["completed_at"])) for r in run.json["results"])
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end - 0.002, "two agent tasks overlapped with max_workers=1"
