@@ -190,3 +190,14 @@ def test_two_writers_do_not_corrupt_the_index(repo: Path, cache: Path) -> None:
         a.close()
         b.close()
     assert sqlite3.connect(index_path(cache, repo)).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_rare_term_gate_keeps_the_answers(repo: Path, cache: Path, monkeypatch) -> None:
+    with WorkspaceIndex(repo, cache) as ix:
+        ix.update()
+        plain = {q: [h.path for h in ix.query(q, 3)] for q in KNOWN_ANSWERS}
+        monkeypatch.setattr(index_module, "GATE_MIN_CHUNKS", 0)
+        monkeypatch.setattr(index_module, "GATE_COMMON_SHARE", 0.3)
+        assert ix._gate("stock node rollback", '"x"').startswith('("rollback") AND (')
+        for query, expected in KNOWN_ANSWERS.items():
+            assert [h.path for h in ix.query(query, 3)][0] == plain[query][0] == expected

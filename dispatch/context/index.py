@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Sequence
 
 from .chunking import ChunkOptions, chunk_lines
+from .terms import MAX_QUERY_TERMS, fts_query, key_terms, quote_term
 from .walk import DEFAULT_EXCLUDES, FileEntry, decode, iter_files, looks_binary
 
 SCHEMA_VERSION = 3
@@ -35,6 +36,8 @@ TOKENIZER = "porter unicode61 remove_diacritics 2"
 PATH_WEIGHT, BODY_WEIGHT = 4.0, 1.0
 DEFAULT_MAX_BYTES = 1_000_000
 FLUSH_ROWS = 20_000
+GATE_MIN_CHUNKS = 30_000     # below this every query is cheap enough as it is
+GATE_COMMON_SHARE = 0.05     # a term in more than 5% of chunks is "common"
 
 
 def default_cache_dir() -> Path:
@@ -106,6 +109,10 @@ class WorkspaceIndex:
         self.chunking = chunking
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._fresh = False
+        self._total: Optional[int] = None
+        self._stems: dict[str, str] = {}
+        self._df: dict[str, int] = {}
+        self._df_ready = False
         self.db = self._open()
 
     # ------------------------------------------------------------ lifecycle
@@ -165,6 +172,7 @@ class WorkspaceIndex:
         t0 = time.perf_counter()
         stats = IndexStats(rebuilt=self._fresh)
         self._fresh = False
+        self._total, self._df = None, {}
         db = self.db
         db.execute("BEGIN IMMEDIATE")  # one writer at a time; readers carry on (WAL)
         try:
@@ -232,6 +240,64 @@ class WorkspaceIndex:
         return next_id
 
     # --------------------------------------------------------------- search
+    def query(self, text: str, limit: int = 8) -> list[Hit]:
+        """Top ``limit`` chunks for free text (safe to pass anything)."""
+        match = fts_query(text)
+        if match is None:
+            return []
+        return self.search(self._gate(text, match), limit)
+
+    def _gate(self, text: str, match: str) -> str:
+        """On a large index, require at least one rare term: ``(rare...) AND (full query)``.
+
+        Ranking a term found in half the chunks costs a BM25 evaluation per
+        chunk and barely moves the order (its IDF is near zero).  Chunks with
+        none of the query's rare terms would rank low anyway, so they are not
+        candidates; BM25 still scores the whole query on the rest.  Small
+        indexes, and queries made only of common words, are left as they are.
+        """
+        total = self._chunk_total()
+        if total < GATE_MIN_CHUNKS:
+            return match
+        freqs = self._doc_freqs(key_terms(text, MAX_QUERY_TERMS))
+        present = [t for t, df in freqs.items() if df > 0]
+        rare = [t for t in present if freqs[t] <= GATE_COMMON_SHARE * total]
+        if not rare and len(present) > 1:  # only common words: gate on the rarest of them
+            rare = [min(present, key=lambda t: freqs[t])]
+        if not rare or len(rare) == len(present):
+            return match
+        return "(" + " OR ".join(quote_term(t) for t in rare) + ") AND (" + match + ")"
+
+    def _chunk_total(self) -> int:
+        if self._total is None:
+            self._total = self.chunk_count()
+        return self._total
+
+    def _doc_freqs(self, terms: list[str]) -> dict[str, int]:
+        """``{term: chunks containing it}``, looked up by the stem SQLite's own tokenizer
+        makes of it (stem and count cached per term until the next update)."""
+        db = self.db
+        if not self._df_ready:
+            db.executescript(f"""
+                CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_terms USING fts5(body, tokenize='{TOKENIZER}');
+                CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_terms_v USING fts5vocab(temp, query_terms, 'row');
+                CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_v USING fts5vocab(main, chunks, 'row');""")
+            self._df_ready = True
+        out: dict[str, int] = {}
+        for term in terms:
+            if term not in self._stems:
+                db.execute("INSERT INTO temp.query_terms(rowid, body) VALUES(1, ?)", (term,))
+                stems = [row[0] for row in db.execute("SELECT term FROM temp.query_terms_v")]
+                db.execute("DELETE FROM temp.query_terms WHERE rowid = 1")
+                self._stems[term] = stems[0] if stems else ""
+            stem = self._stems[term]
+            if stem and stem not in self._df:
+                row = db.execute("SELECT doc FROM temp.chunks_v WHERE term = ?", (stem,)).fetchone()
+                self._df[stem] = row[0] if row else 0
+            if stem:
+                out[term] = self._df[stem]
+        return out
+
     def search(self, match: str, limit: int = 8) -> list[Hit]:
         """Top ``limit`` chunks for an FTS5 MATCH expression (see terms.fts_query)."""
         rows = self.db.execute(

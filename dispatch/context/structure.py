@@ -6,6 +6,7 @@ else from a bounded walk of its own.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -34,7 +35,7 @@ def language_of(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     if name in ("Dockerfile", "Makefile", "CMakeLists.txt"):
         return name
-    ext = Path(name).suffix.lower()
+    ext = os.path.splitext(name)[1].lower()
     return LANGUAGES.get(ext, ext or "(no extension)")
 
 

@@ -102,14 +102,15 @@ def fts_query(text: str) -> str | None:
         terms = list(dict.fromkeys(t for t in words(text) if len(t) > 1))[:MAX_QUERY_TERMS]
     if not terms:
         return None
-    parts = [_quote(t) for t in terms]
+    parts = [quote_term(t) for t in terms]
     phrase = [t for t in (r.lower() for r in _RUN.findall(text)) if t not in STOPWORDS]
     if 2 <= len(phrase) <= 4:
-        parts.insert(0, _quote(" ".join(phrase)))
+        parts.insert(0, quote_term(" ".join(phrase)))
     return " OR ".join(parts)
 
 
-def _quote(term: str) -> str:
+def quote_term(term: str) -> str:
+    """One FTS5 string token: double-quoted, inner quotes doubled."""
     return '"' + term.replace('"', '""') + '"'
 
 

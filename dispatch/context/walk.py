@@ -36,6 +36,11 @@ def _spec(lines: Sequence[str]) -> Optional[pathspec.GitIgnoreSpec]:
     return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
 
 
+def _plain_dir(pattern: str) -> bool:
+    name = pattern[:-1]
+    return pattern.endswith("/") and bool(name) and not any(ch in name for ch in "*?[]!/\\ ")
+
+
 def _read_ignore(path: str) -> Optional[pathspec.GitIgnoreSpec]:
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -49,7 +54,10 @@ class IgnoreRules:
 
     def __init__(self, root: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES) -> None:
         self.root = root
-        base = _spec(list(excludes))
+        # plain folder names ("node_modules/") are checked by name: a set lookup
+        # instead of running every pattern's regex against every path
+        self.dir_names = frozenset(p[:-1] for p in excludes if _plain_dir(p))
+        base = _spec([p for p in excludes if not _plain_dir(p)])
         stack: list[tuple[str, pathspec.GitIgnoreSpec]] = [("", base)] if base else []
         info = _read_ignore(str(root / ".git" / "info" / "exclude"))
         if info:
@@ -70,6 +78,8 @@ class IgnoreRules:
     def is_ignored(self, rel: str) -> bool:
         """Whether one workspace-relative file path is excluded (checks every ancestor)."""
         parts = rel.split("/")
+        if any(part in self.dir_names for part in parts[:-1]):
+            return True
         stack = list(self.base_stack)
         for depth in range(len(parts)):
             prefix = "/".join(parts[:depth])
@@ -109,10 +119,12 @@ def iter_files(root: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES,
                 if entry.is_symlink():
                     continue
                 if entry.is_dir():
-                    if entry.path not in skip and not rules.ignored(stack, rel, True):
+                    if entry.name in rules.dir_names or entry.path in skip:
+                        continue
+                    if not stack or not rules.ignored(stack, rel, True):
                         subdirs.append((entry.path, rel + "/", stack))
                     continue
-                if not entry.is_file() or rules.ignored(stack, rel, False):
+                if not entry.is_file() or (stack and rules.ignored(stack, rel, False)):
                     continue
                 st = entry.stat()
             except OSError:

@@ -12,7 +12,6 @@ from ...errors import ConfigError
 from ...models import ContextItem
 from ..chunking import ChunkOptions
 from ..index import DEFAULT_MAX_BYTES, WorkspaceIndex
-from ..terms import fts_query
 from ..tokens import count_tokens
 from ..walk import DEFAULT_EXCLUDES
 from .base import RETRIEVERS, Retriever
@@ -40,11 +39,8 @@ class WorkspaceRetriever(Retriever):
 
     def search(self, query: str, top_k: int) -> list[ContextItem]:
         assert self.index is not None, "prepare() first"
-        match = fts_query(query)
-        if match is None:
-            return []
         items = []
-        for hit in self.index.search(match, top_k):
+        for hit in self.index.query(query, top_k):
             item_id = f"{hit.path}:{hit.start}-{hit.end}"
             items.append(ContextItem(
                 id=item_id, source=hit.path, content=hit.body, score=round(hit.score, 4),
