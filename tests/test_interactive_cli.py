@@ -7,6 +7,7 @@ JSON result, whatever the terminal showed.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -37,6 +38,11 @@ if isinstance(step, dict) and "describe" in step:  # set descriptions on the tas
     for task in tasks:
         task["description"] = step["describe"].get(task["task_id"], task["description"])
     step = json.dumps(tasks, indent=2)
+if isinstance(step, dict) and "item_content" in step:  # rewrite every gathered context item
+    context = json.loads("\\n".join(l for l in target.read_text().splitlines() if not l.startswith("//")))
+    for item in context["items"]:
+        item["content"] = step["item_content"]
+    step = json.dumps(context, indent=2)
 target.write_text(step)
 '''
 
@@ -49,7 +55,7 @@ OFF_TOPIC = {"user_prompt": "Write the config parser and its unit tests", "tasks
     {"task_id": "bread", "agent": "echo", "description": "Bake sourdough bread", "dependencies": ["logo"]}]}
 
 
-class Cli:
+class PtyCli:
     """One test's workspace: input files, state directory, scripted editor."""
 
     def __init__(self, tmp: Path) -> None:
@@ -59,6 +65,7 @@ class Cli:
         self.editor_dir.mkdir()
         (self.editor_dir / "edit.py").write_text(EDITOR_SCRIPT)
         self.plan_file = self.editor_dir / "plan.json"
+        self.extra_env: dict[str, str] = {}
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
@@ -66,6 +73,7 @@ class Cli:
                    EDITOR=f"{shlex.quote(PY)} {shlex.quote(str(self.editor_dir / 'edit.py'))} "
                           f"{shlex.quote(str(self.plan_file))}")
         env.pop("VISUAL", None)
+        env.update(self.extra_env)
         return env
 
     def write(self, name: str, document: dict) -> Path:
@@ -82,8 +90,10 @@ class Cli:
 
     def spawn(self, args: str, out: str = "out.json") -> pexpect.spawn:
         command = f"{shlex.quote(PY)} cli.py {args} > {shlex.quote(str(self.tmp / out))}"
-        return pexpect.spawn("bash", ["-c", command], cwd=str(ROOT), env=self.env(), encoding="utf-8",
-                             timeout=90, dimensions=(50, 120))
+        child = pexpect.spawn("bash", ["-c", command], cwd=str(ROOT), env=self.env(), encoding="utf-8",
+                              timeout=90, dimensions=(50, 120))
+        self.transcript = child.logfile_read = io.StringIO()  # everything the terminal showed
+        return child
 
     def result(self, out: str = "out.json") -> dict:
         return json.loads((self.tmp / out).read_text())  # the whole of stdout must be one JSON document
@@ -93,8 +103,8 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    return Cli(tmp_path)
+def pty_cli(tmp_path: Path) -> PtyCli:
+    return PtyCli(tmp_path)
 
 
 def answer(child: pexpect.spawn, checkpoint: str, key: str) -> str:
@@ -112,9 +122,9 @@ def finish(child: pexpect.spawn) -> tuple[int, str]:
     return child.exitstatus, child.before
 
 
-def test_approve_every_checkpoint(cli: Cli) -> None:
-    tasks = cli.write("tasks.json", TASKS)
-    child = cli.spawn(f"-i -f {tasks} --save-phase-state {cli.tmp / 'saved.json'}")
+def test_approve_every_checkpoint(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("tasks.json", TASKS)
+    child = pty_cli.spawn(f"-i -f {tasks} --save-phase-state {pty_cli.tmp / 'saved.json'}")
     child.expect(r"session file: (\S+)")
     session_file = Path(child.match.group(1))
     shown = answer(child, "Checkpoint after phase 2: Task Planning", "x")  # not a choice: asked again
@@ -127,24 +137,24 @@ def test_approve_every_checkpoint(cli: Cli) -> None:
     assert "Results: 2 of 2 succeeded" in shown
     code, _ = finish(child)
     assert code == 0
-    out = cli.result()
+    out = pty_cli.result()
     assert out["success"] is True and out["status"] == "succeeded"
     assert [r["task_id"] for r in out["results"]] == ["parser", "tests"]
     assert [p["skipped"] for p in out["timing_summary"]["phases"]] == [True, True, False, False, False]
-    assert cli.stored_run(out["run_id"])["status"] == "succeeded"
-    assert json.loads((cli.tmp / "saved.json").read_text())["run_id"] == out["run_id"]
+    assert pty_cli.stored_run(out["run_id"])["status"] == "succeeded"
+    assert json.loads((pty_cli.tmp / "saved.json").read_text())["run_id"] == out["run_id"]
     session = json.loads(session_file.read_text())
     assert session["status"] == "finished" and session["run_id"] == out["run_id"]
     assert session["decided"] == {"after-2": "approve", "after-3": "approve", "after-4": "approve"}
 
 
-def test_edited_description_reaches_phase_4_after_a_rejected_edit(cli: Cli) -> None:
-    tasks = cli.write("tasks.json", TASKS)
+def test_edited_description_reaches_phase_4_after_a_rejected_edit(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("tasks.json", TASKS)
     fixed = [dict(TASKS["tasks"][0]),
              dict(TASKS["tasks"][1], description="Write property-based unit tests for the parser")]
-    cli.edits('[{"task_id": "tests", "agent": "echo", "description": "x", "dependencies": ["ghost"]}]',
-              json.dumps(fixed))
-    child = cli.spawn(f"-i -f {tasks}")
+    pty_cli.edits('[{"task_id": "tests", "agent": "echo", "description": "x", "dependencies": ["ghost"]}]',
+                  json.dumps(fixed))
+    child = pty_cli.spawn(f"-i -f {tasks}")
     answer(child, "Checkpoint after phase 2", "a")
     answer(child, "Checkpoint after phase 3", "e")
     child.expect_exact("Edit rejected: tasks[0].dependencies: unknown task 'ghost'")
@@ -156,20 +166,20 @@ def test_edited_description_reaches_phase_4_after_a_rejected_edit(cli: Cli) -> N
     answer(child, "Checkpoint after phase 4", "a")
     code, _ = finish(child)
     assert code == 0
-    calls = cli.editor_calls()
+    calls = pty_cli.editor_calls()
     assert len(calls) == 2 and "ERROR" not in calls[0]
     assert "// ERROR" in calls[1] and "unknown task 'ghost'" in calls[1]  # the reopened file shows why
-    out = cli.result()
+    out = pty_cli.result()
     by_id = {r["task_id"]: r for r in out["results"]}
     assert by_id["tests"]["output"]["description"] == "Write property-based unit tests for the parser"
     assert "Write property-based unit tests for the parser" in by_id["tests"]["prompt"]
     assert by_id["parser"]["output"]["description"] == "Write the config parser module"
 
 
-def test_quorum_fail_fixed_by_edit_then_retry_with_feedback(cli: Cli) -> None:
-    tasks = cli.write("off_topic.json", OFF_TOPIC)
-    cli.edits(json.dumps(TASKS["tasks"]))
-    child = cli.spawn(f"-i --enable-quorum -f {tasks}")
+def test_quorum_fail_fixed_by_edit_then_retry_with_feedback(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("off_topic.json", OFF_TOPIC)
+    pty_cli.edits(json.dumps(TASKS["tasks"]))
+    child = pty_cli.spawn(f"-i --enable-quorum -f {tasks}")
     shown = answer(child, "Checkpoint after phase 1: Quorum Validation", "e")
     assert "Decision: FAIL" in shown and "no task mentions" in shown
     assert "approving ends the run as failed" in shown
@@ -185,12 +195,12 @@ def test_quorum_fail_fixed_by_edit_then_retry_with_feedback(cli: Cli) -> None:
         child.expect_exact("→ approved (batch-approve)")
     code, _ = finish(child)
     assert code == 0
-    out = cli.result()
+    out = pty_cli.result()
     assert out["success"] is True and out["quorum_result"]["decision"] == "PASS"
     assert {r["output"]["description"] for r in out["results"]} == {t["description"] for t in TASKS["tasks"]}
-    state = cli.stored_run(out["run_id"])
+    state = pty_cli.stored_run(out["run_id"])
     assert state["input_extras"]["quorum_feedback"] == "keep to the parser and its tests"
-    session = json.loads(next((cli.state_dir / "sessions").glob("*.json")).read_text())
+    session = json.loads(next((pty_cli.state_dir / "sessions").glob("*.json")).read_text())
     actions = [(d["checkpoint"], d["action"], d["auto"]) for d in session["history"]]
     assert actions == [("after-1", "edit", False), ("after-1", "retry", False), ("after-1", "batch-approve", False),
                        ("after-2", "batch-approve", True), ("after-3", "batch-approve", True),
@@ -199,21 +209,21 @@ def test_quorum_fail_fixed_by_edit_then_retry_with_feedback(cli: Cli) -> None:
     assert session["history"][1]["feedback"] == "keep to the parser and its tests"
 
 
-def test_approving_a_failed_quorum_ends_the_run_failed(cli: Cli) -> None:
-    tasks = cli.write("off_topic.json", OFF_TOPIC)
-    child = cli.spawn(f"-i --enable-quorum -f {tasks}")
+def test_approving_a_failed_quorum_ends_the_run_failed(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("off_topic.json", OFF_TOPIC)
+    child = pty_cli.spawn(f"-i --enable-quorum -f {tasks}")
     answer(child, "Checkpoint after phase 1", "a")
     code, transcript = finish(child)
     assert code == 1
     assert "Phase 2: Task Planning" not in transcript
-    out = cli.result()
+    out = pty_cli.result()
     assert out["success"] is False and out["status"] == "failed" and "quorum decision FAIL" in out["error"]
-    assert cli.stored_run(out["run_id"])["status"] == "failed"
+    assert pty_cli.stored_run(out["run_id"])["status"] == "failed"
 
 
-def test_skip_failed_quorum_and_phase_3_goes_on(cli: Cli) -> None:
-    tasks = cli.write("off_topic.json", OFF_TOPIC)
-    child = cli.spawn(f"-i --enable-quorum -f {tasks}")
+def test_skip_failed_quorum_and_phase_3_goes_on(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("off_topic.json", OFF_TOPIC)
+    child = pty_cli.spawn(f"-i --enable-quorum -f {tasks}")
     answer(child, "Checkpoint after phase 1", "s")
     answer(child, "Checkpoint after phase 2", "a")
     answer(child, "Checkpoint after phase 3", "s")
@@ -221,34 +231,34 @@ def test_skip_failed_quorum_and_phase_3_goes_on(cli: Cli) -> None:
     assert "Results: 2 of 2 succeeded" in shown
     code, _ = finish(child)
     assert code == 0
-    out = cli.result()
+    out = pty_cli.result()
     assert out["success"] is True and out["quorum_result"] is None
     phases = {p["phase"]: p for p in out["phases_executed"]}
     for name in ("QUORUM_VALIDATION", "CONTEXT_FILTERING"):
         assert phases[name]["skipped"] is True
         assert phases[name]["output_data"]["reason"] == "skipped at the interactive checkpoint"
     assert phases["PARALLEL_EXECUTION"]["skipped"] is False
-    assert cli.stored_run(out["run_id"])["task_contexts"] == {}
+    assert pty_cli.stored_run(out["run_id"])["task_contexts"] == {}
 
 
-def test_retry_reruns_the_phase(cli: Cli) -> None:
-    tasks = cli.write("tasks.json", TASKS)
-    child = cli.spawn(f"-i --stop-after-phase 2 -f {tasks}")
+def test_retry_reruns_the_phase(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("tasks.json", TASKS)
+    child = pty_cli.spawn(f"-i --stop-after-phase 2 -f {tasks}")
     answer(child, "Checkpoint after phase 2", "r")  # no feedback question outside the quorum
     child.expect_exact("Phase 2: Task Planning")
     answer(child, "Checkpoint after phase 2", "a")
     code, transcript = finish(child)
     assert code == 0 and "Feedback" not in transcript
-    out = cli.result()
-    session = json.loads(next((cli.state_dir / "sessions").glob("*.json")).read_text())
+    out = pty_cli.result()
+    session = json.loads(next((pty_cli.state_dir / "sessions").glob("*.json")).read_text())
     assert [(d["action"], d["rerun"]) for d in session["history"]] == [("retry", [2]), ("approve", [])]
     assert [p["skipped"] for p in out["timing_summary"]["phases"]] == [True, True, False, True, True]
 
 
-def test_quit_then_resume_keeps_edits_and_does_not_rerun(cli: Cli) -> None:
-    tasks = cli.write("tasks.json", TASKS)
-    cli.edits({"describe": {"parser": "Write the config parser, edited before the quit"}})
-    child = cli.spawn(f"-i -f {tasks} --save-phase-state {cli.tmp / 'saved.json'}")
+def test_quit_then_resume_keeps_edits_and_does_not_rerun(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("tasks.json", TASKS)
+    pty_cli.edits({"describe": {"parser": "Write the config parser, edited before the quit"}})
+    child = pty_cli.spawn(f"-i -f {tasks} --save-phase-state {pty_cli.tmp / 'saved.json'}")
     answer(child, "Checkpoint after phase 2", "e")
     answer(child, "Checkpoint after phase 2", "a")
     answer(child, "Checkpoint after phase 3", "q")
@@ -256,17 +266,17 @@ def test_quit_then_resume_keeps_edits_and_does_not_rerun(cli: Cli) -> None:
     session_file = Path(child.match.group(1))
     code, _ = finish(child)
     assert code == 0
-    paused = cli.result()
+    paused = pty_cli.result()
     assert paused["status"] == "paused" and paused["session_file"] == str(session_file)
     assert paused["phases_completed"] == [2, 3]
     before = json.loads(session_file.read_text())
     assert before["status"] == "paused" and before["decided"] == {"after-2": "approve"}
     started = {r["phase"]: r["started_at"] for r in before["state"]["phases_executed"] if not r["skipped"]}
     assert set(started) == {"TASK_PLANNING", "CONTEXT_FILTERING"}
-    assert json.loads((cli.tmp / "saved.json").read_text())["status"] == "paused"
-    assert cli.stored_run(paused["run_id"])["status"] == "paused"
+    assert json.loads((pty_cli.tmp / "saved.json").read_text())["status"] == "paused"
+    assert pty_cli.stored_run(paused["run_id"])["status"] == "paused"
 
-    child = cli.spawn(f"--resume-session {shlex.quote(str(session_file))}", out="resumed.json")
+    child = pty_cli.spawn(f"--resume-session {shlex.quote(str(session_file))}", out="resumed.json")
     child.expect_exact(f"Resuming run {paused['run_id']}")
     child.expect_exact("Checkpoint after phase 3")  # the first undecided checkpoint, with nothing run before it
     assert "Phase 2" not in child.before and "Phase 3" not in child.before
@@ -275,23 +285,23 @@ def test_quit_then_resume_keeps_edits_and_does_not_rerun(cli: Cli) -> None:
     answer(child, "Checkpoint after phase 4", "a")
     code, _ = finish(child)
     assert code == 0
-    out = cli.result("resumed.json")
+    out = pty_cli.result("resumed.json")
     assert out["run_id"] == paused["run_id"] and out["success"] is True
     assert {r["phase"]: r["started_at"] for r in out["phases_executed"] if not r["skipped"]
             and r["phase"] != "PARALLEL_EXECUTION"} == started
     parser = next(r for r in out["results"] if r["task_id"] == "parser")
     assert parser["output"]["description"] == "Write the config parser, edited before the quit"
     assert json.loads(session_file.read_text())["status"] == "finished"
-    assert json.loads((cli.tmp / "saved.json").read_text())["status"] == "succeeded"  # the session's flag kept
+    assert json.loads((pty_cli.tmp / "saved.json").read_text())["status"] == "succeeded"  # the session's flag kept
 
 
-def test_checkpoint_before_phase_4_on_a_loaded_state(cli: Cli) -> None:
-    tasks = cli.write("tasks.json", TASKS)
-    prepared = cli.tmp / "prepared.json"
-    done = run_plain(cli, "--stop-after-phase", "3", "--save-phase-state", str(prepared), "-f", str(tasks))
+def test_checkpoint_before_phase_4_on_a_loaded_state(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("tasks.json", TASKS)
+    prepared = pty_cli.tmp / "prepared.json"
+    done = run_plain(pty_cli, "--stop-after-phase", "3", "--save-phase-state", str(prepared), "-f", str(tasks))
     assert done.returncode == 0, done.stderr
-    cli.edits({"describe": {"tests": "Write unit tests, edited before execution"}})
-    child = cli.spawn(f"-i --load-phase-state {prepared} --only-phase 4")
+    pty_cli.edits({"describe": {"tests": "Write unit tests, edited before execution"}})
+    child = pty_cli.spawn(f"-i --load-phase-state {prepared} --only-phase 4")
     shown = answer(child, "Before phase 4: Parallel Execution", "r")  # nothing ran yet: no retry here
     assert shown.endswith("[a]pprove  [e]dit  [s]kip  [b]atch-approve the rest  ")
     child.expect_exact("Please answer one of: a, e, s, b, q")
@@ -305,26 +315,47 @@ def test_checkpoint_before_phase_4_on_a_loaded_state(cli: Cli) -> None:
     answer(child, "Checkpoint after phase 4", "a")
     code, _ = finish(child)
     assert code == 0
-    out = cli.result()
+    out = pty_cli.result()
     tests_result = next(r for r in out["results"] if r["task_id"] == "tests")
     assert tests_result["output"]["description"] == "Write unit tests, edited before execution"
     assert out["run_id"] != json.loads(prepared.read_text())["run_id"]
 
 
-def test_task_json_on_stdin_with_prompts_on_the_terminal(cli: Cli) -> None:
-    tasks = cli.write("tasks.json", TASKS)
-    child = cli.spawn(f"-i < {shlex.quote(str(tasks))}")
+def test_edited_global_context_reaches_the_agents(pty_cli: PtyCli) -> None:
+    workspace = pty_cli.tmp / "ws" / "src"
+    workspace.mkdir(parents=True)
+    (workspace / "db.py").write_text("def write_rows(rows):\n    # the database writer\n    return len(rows)\n")
+    tasks = pty_cli.write("ctx.json", {
+        "user_prompt": "database writer", "workspace_path": str(workspace.parent), "rag_queries": ["database writer"],
+        "tasks": [{"task_id": "w", "agent": "echo", "description": "Write the database writer",
+                   "context_requirements": ["rag:database writer"]}]})
+    pty_cli.edits({"item_content": "EDITED CONTEXT MARKER"})
+    child = pty_cli.spawn(f"-i --enable-context -f {tasks}")
+    shown = answer(child, "Checkpoint after phase 0: Context Gathering", "e")
+    assert "src/db.py" in shown and "Items: 2" in shown  # the workspace structure and the file
+    answer(child, "Checkpoint after phase 0", "b")
+    code, _ = finish(child)
+    assert code == 0
+    assert '"items"' in pty_cli.editor_calls()[0] and "GlobalContext" in pty_cli.editor_calls()[0]
+    result = pty_cli.result()["results"][0]
+    assert result["output"]["context_items"] >= 1 and "EDITED CONTEXT MARKER" in result["prompt"]
+    assert "def write_rows" not in result["prompt"]
+
+
+def test_task_json_on_stdin_with_prompts_on_the_terminal(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("tasks.json", TASKS)
+    child = pty_cli.spawn(f"-i < {shlex.quote(str(tasks))}")
     answer(child, "Checkpoint after phase 2", "b")
     child.expect_exact("Checkpoint after phase 4")
     child.expect_exact("→ approved (batch-approve)")
     code, _ = finish(child)
     assert code == 0
-    assert cli.result()["success"] is True
+    assert pty_cli.result()["success"] is True
 
 
-def test_ctrl_c_at_a_checkpoint_saves_the_session(cli: Cli) -> None:
-    tasks = cli.write("tasks.json", TASKS)
-    child = cli.spawn(f"-i -f {tasks}")
+def test_ctrl_c_at_a_checkpoint_saves_the_session(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("tasks.json", TASKS)
+    child = pty_cli.spawn(f"-i -f {tasks}")
     child.expect_exact("Checkpoint after phase 2")
     child.expect(PROMPT)
     child.sendintr()
@@ -333,23 +364,46 @@ def test_ctrl_c_at_a_checkpoint_saves_the_session(cli: Cli) -> None:
     code, _ = finish(child)
     assert code == 130
     assert json.loads(session_file.read_text())["status"] == "paused"
-    assert cli.result()["status"] == "paused"
+    assert pty_cli.result()["status"] == "paused"
 
 
-def run_plain(cli: Cli, *args: str, stdin_file: Path | None = None) -> subprocess.CompletedProcess:
+@pytest.mark.redis
+@pytest.mark.slow
+def test_each_stretch_is_one_submission_on_redis_with_one_run_id(pty_cli: PtyCli, distributed: dict) -> None:
+    distributed["workers"].start("alpha")
+    pty_cli.extra_env = {k: v for k, v in distributed["env"].items() if k.startswith("DISPATCH_")}
+    tasks = pty_cli.write("tasks.json", TASKS)
+    child = pty_cli.spawn(f"-i -f {tasks}")
+    worker_log = pty_cli.tmp / "alpha.log"
+    answer(child, "Checkpoint after phase 2", "a")
+    assert "dispatch.phase_3_context_filtering[" not in worker_log.read_text()  # nothing runs while a human decides
+    answer(child, "Checkpoint after phase 3", "a")
+    assert "dispatch.phase_4_parallel_execution[" not in worker_log.read_text()
+    answer(child, "Checkpoint after phase 4", "a")
+    code, _ = finish(child)
+    assert code == 0
+    out = pty_cli.result()
+    assert out["success"] is True and {r["worker"].split("@")[0] for r in out["results"]} == {"alpha"}
+    # three chain submissions (phases 2, 3 and 4), one run id
+    assert pty_cli.transcript.getvalue().count(f"Submitting run {out['run_id']} to redis://") == 3
+    shown = run_plain(pty_cli, "show", out["run_id"])
+    assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "succeeded"
+
+
+def run_plain(pty_cli: PtyCli, *args: str, stdin_file: Path | None = None) -> subprocess.CompletedProcess:
     """No pseudo-terminal and a new session: the process has no controlling terminal at all."""
     with open(stdin_file or os.devnull, "rb") as stdin:
-        return subprocess.run([PY, "cli.py", *args], cwd=ROOT, env=cli.env(), stdin=stdin, capture_output=True,
+        return subprocess.run([PY, "cli.py", *args], cwd=ROOT, env=pty_cli.env(), stdin=stdin, capture_output=True,
                               text=True, timeout=60, start_new_session=True)
 
 
-def test_interactive_without_a_terminal_is_a_usage_error(cli: Cli) -> None:
-    tasks = cli.write("tasks.json", TASKS)
-    done = run_plain(cli, "-i", stdin_file=tasks)
+def test_interactive_without_a_terminal_is_a_usage_error(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("tasks.json", TASKS)
+    done = run_plain(pty_cli, "-i", stdin_file=tasks)
     assert done.returncode == 2
     assert "--interactive needs a terminal" in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""
-    assert not (cli.state_dir / "runs").exists()  # refused before anything was submitted
+    assert not (pty_cli.state_dir / "runs").exists()  # refused before anything was submitted
 
 
 @pytest.mark.parametrize("content, message", [
@@ -359,17 +413,17 @@ def test_interactive_without_a_terminal_is_a_usage_error(cli: Cli) -> None:
     ('{"kind": "dispatch.session", "schema_version": 99}', "session schema_version 99 is not supported"),
     ('{"kind": "dispatch.session", "schema_version": 1, "run_id": "r"}', "invalid session: state: Field required"),
 ])
-def test_bad_session_files_are_usage_errors(cli: Cli, content: str, message: str) -> None:
-    path = cli.tmp / "session.json"
+def test_bad_session_files_are_usage_errors(pty_cli: PtyCli, content: str, message: str) -> None:
+    path = pty_cli.tmp / "session.json"
     path.write_text(content)
-    done = run_plain(cli, "--resume-session", str(path))
+    done = run_plain(pty_cli, "--resume-session", str(path))
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""
 
 
-def test_flag_conflicts_are_usage_errors(cli: Cli) -> None:
-    tasks = cli.write("tasks.json", TASKS)
-    done = run_plain(cli, "-i", "--no-wait", "-f", str(tasks))
+def test_flag_conflicts_are_usage_errors(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("tasks.json", TASKS)
+    done = run_plain(pty_cli, "-i", "--no-wait", "-f", str(tasks))
     assert done.returncode == 2 and "cannot be combined with --no-wait" in done.stderr
-    done = run_plain(cli, "--resume-session", str(tasks), "--skip-phases", "3")
+    done = run_plain(pty_cli, "--resume-session", str(tasks), "--skip-phases", "3")
     assert done.returncode == 2 and "drop --skip-phases" in done.stderr
