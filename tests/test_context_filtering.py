@@ -141,7 +141,12 @@ def test_per_task_budget_is_never_exceeded_and_the_report_says_so(repo, ctx) -> 
         assert [c.item_id for c in kept] == [i.id for i in tc.items]
     tc = run(repo, ctx, t, per_task=150)
     assert any("trimmed to fit the budget" in c.reason for c in tc.report)
-    assert any(c.reason.startswith("not included: over the per-task budget") for c in tc.report)
+    structure_tokens = next(i.tokens for i in ctx.items if i.kind == "structure")
+    squeezed = run(repo, ctx, task(["structure:", "rag:LRU cache eviction"]), per_task=structure_tokens)
+    assert [i.kind for i in squeezed.items] == ["structure"] and squeezed.unmatched_requirements == []
+    last = squeezed.report[-1]
+    assert last.requirement == "rag:LRU cache eviction" and last.tokens == 0
+    assert last.reason.startswith("not included: over the per-task budget")
 
 
 def test_no_global_context_still_reads_named_files(repo) -> None:
@@ -171,3 +176,11 @@ def test_a_thousand_tasks_each_get_their_context(repo, ctx) -> None:
     assert list(out) == [t.task_id for t in tasks]
     assert all(tc.items and tc.total_tokens <= 800 for tc in out.values())
     assert out["t3"].items[0].source == "src/pricing.py"
+
+
+def test_an_item_matched_twice_is_given_once_and_says_so(repo, ctx) -> None:
+    tc = run(repo, ctx, task(["rag:LRU cache eviction", "file:src/cache.py"]))
+    cache_items = [i for i in tc.items if i.source == "src/cache.py"]
+    assert len(cache_items) == 1
+    choice = next(c for c in tc.report if c.item_id == cache_items[0].id)
+    assert choice.requirement == "file:src/cache.py" and "also matches rag:LRU cache eviction" in choice.reason

@@ -247,3 +247,12 @@ def test_service_items_join_the_global_context(service, tmp_path) -> None:
     ids = [i.id for i in ctx.items]
     assert ids[0] == "structure:workspace" and "src/f.py:3-4" in ids
     assert ctx.per_query_hits == {"stock levels": 2, "warehouse": 2}
+
+
+def test_secret_headers_must_come_from_the_environment(service, tmp_path) -> None:
+    _, url = service
+    from dispatch.errors import ConfigError
+
+    for header in ("Authorization", "X-Api-Key", "X-Auth-Token"):
+        with pytest.raises(ConfigError, match=f"headers.{header}: secrets are read from the environment"):
+            make(url, tmp_path, headers={header: "inline-secret"})

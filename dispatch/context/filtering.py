@@ -24,7 +24,7 @@ second.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -59,6 +59,7 @@ class Candidate:
     requirement: Optional[Requirement]
     strength: float           # 0..1: how well the requirement matched
     reason: str
+    also: tuple[str, ...] = ()  # other requirements the same item matched
 
 
 def parse_requirement(raw: str) -> Requirement:
@@ -179,7 +180,7 @@ def _task_text(task: TaskSpec, limit: int = 4000) -> str:
 
 
 def filter_contexts(tasks: list[TaskSpec], global_context: Optional[GlobalContext], config: DispatchConfig,
-                    *, workspace_path: str = ".", cache_dir: Any = None) -> dict[str, TaskContext]:
+                    *, workspace_path: str = ".", cache_dir: Optional[Path] = None) -> dict[str, TaskContext]:
     """Phase 3 (see module docstring).  ``cache_dir`` is accepted for symmetry; unused."""
     budget = config.context.per_task_budget_tokens
     files = WorkspaceFiles(workspace_path, max_chars=max(20_000, budget * 12))
@@ -199,8 +200,12 @@ def _filter_task(task: TaskSpec, pool: ItemPool, files: WorkspaceFiles, budget: 
             unmatched.append(req.raw)
         for cand in found:
             best = chosen.get(cand.item.id)
-            if best is None or _rank(cand, 0.0) > _rank(best, 0.0):
+            if best is None:
                 chosen[cand.item.id] = cand
+            elif _rank(cand, 0.0) > _rank(best, 0.0):
+                chosen[cand.item.id] = replace(cand, also=(*best.also, best.requirement.raw))
+            elif req.raw not in best.also and best.requirement is not req:
+                chosen[cand.item.id] = replace(best, also=(*best.also, req.raw))
 
     terms = scoring_terms(_task_text(task))
     if not requirements:
@@ -216,8 +221,8 @@ def _filter_task(task: TaskSpec, pool: ItemPool, files: WorkspaceFiles, budget: 
 
     picked, used = select_within_budget([c.item for c in ranked], budget)
     report = _report(ranked, dict(picked), scores, top, pool)
-    return TaskContext(task_id=task.task_id, items=[item for _, item in picked], total_tokens=used, budget_tokens=budget,
-                       report=report, unmatched_requirements=unmatched)
+    return TaskContext(task_id=task.task_id, items=[item for _, item in picked], total_tokens=used,
+                       budget_tokens=budget, report=report, unmatched_requirements=unmatched)
 
 
 def _rank(cand: Candidate, relevance: float, prior: float = 0.0) -> float:
@@ -237,10 +242,13 @@ def _report(ranked: list[Candidate], kept: dict[int, ContextItem], scores: dict[
         requirement = cand.requirement.raw if cand.requirement else None
         if item is not None:
             served.add(requirement)
-            trimmed = "; trimmed to fit the budget" if item.content != cand.item.content else ""
-            report.append(ContextChoice(item_id=item.id, source=item.source, requirement=requirement,
-                                        score=round(_rank(cand, relevance, pool.prior_of(cand)), 4), tokens=item.tokens,
-                                        reason=f"{cand.reason}; relevance {relevance:.2f}{trimmed}"))
+            served.update(cand.also)
+            notes = f"; also matches {', '.join(cand.also)}" if cand.also else ""
+            if item.content != cand.item.content:
+                notes += "; trimmed to fit the budget"
+            score = round(_rank(cand, relevance, pool.prior_of(cand)), 4)
+            report.append(ContextChoice(item_id=item.id, source=item.source, requirement=requirement, score=score,
+                                        tokens=item.tokens, reason=f"{cand.reason}; relevance {relevance:.2f}{notes}"))
     for cand in ranked:
         requirement = cand.requirement.raw if cand.requirement else None
         if requirement is not None and requirement not in served:

@@ -33,6 +33,7 @@ from ..tokens import count_tokens
 from .base import RETRIEVERS, Retriever
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
+SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie"}
 
 
 class RetrievalServiceError(Exception):
@@ -56,6 +57,10 @@ class HttpRetriever(Retriever):
         self.retries = max(0, self.option("retries", 2, int))
         self.backoff_s = max(0.0, self.option("backoff_s", 0.2, float))
         headers = {str(k): str(v) for k, v in (self.options.get("headers") or {}).items()}
+        for header in headers:
+            if header.lower() in SECRET_HEADERS or any(w in header.lower() for w in ("token", "secret", "key")):
+                raise ConfigError(f"retrievers.{self.name}.headers.{header}: secrets are read from the "
+                                  f"environment; use api_key_env (and api_key_header) instead")
         key_env = self.options.get("api_key_env")
         if key_env:
             key = os.environ.get(str(key_env))
