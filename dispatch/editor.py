@@ -67,13 +67,14 @@ class Editor:
     def __init__(self, tty: TextIO, say: Callable[[str], None], argv: Optional[list[str]] = None) -> None:
         self.tty = tty
         self.say = say
-        self.argv = argv or editor_command()
+        self.argv = argv  # None: read $VISUAL/$EDITOR when an edit is asked for, not before
 
     def open(self, path: Path) -> int:
+        argv = self.argv or editor_command()
         try:
-            return subprocess.call([*self.argv, str(path)], stdin=self.tty, stdout=self.tty, stderr=self.tty)
+            return subprocess.call([*argv, str(path)], stdin=self.tty, stdout=self.tty, stderr=self.tty)
         except OSError as exc:
-            raise UsageError(f"cannot start the editor {shlex.join(self.argv)}: {exc.strerror or exc} "
+            raise UsageError(f"cannot start the editor {shlex.join(argv)}: {exc.strerror or exc} "
                              f"(set $VISUAL or $EDITOR)") from None
 
     def edit(self, document: Any, validate: Callable[[Any], T], name: str, header: list[str]) -> Optional[T]:

@@ -74,8 +74,11 @@ class Terminal:
             return 100
 
     def say(self, text: str = "") -> None:
-        self.writer.write(text + "\n")
-        self.writer.flush()
+        try:
+            self.writer.write(text + "\n")
+            self.writer.flush()
+        except OSError:  # the terminal went away (hang-up): the session file still records everything
+            pass
 
     def ask(self, prompt: str) -> str:
         """One line from the terminal; EOF (Ctrl-D, hang-up) raises ``EOFError``."""
@@ -197,7 +200,7 @@ class InteractiveRun:
     def execute(self, phases: list[int]) -> None:
         """One chain submission for ``phases``, on the run's one run id."""
         state = self.state
-        if 1 in phases:
+        if 1 in phases and self.session.tasks_before_quorum is None:  # the breakdown as it came in
             self.session.tasks_before_quorum = [t.model_copy(deep=True) for t in state.tasks_data]
         state.selected_phases = list(phases)
         state.status = "running"
@@ -303,14 +306,18 @@ class InteractiveRun:
         """Edit in $VISUAL/$EDITOR; a task-list edit re-runs the phases derived from it (2, 3)."""
         if point.when == "after" and point.phase == 0:
             target, header = "global_context", ["Phase 0's global context (a GlobalContext object)."]
-            document = (self.state.global_context or GlobalContext()).model_dump(mode="json")
-            value: Any = self.editor.edit(document, validate_context, target, header + EDIT_HELP)
+            document: Any = (self.state.global_context or GlobalContext()).model_dump(mode="json")
+            validate: Any = validate_context
         else:
             target, header = "tasks_data", ["The task breakdown: a JSON list of tasks "
                                             "(task_id, agent, description, dependencies, ...)."]
             document = [t.model_dump(mode="json") for t in self.state.tasks_data]
-            value = self.editor.edit(document, lambda raw: validate_tasks(raw, self.config), target,
-                                     header + EDIT_HELP)
+            validate = lambda raw: validate_tasks(raw, self.config)  # noqa: E731
+        try:
+            value = self.editor.edit(document, validate, target, header + EDIT_HELP)
+        except UsageError as exc:  # no usable editor: say so and ask again, the session goes on
+            self.term.say(f"✗ {exc}")
+            return
         if value is None:
             return
         setattr(self.state, target, value)

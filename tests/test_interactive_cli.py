@@ -241,6 +241,26 @@ def test_skip_failed_quorum_and_phase_3_goes_on(pty_cli: PtyCli) -> None:
     assert pty_cli.stored_run(out["run_id"])["task_contexts"] == {}
 
 
+def test_failed_tasks_at_the_last_checkpoint(pty_cli: PtyCli) -> None:
+    failing = {"tasks": [dict(TASKS["tasks"][0], input_data={"fail": "disk full"}), TASKS["tasks"][1]]}
+    tasks = pty_cli.write("failing.json", failing)
+    child = pty_cli.spawn(f"-i -f {tasks}")
+    answer(child, "Checkpoint after phase 2", "a")
+    answer(child, "Checkpoint after phase 3", "a")
+    shown = answer(child, "Checkpoint after phase 4", "s")  # nothing after phase 4 to skip to
+    assert "Results: 0 of 2 succeeded" in shown and "disk full" in shown
+    assert "approving ends the run as failed" in shown
+    child.expect_exact("Please answer one of: a, r, q")
+    child.expect(PROMPT)
+    child.sendline("a")
+    code, _ = finish(child)
+    assert code == 1
+    out = pty_cli.result()
+    assert out["success"] is False and out["status"] == "failed"
+    assert [(r["task_id"], r["success"], r["skipped"]) for r in out["results"]] == [
+        ("parser", False, False), ("tests", False, True)]
+
+
 def test_retry_reruns_the_phase(pty_cli: PtyCli) -> None:
     tasks = pty_cli.write("tasks.json", TASKS)
     child = pty_cli.spawn(f"-i --stop-after-phase 2 -f {tasks}")
@@ -427,3 +447,14 @@ def test_flag_conflicts_are_usage_errors(pty_cli: PtyCli) -> None:
     assert done.returncode == 2 and "cannot be combined with --no-wait" in done.stderr
     done = run_plain(pty_cli, "--resume-session", str(tasks), "--skip-phases", "3")
     assert done.returncode == 2 and "drop --skip-phases" in done.stderr
+
+
+def test_an_editor_that_cannot_start_leaves_the_checkpoint_open(pty_cli: PtyCli) -> None:
+    tasks = pty_cli.write("tasks.json", TASKS)
+    pty_cli.extra_env = {"EDITOR": str(pty_cli.tmp / "no-such-editor")}
+    child = pty_cli.spawn(f"-i --stop-after-phase 2 -f {tasks}")
+    answer(child, "Checkpoint after phase 2", "e")
+    child.expect_exact("cannot start the editor")
+    answer(child, "Checkpoint after phase 2", "a")
+    code, _ = finish(child)
+    assert code == 0 and pty_cli.result()["success"] is True
