@@ -33,7 +33,8 @@ def run_parser() -> argparse.ArgumentParser:
         prog="dispatch", description="Run a task breakdown as parallel AI-agent tasks on Celery, phase by phase. "
         f"Phases: {PHASES_HELP}.",
         epilog="Other commands: 'dispatch schema' prints the input JSON Schema; 'dispatch runs' lists recent runs; "
-               "'dispatch show RUN_ID' prints a run's state. Environment: DISPATCH_BROKER_URL (unset: embedded "
+               "'dispatch show RUN_ID' prints a run's state; 'dispatch report RUN_ID|STATE_FILE' writes an HTML "
+               "timeline. Environment: DISPATCH_BROKER_URL (unset: embedded "
                "in-process worker), DISPATCH_RESULT_BACKEND, DISPATCH_STATE_URL, DISPATCH_STATE_DIR, DISPATCH_CONFIG.")
     g = p.add_argument_group("phase control")
     g.add_argument("--only-phase", type=int, metavar="N", help="execute only phase N (0-4)")

@@ -225,3 +225,20 @@ def test_quorum_fail_aborts_with_exit_1(cli, tmp_path):
     assert executed(out) == ["QUORUM_VALIDATION"] and out["results"] == []
     assert "Quorum decision: FAIL" in run.stderr and "postgres" in run.stderr
     assert json.loads(state_file.read_text())["status"] == "failed"
+
+
+def test_dispatch_console_script_runs_the_same_cli(tmp_path, cli):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "dispatch"
+    if not script.exists():
+        script = shutil.which("dispatch")
+    assert script, "the dispatch console script is not installed (pip install -e .)"
+    tasks = '{"tasks": [{"task_id": "a", "agent": "echo", "description": "x"}]}'
+    proc = subprocess.run([str(script), "--skip-phases", "0,1"], input=tasks, capture_output=True, text=True,
+                          env=cli.env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["results"][0]["output"]["description"] == "x"
