@@ -1,125 +1,18 @@
-"""``-i`` and ``--resume-session`` driven through the real CLI in a pseudo-terminal.
-
-Every test runs ``python cli.py`` as a child process (embedded mode: no broker,
-state in a temp directory) and answers its checkpoints like a person would.
-stdout is redirected to a file so each test also checks that it holds only the
-JSON result, whatever the terminal showed.
-"""
+"""Checkpoints through the real CLI in a pseudo-terminal: approve, edit, retry, skip, batch, failures."""
 from __future__ import annotations
 
-import io
 import json
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
-import pexpect
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-PROMPT = r"\[q\]uit > "
-EDITOR_SCRIPT = '''\
-"""A scripted $EDITOR: each call replaces the file with the next text from the plan and logs what it saw."""
-import json, sys
-from pathlib import Path
-plan_file, target = Path(sys.argv[1]), Path(sys.argv[-1])
-plan = json.loads(plan_file.read_text())
-calls = plan_file.with_suffix(".calls")
-seen = json.loads(calls.read_text()) if calls.exists() else []
-seen.append(target.read_text())
-calls.write_text(json.dumps(seen))
-step = plan[len(seen) - 1]
-if isinstance(step, dict) and "describe" in step:  # set descriptions on the tasks that are there
-    body = "\\n".join(l for l in target.read_text().splitlines() if not l.startswith("//"))
-    tasks = json.loads(body)
-    for task in tasks:
-        task["description"] = step["describe"].get(task["task_id"], task["description"])
-    step = json.dumps(tasks, indent=2)
-if isinstance(step, dict) and "item_content" in step:  # rewrite every gathered context item
-    context = json.loads("\\n".join(l for l in target.read_text().splitlines() if not l.startswith("//")))
-    for item in context["items"]:
-        item["content"] = step["item_content"]
-    step = json.dumps(context, indent=2)
-target.write_text(step)
-'''
-
-TASKS = {"user_prompt": "Write the config parser and its unit tests", "tasks": [
-    {"task_id": "parser", "agent": "echo", "description": "Write the config parser module"},
-    {"task_id": "tests", "agent": "echo", "description": "Write unit tests for the config parser",
-     "dependencies": ["parser"]}]}
-OFF_TOPIC = {"user_prompt": "Write the config parser and its unit tests", "tasks": [
-    {"task_id": "logo", "agent": "echo", "description": "Design a company logo"},
-    {"task_id": "bread", "agent": "echo", "description": "Bake sourdough bread", "dependencies": ["logo"]}]}
-
-
-class PtyCli:
-    """One test's workspace: input files, state directory, scripted editor."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.state_dir = tmp / "state"
-        self.editor_dir = tmp / "my editor"  # a space: $EDITOR must be split like a shell does
-        self.editor_dir.mkdir()
-        (self.editor_dir / "edit.py").write_text(EDITOR_SCRIPT)
-        self.plan_file = self.editor_dir / "plan.json"
-        self.extra_env: dict[str, str] = {}
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
-        env.update(DISPATCH_STATE_DIR=str(self.state_dir), TERM="dumb", PYTHONUNBUFFERED="1",
-                   EDITOR=f"{shlex.quote(PY)} {shlex.quote(str(self.editor_dir / 'edit.py'))} "
-                          f"{shlex.quote(str(self.plan_file))}")
-        env.pop("VISUAL", None)
-        env.update(self.extra_env)
-        return env
-
-    def write(self, name: str, document: dict) -> Path:
-        path = self.tmp / name
-        path.write_text(json.dumps(document))
-        return path
-
-    def edits(self, *steps: object) -> None:
-        self.plan_file.write_text(json.dumps(list(steps)))
-
-    def editor_calls(self) -> list[str]:
-        calls = self.plan_file.with_suffix(".calls")
-        return json.loads(calls.read_text()) if calls.exists() else []
-
-    def spawn(self, args: str, out: str = "out.json") -> pexpect.spawn:
-        command = f"{shlex.quote(PY)} cli.py {args} > {shlex.quote(str(self.tmp / out))}"
-        child = pexpect.spawn("bash", ["-c", command], cwd=str(ROOT), env=self.env(), encoding="utf-8",
-                              timeout=90, dimensions=(50, 120))
-        self.transcript = child.logfile_read = io.StringIO()  # everything the terminal showed
-        return child
-
-    def result(self, out: str = "out.json") -> dict:
-        return json.loads((self.tmp / out).read_text())  # the whole of stdout must be one JSON document
-
-    def stored_run(self, run_id: str) -> dict:
-        return json.loads((self.state_dir / "runs" / f"{run_id}.json").read_text())
+from interactive_pty import OFF_TOPIC, PROMPT, TASKS, PtyCli, answer, finish, run_plain
 
 
 @pytest.fixture
 def pty_cli(tmp_path: Path) -> PtyCli:
     return PtyCli(tmp_path)
-
-
-def answer(child: pexpect.spawn, checkpoint: str, key: str) -> str:
-    """Wait for ``checkpoint``'s summary and prompt, answer ``key``; return what was shown."""
-    child.expect_exact(checkpoint)
-    child.expect(PROMPT)
-    shown = child.before
-    child.sendline(key)
-    return shown
-
-
-def finish(child: pexpect.spawn) -> tuple[int, str]:
-    child.expect(pexpect.EOF)
-    child.close()
-    return child.exitstatus, child.before
 
 
 def test_approve_every_checkpoint(pty_cli: PtyCli) -> None:
@@ -275,46 +168,6 @@ def test_retry_reruns_the_phase(pty_cli: PtyCli) -> None:
     assert [p["skipped"] for p in out["timing_summary"]["phases"]] == [True, True, False, True, True]
 
 
-def test_quit_then_resume_keeps_edits_and_does_not_rerun(pty_cli: PtyCli) -> None:
-    tasks = pty_cli.write("tasks.json", TASKS)
-    pty_cli.edits({"describe": {"parser": "Write the config parser, edited before the quit"}})
-    child = pty_cli.spawn(f"-i -f {tasks} --save-phase-state {pty_cli.tmp / 'saved.json'}")
-    answer(child, "Checkpoint after phase 2", "e")
-    answer(child, "Checkpoint after phase 2", "a")
-    answer(child, "Checkpoint after phase 3", "q")
-    child.expect(r"Resume with: python cli.py --resume-session (\S+)")
-    session_file = Path(child.match.group(1))
-    code, _ = finish(child)
-    assert code == 0
-    paused = pty_cli.result()
-    assert paused["status"] == "paused" and paused["session_file"] == str(session_file)
-    assert paused["phases_completed"] == [2, 3]
-    before = json.loads(session_file.read_text())
-    assert before["status"] == "paused" and before["decided"] == {"after-2": "approve"}
-    started = {r["phase"]: r["started_at"] for r in before["state"]["phases_executed"] if not r["skipped"]}
-    assert set(started) == {"TASK_PLANNING", "CONTEXT_FILTERING"}
-    assert json.loads((pty_cli.tmp / "saved.json").read_text())["status"] == "paused"
-    assert pty_cli.stored_run(paused["run_id"])["status"] == "paused"
-
-    child = pty_cli.spawn(f"--resume-session {shlex.quote(str(session_file))}", out="resumed.json")
-    child.expect_exact(f"Resuming run {paused['run_id']}")
-    child.expect_exact("Checkpoint after phase 3")  # the first undecided checkpoint, with nothing run before it
-    assert "Phase 2" not in child.before and "Phase 3" not in child.before
-    shown = answer(child, "", "a")
-    assert "edited before the quit" in shown
-    answer(child, "Checkpoint after phase 4", "a")
-    code, _ = finish(child)
-    assert code == 0
-    out = pty_cli.result("resumed.json")
-    assert out["run_id"] == paused["run_id"] and out["success"] is True
-    assert {r["phase"]: r["started_at"] for r in out["phases_executed"] if not r["skipped"]
-            and r["phase"] != "PARALLEL_EXECUTION"} == started
-    parser = next(r for r in out["results"] if r["task_id"] == "parser")
-    assert parser["output"]["description"] == "Write the config parser, edited before the quit"
-    assert json.loads(session_file.read_text())["status"] == "finished"
-    assert json.loads((pty_cli.tmp / "saved.json").read_text())["status"] == "succeeded"  # the session's flag kept
-
-
 def test_checkpoint_before_phase_4_on_a_loaded_state(pty_cli: PtyCli) -> None:
     tasks = pty_cli.write("tasks.json", TASKS)
     prepared = pty_cli.tmp / "prepared.json"
@@ -371,82 +224,6 @@ def test_task_json_on_stdin_with_prompts_on_the_terminal(pty_cli: PtyCli) -> Non
     code, _ = finish(child)
     assert code == 0
     assert pty_cli.result()["success"] is True
-
-
-def test_ctrl_c_at_a_checkpoint_saves_the_session(pty_cli: PtyCli) -> None:
-    tasks = pty_cli.write("tasks.json", TASKS)
-    child = pty_cli.spawn(f"-i -f {tasks}")
-    child.expect_exact("Checkpoint after phase 2")
-    child.expect(PROMPT)
-    child.sendintr()
-    child.expect(r"Resume with: .*--resume-session (\S+)")
-    session_file = Path(child.match.group(1))
-    code, _ = finish(child)
-    assert code == 130
-    assert json.loads(session_file.read_text())["status"] == "paused"
-    assert pty_cli.result()["status"] == "paused"
-
-
-@pytest.mark.redis
-@pytest.mark.slow
-def test_each_stretch_is_one_submission_on_redis_with_one_run_id(pty_cli: PtyCli, distributed: dict) -> None:
-    distributed["workers"].start("alpha")
-    pty_cli.extra_env = {k: v for k, v in distributed["env"].items() if k.startswith("DISPATCH_")}
-    tasks = pty_cli.write("tasks.json", TASKS)
-    child = pty_cli.spawn(f"-i -f {tasks}")
-    worker_log = pty_cli.tmp / "alpha.log"
-    answer(child, "Checkpoint after phase 2", "a")
-    assert "dispatch.phase_3_context_filtering[" not in worker_log.read_text()  # nothing runs while a human decides
-    answer(child, "Checkpoint after phase 3", "a")
-    assert "dispatch.phase_4_parallel_execution[" not in worker_log.read_text()
-    answer(child, "Checkpoint after phase 4", "a")
-    code, _ = finish(child)
-    assert code == 0
-    out = pty_cli.result()
-    assert out["success"] is True and {r["worker"].split("@")[0] for r in out["results"]} == {"alpha"}
-    # three chain submissions (phases 2, 3 and 4), one run id
-    assert pty_cli.transcript.getvalue().count(f"Submitting run {out['run_id']} to redis://") == 3
-    shown = run_plain(pty_cli, "show", out["run_id"])
-    assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "succeeded"
-
-
-def run_plain(pty_cli: PtyCli, *args: str, stdin_file: Path | None = None) -> subprocess.CompletedProcess:
-    """No pseudo-terminal and a new session: the process has no controlling terminal at all."""
-    with open(stdin_file or os.devnull, "rb") as stdin:
-        return subprocess.run([PY, "cli.py", *args], cwd=ROOT, env=pty_cli.env(), stdin=stdin, capture_output=True,
-                              text=True, timeout=60, start_new_session=True)
-
-
-def test_interactive_without_a_terminal_is_a_usage_error(pty_cli: PtyCli) -> None:
-    tasks = pty_cli.write("tasks.json", TASKS)
-    done = run_plain(pty_cli, "-i", stdin_file=tasks)
-    assert done.returncode == 2
-    assert "--interactive needs a terminal" in done.stderr and "Traceback" not in done.stderr
-    assert done.stdout == ""
-    assert not (pty_cli.state_dir / "runs").exists()  # refused before anything was submitted
-
-
-@pytest.mark.parametrize("content, message", [
-    ("", "empty file, not a dispatch session"),
-    ('{"kind": "dispatch.session", "schema_version": 1, "run_id": "r", "sta', "corrupt or truncated session"),
-    ('{"phases_executed": [], "schema_version": 1, "run_id": "r"}', "looks like a phase state"),
-    ('{"kind": "dispatch.session", "schema_version": 99}', "session schema_version 99 is not supported"),
-    ('{"kind": "dispatch.session", "schema_version": 1, "run_id": "r"}', "invalid session: state: Field required"),
-])
-def test_bad_session_files_are_usage_errors(pty_cli: PtyCli, content: str, message: str) -> None:
-    path = pty_cli.tmp / "session.json"
-    path.write_text(content)
-    done = run_plain(pty_cli, "--resume-session", str(path))
-    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
-    assert done.stdout == ""
-
-
-def test_flag_conflicts_are_usage_errors(pty_cli: PtyCli) -> None:
-    tasks = pty_cli.write("tasks.json", TASKS)
-    done = run_plain(pty_cli, "-i", "--no-wait", "-f", str(tasks))
-    assert done.returncode == 2 and "cannot be combined with --no-wait" in done.stderr
-    done = run_plain(pty_cli, "--resume-session", str(tasks), "--skip-phases", "3")
-    assert done.returncode == 2 and "drop --skip-phases" in done.stderr
 
 
 def test_an_editor_that_cannot_start_leaves_the_checkpoint_open(pty_cli: PtyCli) -> None:
