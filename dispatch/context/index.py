@@ -37,7 +37,7 @@ PATH_WEIGHT, BODY_WEIGHT = 4.0, 1.0
 DEFAULT_MAX_BYTES = 1_000_000
 FLUSH_ROWS = 20_000
 GATE_MIN_CHUNKS = 30_000     # below this every query is cheap enough as it is
-GATE_COMMON_SHARE = 0.05     # a term in more than 5% of chunks is "common"
+GATE_COMMON_SHARE = 0.02     # a term in more than 2% of chunks is "common"
 
 
 def default_cache_dir() -> Path:
@@ -280,23 +280,22 @@ class WorkspaceIndex:
         if not self._df_ready:
             db.executescript(f"""
                 CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_terms USING fts5(body, tokenize='{TOKENIZER}');
-                CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_terms_v USING fts5vocab(temp, query_terms, 'row');
+                CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_terms_i USING fts5vocab(temp, query_terms, 'instance');
                 CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_v USING fts5vocab(main, chunks, 'row');""")
             self._df_ready = True
-        out: dict[str, int] = {}
-        for term in terms:
-            if term not in self._stems:
-                db.execute("INSERT INTO temp.query_terms(rowid, body) VALUES(1, ?)", (term,))
-                stems = [row[0] for row in db.execute("SELECT term FROM temp.query_terms_v")]
-                db.execute("DELETE FROM temp.query_terms WHERE rowid = 1")
-                self._stems[term] = stems[0] if stems else ""
-            stem = self._stems[term]
-            if stem and stem not in self._df:
-                row = db.execute("SELECT doc FROM temp.chunks_v WHERE term = ?", (stem,)).fetchone()
-                self._df[stem] = row[0] if row else 0
-            if stem:
-                out[term] = self._df[stem]
-        return out
+        new = [t for t in terms if t not in self._stems]
+        if new:  # one round trip stems them all: token i of the row is term i
+            db.execute("INSERT INTO temp.query_terms(rowid, body) VALUES(1, ?)", (" ".join(new),))
+            stems = [row[0] for row in db.execute("SELECT term FROM temp.query_terms_i ORDER BY offset")]
+            db.execute("DELETE FROM temp.query_terms WHERE rowid = 1")
+            aligned = len(stems) == len(new)
+            for n, term in enumerate(new):
+                self._stems[term] = stems[n] if aligned else ""
+        wanted = [self._stems[t] for t in terms if self._stems[t] and self._stems[t] not in self._df]
+        for stem in dict.fromkeys(wanted):
+            row = db.execute("SELECT doc FROM temp.chunks_v WHERE term = ?", (stem,)).fetchone()
+            self._df[stem] = row[0] if row else 0
+        return {t: self._df[self._stems[t]] for t in terms if self._stems[t]}
 
     def search(self, match: str, limit: int = 8) -> list[Hit]:
         """Top ``limit`` chunks for an FTS5 MATCH expression (see terms.fts_query)."""
