@@ -52,6 +52,18 @@ class EmbeddedRedisBackend(RedisBackend):
         return embedded_client()
 
 
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Redelivery of late-acked messages whose worker died (Redis broker; RabbitMQ redelivers on its own).
+
+    A message unacked for ``visibility_timeout`` goes back to its queue; the
+    sweep that does it runs every ``unacked_restore_interval`` seconds, so it
+    is scaled to the timeout instead of kombu's fixed 100 s.
+    """
+    timeout = settings.visibility_timeout_s
+    return {"visibility_timeout": timeout, "unacked_restore_interval": max(1, min(10, timeout // 4)),
+            "unacked_restore_throttle": 1}
+
+
 def create_app(settings: Settings) -> Celery:
     if settings.embedded:
         app = Celery("dispatch", broker="memory://", backend=EmbeddedRedisBackend, set_as_current=False)
@@ -59,10 +71,7 @@ def create_app(settings: Settings) -> Celery:
     else:
         app = Celery("dispatch", broker=settings.broker_url, backend=settings.result_backend,
                      set_as_current=False)
-        app.conf.broker_transport_options = {
-            # longer than any agent's time limit, so late-acked tasks are not redelivered while still running
-            "visibility_timeout": 2 * 3600,
-        }
+        app.conf.broker_transport_options = broker_transport_options(settings)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -78,6 +87,8 @@ def create_app(settings: Settings) -> Celery:
         # a killed worker's agent task goes back to the queue instead of vanishing
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # a redelivered message whose task already succeeded is acked, not run again
+        worker_deduplicate_successful_tasks=True,
         worker_prefetch_multiplier=1,
         task_track_started=True,
         task_send_sent_event=True,
@@ -86,8 +97,10 @@ def create_app(settings: Settings) -> Celery:
         result_expires=settings.state_ttl_s,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        dispatch_settings=settings.model_dump(),
+        # URLs stay out of the conf: `celery inspect conf` and Flower show it, and it censors only some keys
+        dispatch_settings=settings.model_dump(exclude={"broker_url", "result_backend", "state_url"}),
     )
+    app.dispatch_settings = settings  # what Runtime.for_app reads, URLs included
     app.conf.include = ["dispatch.tasks"]
     import dispatch.tasks  # noqa: F401 - registers the shared tasks with this app
 

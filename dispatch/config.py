@@ -120,14 +120,22 @@ def format_validation_error(exc: ValidationError) -> str:
 class Settings(BaseModel):
     """Deployment settings, one typed object read from the environment."""
 
-    broker_url: Optional[str] = None
-    result_backend: Optional[str] = None
-    state_url: Optional[str] = None
+    # URLs may hold passwords: kept out of repr(), printed only through redact_url()
+    broker_url: Optional[str] = Field(default=None, repr=False)
+    result_backend: Optional[str] = Field(default=None, repr=False)
+    state_url: Optional[str] = Field(default=None, repr=False)
     state_dir: str = ".dispatch"
     key_prefix: str = "dispatch"
     state_ttl_s: int = 7 * 24 * 3600
     config_file: Optional[str] = None
     embedded_concurrency: int = 8
+    # a late-acked message unacked this long is handed to another worker (Redis broker): keep it
+    # above the longest agent time limit, or a task still running gets a second delivery
+    visibility_timeout_s: int = Field(default=2 * 3600, ge=1)
+    # how long the CLI rides out a lost broker/backend connection before it gives up on following
+    reconnect_timeout_s: float = Field(default=60.0, ge=0)
+    # plain progress lines on a non-terminal stderr: at most one per interval, only for long phases
+    progress_interval_s: float = Field(default=10.0, gt=0)
 
     @property
     def embedded(self) -> bool:
@@ -146,6 +154,11 @@ class Settings(BaseModel):
             values["result_backend"] = broker
         if "state_url" not in values and values.get("result_backend", "").startswith(("redis://", "rediss://")):
             values["state_url"] = values["result_backend"]
+        backend = values.get("result_backend")
+        if broker and not (backend or "").startswith(("redis://", "rediss://")):
+            # chords, the phase-4 scheduler and the run history all live in the backend's Redis
+            raise ConfigError(f"environment: DISPATCH_RESULT_BACKEND must be a redis:// or rediss:// URL with "
+                              f"the broker {redact_url(broker)} (got {redact_url(backend) or 'nothing'})")
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
@@ -153,10 +166,23 @@ class Settings(BaseModel):
 
 
 def redact_url(url: Optional[str]) -> str:
-    """``redis://:secret@host`` -> ``redis://:***@host``: URLs are never printed in full."""
-    if not url or "@" not in url:
-        return url or ""
-    scheme, _, rest = url.partition("://")
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+    """``redis://:secret@host`` -> ``redis://:***@host``: URLs are never printed in full.
+
+    Failover lists (``amqp://a;amqp://b``) are redacted item by item, and a
+    ``password=`` query parameter is masked too.
+    """
+    if not url:
+        return ""
+    if ";" in url:
+        return ";".join(redact_url(part) for part in url.split(";"))
+    scheme, sep, rest = url.partition("://")
+    if "?" in rest:
+        rest, _, query = rest.partition("?")
+        query = "&".join(f"{k}=***" if k.lower() in ("password", "passwd") and v else f"{k}{eq}{v}"
+                         for k, eq, v in (item.partition("=") for item in query.split("&")))
+        rest = f"{rest}?{query}"
+    if "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        user = creds.split(":", 1)[0]
+        rest = f"{user}:***@{host}"
+    return f"{scheme}{sep}{rest}"

@@ -86,10 +86,21 @@ def preflight_plan(state: PhaseState, config: DispatchConfig) -> None:
         raise InputError(str(exc)) from None
 
 
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """What a lost broker or Redis raises on the client side."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError, ConnectionError)
+
+
 class Runner:
     def __init__(self, settings: Settings, log: Log) -> None:
+        from .progress import Progress
+
         self.settings = settings
         self.log = log
+        self.progress = Progress(log.stream, quiet=log.quiet, interval_s=settings.progress_interval_s)
         self._app: Any = None
 
     @property
@@ -112,9 +123,22 @@ class Runner:
 
         from .tasks import phase_signature
 
+        from celery.utils import uuid
+
+        from .control import RunLedger
+
         payload = state.model_dump(mode="json")
         signatures = [phase_signature(self.app, n) for n in state.selected_phases]
         signatures[0] = phase_signature(self.app, state.selected_phases[0], payload, immutable=True)
+        # ids chosen up front and recorded before sending, so `dispatch cancel` can revoke queued phases;
+        # Flower shows the run id instead of the whole state as the arguments
+        ids = {}
+        for number, signature in zip(state.selected_phases, signatures):
+            task_id = uuid()
+            ids[task_id] = f"phase_{number}"
+            signature.set(task_id=task_id, argsrepr=f"(<state of run {state.run_id}>,)")
+        RunLedger(self.app.backend.client, self.settings.key_prefix, state.run_id,
+                  self.settings.state_ttl_s).record(ids)
         last = chain(*signatures).apply_async() if len(signatures) > 1 else signatures[0].apply_async()
         results = []
         node = last
@@ -124,7 +148,11 @@ class Runner:
         return results[::-1]
 
     def run(self, state: PhaseState, wait: bool = True) -> Optional[PhaseState]:
-        self.store.save(state)
+        try:
+            self.store.save(state)
+        except connection_errors() as exc:
+            raise DispatchError(f"cannot reach the state store {redact_url(self.settings.state_url)}: {exc}; "
+                                f"nothing was submitted") from None
         if self.settings.embedded:
             from .embedded import embedded_worker
 
@@ -164,22 +192,83 @@ class Runner:
         return current
 
     def wait(self, result: Any, phase: ExecutionPhase, state: PhaseState) -> dict:
+        """The phase's returned state; progress on stderr meanwhile; a lost connection ridden out."""
+        self.progress.start(phase)
+        try:
+            return self._wait(result, phase, state)
+        finally:
+            self.progress.finish()
+
+    def _wait(self, result: Any, phase: ExecutionPhase, state: PhaseState) -> dict:
         from celery.exceptions import TimeoutError as ResultTimeout
 
+        lost = connection_errors()
         warned = False
         started = time.monotonic()
+        lost_since: Optional[float] = None
         while True:
             try:
-                return result.get(timeout=2.0, propagate=True, disable_sync_subtasks=False)
-            except (ResultTimeout, TimeoutError):
-                if not warned and result.state == "PENDING" and time.monotonic() - started > 15 \
+                try:
+                    return result.get(timeout=self.progress.poll_s, propagate=True, disable_sync_subtasks=False)
+                except (ResultTimeout, TimeoutError):
+                    status, meta = result.state, result.info
+                if lost_since is not None:
+                    self.reconnected(state, time.monotonic() - lost_since)
+                    lost_since = None
+                if status == "PROGRESS" and isinstance(meta, dict):
+                    self.progress.update(meta.get("done"), meta.get("total"))
+                else:
+                    self.progress.update()
+                if not warned and status == "PENDING" and time.monotonic() - started > 15 \
                         and not self.settings.embedded:
+                    self.progress.clear()
                     self.log.warn(f"phase {phase.number} has not started after 15 s: is a worker consuming "
                                   f"the dispatch.phases queue? (celery -A worker worker)")
                     warned = True
-            except Exception as exc:  # a phase task crashed on its worker
+            except lost as exc:
+                lost_since = self.connection_lost(state, exc, lost_since)
+            except Exception as exc:  # a phase task crashed on its worker, or the run was cancelled
+                stopped = self.stopped_state(state.run_id)
+                if stopped is not None:
+                    return stopped.model_dump(mode="json")
                 raise DispatchError(f"phase {phase.number} ({phase.title}) crashed on its worker: "
                                     f"{type(exc).__name__}: {exc}; run {state.run_id}") from None
+
+    def connection_lost(self, state: PhaseState, exc: BaseException, since: Optional[float]) -> float:
+        """Warn once, retry for ``reconnect_timeout_s``, then give up with the way back."""
+        now = time.monotonic()
+        where = redact_url(self.settings.result_backend or self.settings.broker_url)
+        if since is None:
+            self.progress.clear()
+            self.log.warn(f"lost the connection to {where} ({type(exc).__name__}); reconnecting for up to "
+                          f"{self.settings.reconnect_timeout_s:g}s")
+            since = now
+        if now - since >= self.settings.reconnect_timeout_s:
+            raise DispatchError(f"lost the connection to {where} for {now - since:.0f}s while following run "
+                                f"{state.run_id}; the workers keep running it once the server is back. Follow "
+                                f"it with 'dispatch show {state.run_id}', continue it with "
+                                f"'dispatch resume {state.run_id}' if it stopped") from None
+        time.sleep(min(1.0, self.settings.reconnect_timeout_s))
+        return since
+
+    def reconnected(self, state: PhaseState, outage_s: float) -> None:
+        """A Redis that came back empty (no persistence) has lost the run: say so instead of waiting forever."""
+        if self.store.load(state.run_id) is None:
+            raise DispatchError(f"the state store came back after {outage_s:.0f}s without run {state.run_id}: "
+                                f"the Redis server lost its data (run it with appendonly yes); start the run "
+                                f"again") from None
+        self.log.ok(f"reconnected after {outage_s:.0f}s")
+
+    def stopped_state(self, run_id: str) -> Optional[PhaseState]:
+        """The stored state of a cancelled run (its revoked tasks make the results raise)."""
+        try:
+            stored = self.store.load(run_id)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            return None
+        if stored is not None and stored.status == "cancelled":
+            self.log.warn(f"run {run_id} was cancelled")
+            return stored
+        return None
 
 
 def build_output(state: PhaseState, total_ms: float, state_file: Optional[str] = None,

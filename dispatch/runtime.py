@@ -42,7 +42,7 @@ class Runtime:
     def for_app(cls, app: Any) -> "Runtime":
         runtime = getattr(app, "_dispatch_runtime", None)
         if runtime is None:
-            settings = Settings.model_validate(app.conf.get("dispatch_settings") or Settings.from_env().model_dump())
+            settings = getattr(app, "dispatch_settings", None) or Settings.from_env()
             runtime = cls(settings, app.backend.client)
             app._dispatch_runtime = runtime
         return runtime

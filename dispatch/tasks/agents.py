@@ -7,7 +7,7 @@ broker or shows up in Flower.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 from celery import shared_task
 
@@ -19,6 +19,11 @@ from ..runtime import Runtime
 from ..scheduler import DagScheduler
 
 TRANSIENT_RETRIES = 3
+# An agent's own timeout (timeout_s, else the run's timeout_seconds) fires first.  Celery's soft limit,
+# a little later, interrupts code that ignores it (reported "timed out"); the hard limit then kills the
+# pool process (prefork), so a stuck task always frees its slot.
+SOFT_LIMIT_GRACE_S = 5.0
+HARD_LIMIT_GRACE_S = 10.0
 
 
 def task_payloads(state: PhaseState) -> dict[str, dict]:
@@ -40,8 +45,50 @@ def task_payloads(state: PhaseState) -> dict[str, dict]:
     return payloads
 
 
-def agent_signature(app: Any, run_id: str, task_id: str) -> Any:
-    return app.signature("dispatch.agent", args=(run_id, task_id), queue=AGENT_QUEUE)
+def effective_timeout(payload: dict) -> float:
+    return float((payload.get("agent") or {}).get("timeout_s") or payload["timeout_s"])
+
+
+def agent_signature(app: Any, run_id: str, task_id: str, timeout_s: Optional[float] = None) -> Any:
+    options: dict[str, Any] = {"queue": AGENT_QUEUE}
+    if timeout_s:
+        options.update(soft_time_limit=timeout_s + SOFT_LIMIT_GRACE_S,
+                       time_limit=timeout_s + SOFT_LIMIT_GRACE_S + HARD_LIMIT_GRACE_S)
+    return app.signature("dispatch.agent", args=(run_id, task_id), **options)
+
+
+def dispatch_agents(task: Any, runtime: Runtime, scheduler: DagScheduler, task_ids: list[str],
+                    first: bool = False, limits: Optional[dict[str, float]] = None) -> list[Any]:
+    """Signatures for ``task_ids`` with their time limits, recorded in the run's ledger before they are sent.
+
+    After a completion (``first`` false) the same round trip reads phase 4's
+    progress target and the finished count, and the task reports ``done/total``
+    on phase 4's task id, where Flower and the CLI look.
+    """
+    from celery.utils import uuid
+
+    from ..control import RunLedger
+
+    run_id = scheduler.run_id
+    ledger = RunLedger(runtime.redis, runtime.prefix, run_id, runtime.settings.state_ttl_s)
+    ids = {tid: uuid() for tid in task_ids}
+    pipe = runtime.redis.pipeline(transaction=False)
+    if not first:
+        pipe.get(ledger.progress_key)
+        pipe.hlen(scheduler.key("results"))
+    if task_ids and limits is None:
+        pipe.hmget(ledger.limits_key, task_ids)
+    ledger.record({cid: f"agent:{tid}" for tid, cid in ids.items()}, pipe)
+    replies = pipe.execute()
+    if not first:
+        target, done = RunLedger.parse_target(replies[0]), replies[1]
+        if target is not None:
+            task.backend.store_result(target[0], {"run_id": run_id, "phase": "PARALLEL_EXECUTION",
+                                                  "done": int(done), "total": target[1]}, "PROGRESS")
+        replies = replies[2:]
+    if limits is None:
+        limits = dict(zip(task_ids, (float(x) if x else None for x in (replies[0] if task_ids else []))))
+    return [agent_signature(task.app, run_id, tid, limits.get(tid)).set(task_id=ids[tid]) for tid in task_ids]
 
 
 def scheduler_for(task: Any, run_id: str) -> tuple[Runtime, DagScheduler]:
@@ -56,25 +103,38 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     Never raises (but for a transient retry): an exception here would break the
     chord, so every failure becomes a failed ``TaskResult``.
     """
+    from celery.exceptions import SoftTimeLimitExceeded
+
     from ..agents import AgentOutcome
 
     runtime, scheduler = scheduler_for(self, run_id)
+    if (self.request.delivery_info or {}).get("redelivered") and \
+            scheduler.client.hexists(scheduler.key("results"), task_id):
+        # its worker died after recording the result, before acking: the result and its dependents stand
+        return {"task_id": task_id, "success": None, "duplicate": True}
     started, t0 = utcnow(), time.perf_counter()
     agent_name, prompt = "?", None
     try:
         payload, cancelled = scheduler.prepare(task_id, runtime.cancel_key(run_id))
         agent_name = payload["task"].get("agent", "?")
         outcome, prompt = invoke_agent(self, scheduler, payload, cancelled)
+    except SoftTimeLimitExceeded:
+        outcome = AgentOutcome(success=False, error="SoftTimeLimitExceeded")
     except Exception as exc:  # noqa: BLE001 - recorded as the task's failure
         outcome = AgentOutcome(success=False, error=f"{type(exc).__name__}: {exc}")
+    if not outcome.success and (outcome.error or "").startswith("SoftTimeLimitExceeded"):
+        # raised into the agent by the pool (it may have been caught and reported as an error there)
+        soft = (self.request.timelimit or (None, None))[1]
+        outcome = AgentOutcome(success=False, error=f"timed out: the task ran past its soft time limit "
+                                                    f"({soft:g}s) and was interrupted" if soft else "timed out")
     if not outcome.success and outcome.transient and self.request.retries < TRANSIENT_RETRIES:
         raise self.retry(countdown=min(2 ** self.request.retries, 30), max_retries=TRANSIENT_RETRIES)
     result = TaskResult(task_id=task_id, agent=agent_name, success=outcome.success, output=outcome.output,
                         error=outcome.error, duration_ms=round((time.perf_counter() - t0) * 1000, 1),
                         worker=self.request.hostname, attempts=self.request.retries + 1,
                         started_at=iso(started), completed_at=iso(utcnow()), prompt=prompt)
-    for next_id in scheduler.complete(result):
-        self.add_to_chord(agent_signature(self.app, run_id, next_id))
+    for signature in dispatch_agents(self, runtime, scheduler, scheduler.complete(result)):
+        self.add_to_chord(signature)
     return {"task_id": task_id, "success": result.success}
 
 

@@ -15,7 +15,8 @@ from ..config import DispatchConfig
 from ..models import ExecutionPhase, PhaseState
 from ..phases import PHASE_BODIES, PhaseEnv, is_critical_failure, run_phase
 from ..runtime import Runtime
-from .agents import agent_signature, finish_execution, task_payloads
+from ..control import RunLedger
+from .agents import dispatch_agents, effective_timeout, finish_execution, task_payloads
 
 STOPPED = ("failed", "cancelled")
 
@@ -36,6 +37,8 @@ def report_progress(task: Any, state: PhaseState, phase: ExecutionPhase, **extra
 
 def finish(runtime: Runtime, state: PhaseState, phase: ExecutionPhase) -> dict:
     """Mark the run finished when this was its last selected phase, snapshot, return JSON."""
+    if state.status not in STOPPED and runtime.cancelled(state.run_id):
+        state.status = "cancelled"  # cancelled while this phase ran: do not overwrite what cancel saved
     if state.status not in STOPPED:
         state.status = "running"
         if not state.selected_phases or phase.number >= max(state.selected_phases):
@@ -92,10 +95,14 @@ def phase_4_parallel_execution(self: Any, state_json: dict) -> dict:
     from ..scheduler import DagScheduler
 
     scheduler = DagScheduler(runtime.redis, runtime.prefix, state.run_id, runtime.settings.state_ttl_s)
-    first = scheduler.start(state, task_payloads(state), started=time.time())
+    payloads = task_payloads(state)
+    limits = {tid: effective_timeout(p) for tid, p in payloads.items()}
+    RunLedger(runtime.redis, runtime.prefix, state.run_id, runtime.settings.state_ttl_s).start_phase_4(
+        self.request.id, len(state.tasks_data), limits)
+    first = scheduler.start(state, payloads, started=time.time())
     if not first:  # nothing can start (no tasks): collect right away
         return finish_execution(runtime, scheduler)
-    header = [agent_signature(self.app, state.run_id, task_id) for task_id in first]
+    header = dispatch_agents(self, runtime, scheduler, first, first=True, limits=limits)
     return self.replace(chord(header, self.app.signature("dispatch.collect", args=(state.run_id,))))
 
 

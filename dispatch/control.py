@@ -1,0 +1,190 @@
+"""Run control from the store: the task ids a run sent, cancelling it, resuming it.
+
+A run lives in Redis (or, embedded, a directory) under its id, so any process
+can act on it later: ``dispatch cancel`` from another terminal, ``dispatch
+resume`` the next morning.  No Celery here: revoking is a callable the caller
+passes in, so this logic is tested against a plain Redis.
+
+Cancel semantics: a key ``<prefix>:cancel:<run_id>`` (with the state TTL) is
+set first, so every phase task still to start passes the run through and every
+agent task still to start fails at once with "cancelled" without dispatching
+its dependents; then the task ids recorded in the run's ledger are revoked
+(queued ones are dropped; running ones are terminated where the pool allows it,
+prefork; threads-pool tasks finish); then the stored state is marked
+``cancelled`` with whatever phase 4 had finished.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .config import DispatchConfig, Settings
+from .errors import UsageError
+from .logs import Log
+from .models import ALL_PHASES, ExecutionPhase, PhaseConfig, PhaseState
+from .runtime import Runtime
+from .scheduler import DagScheduler
+
+FINISHED = ("succeeded", "failed", "cancelled")
+ACTIVE = ("pending", "running")
+
+
+class RunLedger:
+    """The Celery task ids a run has sent, and where phase 4 reports its progress.
+
+    Recorded as tasks are sent (phases by the client at submit, agent tasks by
+    whoever dispatches them), so ``cancel`` can revoke tasks that have not
+    started yet.  Keys expire with the run's state.
+    """
+
+    def __init__(self, client: Any, prefix: str, run_id: str, ttl_s: int) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.ttl_s = max(1, int(ttl_s))
+        self.key = f"{prefix}:tasks:{run_id}"
+        self.progress_key = f"{prefix}:progress:{run_id}"
+        self.limits_key = f"{prefix}:limits:{run_id}"
+
+    def record(self, ids: dict[str, str], pipe: Any = None) -> None:
+        """``{celery_task_id: label}``, e.g. ``{"3f2c...": "agent:gen-db-writer"}``."""
+        if not ids:
+            return
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=False) if own else pipe
+        pipe.hset(self.key, mapping=ids)
+        pipe.expire(self.key, self.ttl_s)
+        if own:
+            pipe.execute()
+
+    def tasks(self) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in self.client.hgetall(self.key).items()}
+
+    def start_phase_4(self, celery_id: str, total: int, limits: dict[str, float]) -> None:
+        """Phase 4's task id (agent tasks report ``done/total`` on it, where Flower and the CLI look)
+        and each task's timeout, which sets the time limits of its Celery task whoever dispatches it."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.progress_key, json.dumps({"task_id": celery_id, "total": total}), ex=self.ttl_s)
+        pipe.delete(self.limits_key)
+        if limits:
+            pipe.hset(self.limits_key, mapping={tid: repr(float(t)) for tid, t in limits.items()})
+            pipe.expire(self.limits_key, self.ttl_s)
+        pipe.execute()
+
+    @staticmethod
+    def parse_target(raw: Any) -> Optional[tuple[str, int]]:
+        if not raw:
+            return None
+        target = json.loads(raw)
+        return target["task_id"], int(target["total"])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class Cancellation:
+    run_id: str
+    previous_status: str
+    status: str
+    revoked: int
+    finished_tasks: int
+
+
+def cancel_run(run_id: str, settings: Settings, client: Any, store: Any,
+               revoke: Callable[[list[str]], None]) -> Cancellation:
+    """Stop a run wherever it is; idempotent (cancelling twice revokes again, changes nothing else)."""
+    from .phases import collect_results, execution_result
+
+    state = store.load(run_id)
+    if state is None:
+        raise UsageError(f"no run '{run_id}' in the state store (see 'dispatch runs')")
+    if state.status in ("succeeded", "failed"):
+        raise UsageError(f"run {run_id} already {state.status}: nothing to cancel")
+    runtime = Runtime(settings, client)
+    client.set(runtime.cancel_key(run_id), "1", ex=max(1, settings.state_ttl_s))
+    ledger = RunLedger(client, settings.key_prefix, run_id, settings.state_ttl_s)
+    ids = sorted(ledger.tasks())
+    if ids:
+        revoke(ids)
+    scheduler = DagScheduler(client, settings.key_prefix, run_id, settings.state_ttl_s)
+    final, finished = state, 0
+    in_phase_4 = scheduler.state()
+    if in_phase_4 is not None:  # keep what finished; the chord may never collect once its parts are revoked
+        final = in_phase_4
+        done = scheduler.results()
+        finished = len(done)
+        final.task_results = collect_results(final, done)
+        result = execution_result(final, final.task_results, scheduler.started())
+        result.success = False
+        result.error = f"cancelled ({finished} of {len(final.tasks_data)} tasks had finished)"
+        final.record(result)
+        pipe = client.pipeline(transaction=False)
+        for key in scheduler.keys.values():  # nobody may reset them now: let them expire
+            pipe.expire(key, scheduler.ttl_s)
+        pipe.execute()
+    final.status = "cancelled"
+    store.save(final)
+    return Cancellation(run_id, state.status, "cancelled", len(ids), finished)
+
+
+def clear_cancel(run_id: str, settings: Settings, client: Any) -> None:
+    client.delete(Runtime(settings, client).cancel_key(run_id))
+
+
+# ----------------------------------------------------------------------- resume
+def pipeline_phases(state: PhaseState) -> list[int]:
+    """The phases the run is made of: 2-4 always, 0 and 1 when it enabled or selected them."""
+    cfg = state.phase_config
+    return [n for n in ALL_PHASES
+            if n >= 2 or n in state.selected_phases or (n == 0 and cfg.enable_context)
+            or (n == 1 and cfg.enable_quorum)]
+
+
+def remaining_phases(state: PhaseState, skip: list[int]) -> list[int]:
+    """Every phase of the run after its last completed one, minus ``skip``.
+
+    "After the last completed" rather than "not completed": a phase 0 that
+    failed (non-critical, context turned off) is not re-run once 2 and 3 are
+    done; a quorum FAIL re-runs the quorum and everything after it.
+    """
+    pipeline = pipeline_phases(state)
+    completed = [n for n in pipeline if state.has_completed(ExecutionPhase.of(n))]
+    last = max(completed, default=-1)
+    return [n for n in pipeline if n > last and n not in skip]
+
+
+def resume_state(stored: PhaseState, skip: list[int], config: Optional[DispatchConfig], log: Log,
+                 force: bool = False) -> PhaseState:
+    """The state to submit for ``dispatch resume``: same run id, saved phases kept, the rest to run."""
+    from .runner import prepare_state
+
+    run_id = stored.run_id
+    if stored.status in ACTIVE and not force:
+        raise UsageError(f"run {run_id} is {stored.status} (saved {stored.saved_at}): it may still be running on "
+                         f"the workers. Cancel it first ('dispatch cancel {run_id}'), or resume with --force if "
+                         f"its workers and client are gone")
+    for number in skip:
+        if number not in ALL_PHASES:
+            raise UsageError(f"--skip-phases {number}: phases are numbered 0-{ALL_PHASES[-1]}")
+    remaining = remaining_phases(stored, skip)
+    if not remaining:
+        done = [n for n in ALL_PHASES if stored.has_completed(ExecutionPhase.of(n))]
+        raise UsageError(f"run {run_id} has no phase left to run (status {stored.status}; completed phases: "
+                         f"{', '.join(map(str, done)) or 'none'})")
+    keep_context = stored.has_completed(ExecutionPhase.CONTEXT_GATHERING)
+    cfg = PhaseConfig(skip_phases=[n for n in ALL_PHASES if n not in remaining],
+                      enable_context=0 in remaining or (stored.phase_config.enable_context and keep_context),
+                      enable_quorum=1 in remaining or stored.phase_config.enable_quorum)
+    config = config or DispatchConfig.model_validate(stored.settings)
+    state = prepare_state(None, cfg, config, stored, log, run_id=run_id)
+    # nothing saved is lost: results of phases not re-run stay as they were, and so does the start time
+    for number in ALL_PHASES:
+        previous = stored.result_for(ExecutionPhase.of(number))
+        if number not in remaining and previous is not None:
+            state.record(previous)
+    if ExecutionPhase.PARALLEL_EXECUTION.number not in remaining:
+        state.task_results = stored.task_results
+    state.started_at = stored.started_at or state.started_at
+    return state
