@@ -133,14 +133,14 @@ class WorkspaceIndex:
             Path(str(self.db_path) + suffix).unlink(missing_ok=True)
         db = self._connect()
         db.executescript(f"""
-            CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
-            CREATE TABLE files(path TEXT PRIMARY KEY, mtime_ns INTEGER, size INTEGER, digest BLOB,
-                               status TEXT, lo INTEGER, hi INTEGER) WITHOUT ROWID;
-            CREATE VIRTUAL TABLE chunks USING fts5(path, body, start UNINDEXED, end UNINDEXED,
+            CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS files(path TEXT PRIMARY KEY, mtime_ns INTEGER, size INTEGER,
+                                             digest BLOB, status TEXT, lo INTEGER, hi INTEGER) WITHOUT ROWID;
+            CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5(path, body, start UNINDEXED, end UNINDEXED,
                                                    tokenize='{TOKENIZER}');
         """)
         with db:
-            db.executemany("INSERT INTO meta VALUES(?, ?)", self._signature().items())
+            db.executemany("INSERT OR REPLACE INTO meta VALUES(?, ?)", self._signature().items())
         self._fresh = True
         return db
 
