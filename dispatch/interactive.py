@@ -257,7 +257,8 @@ class InteractiveRun:
     def ask(self, point: Checkpoint, failed: bool) -> str:
         keys = self.choices(point)
         if failed:
-            self.term.say("This phase failed: approving ends the run as failed; skip goes on without it.")
+            way_on = "skip goes on without it" if "s" in keys else "retry runs it again"
+            self.term.say(f"This phase failed: approving ends the run as failed; {way_on}.")
         words = {ACTIONS[k]: k for k in keys} | {"batch": "b"}
         while True:
             answer = self.term.ask("  ".join(LABELS[k] for k in keys) + " > ").lower()

@@ -142,7 +142,7 @@ def test_failed_tasks_at_the_last_checkpoint(pty_cli: PtyCli) -> None:
     answer(child, "Checkpoint after phase 3", "a")
     shown = answer(child, "Checkpoint after phase 4", "s")  # nothing after phase 4 to skip to
     assert "Results: 0 of 2 succeeded" in shown and "disk full" in shown
-    assert "approving ends the run as failed" in shown
+    assert "approving ends the run as failed; retry runs it again" in shown
     child.expect_exact("Please answer one of: a, r, q")
     child.expect(PROMPT)
     child.sendline("a")
