@@ -1,7 +1,7 @@
 """dispatch: run a task breakdown as parallel agent tasks on Celery, phase by phase.
 
     python cli.py [phase flags] < tasks.json        (or the `dispatch` console script)
-    python cli.py schema | runs | show RUN_ID
+    python cli.py schema | runs | show RUN_ID | resume RUN_ID | cancel RUN_ID
 
 JSON results go to stdout only; the log goes to stderr.  Exit codes: 0 success,
 1 a run that failed, 2 bad usage or input.
@@ -34,7 +34,8 @@ def run_parser() -> argparse.ArgumentParser:
         f"Phases: {PHASES_HELP}.",
         epilog="Other commands: 'dispatch schema' prints the input JSON Schema; 'dispatch runs' lists recent runs; "
                "'dispatch show RUN_ID' prints a run's state; 'dispatch report RUN_ID|STATE_FILE' writes an HTML "
-               "timeline. Environment: DISPATCH_BROKER_URL (unset: embedded "
+               "timeline; 'dispatch resume RUN_ID' continues a run from the store; 'dispatch cancel RUN_ID' stops "
+               "one. Environment: DISPATCH_BROKER_URL (unset: embedded "
                "in-process worker), DISPATCH_RESULT_BACKEND, DISPATCH_STATE_URL, DISPATCH_STATE_DIR, DISPATCH_CONFIG.")
     g = p.add_argument_group("phase control")
     g.add_argument("--only-phase", type=int, metavar="N", help="execute only phase N (0-4)")
@@ -211,7 +212,81 @@ def report_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"schema": schema_command, "runs": runs_command, "show": show_command, "report": report_command}
+def resume_command(argv: Sequence[str]) -> int:
+    from dispatch.control import clear_cancel, resume_state
+    from dispatch.runner import Runner, build_output
+
+    p = argparse.ArgumentParser(prog="dispatch resume", description="Continue a run from the state store, under "
+                                "the same run id: the phases after its last completed one run, the saved ones "
+                                "are kept (no state file needed)")
+    p.add_argument("run_id")
+    p.add_argument("--skip-phases", type=phase_list, default=[], metavar="N,M,...", help="do not run these phases")
+    p.add_argument("--config", metavar="FILE", help="config file to use instead of the one saved with the run")
+    p.add_argument("--force", action="store_true", help="resume a run still marked pending or running "
+                   "(when its client and workers are gone)")
+    p.add_argument("--no-wait", action="store_true", help="submit, print the run id, return")
+    p.add_argument("--quiet", "-q", action="store_true", help="no log on stderr")
+    args = p.parse_args(argv)
+    log, t0 = Log(quiet=args.quiet), time.perf_counter()
+    settings = Settings.from_env()
+    if args.no_wait and settings.embedded:
+        raise UsageError("--no-wait needs a broker (set DISPATCH_BROKER_URL)")
+    runner = Runner(settings, log)
+    stored = runner.store.load(args.run_id)
+    if stored is None:
+        raise UsageError(f"no run '{args.run_id}' in the state store (see 'dispatch runs')")
+    config = DispatchConfig.load(args.config) if args.config else None
+    state = resume_state(stored, args.skip_phases, config, log, force=args.force)
+    if not settings.embedded:
+        clear_cancel(state.run_id, settings, runner.app.backend.client)
+    log.line(f"Resuming run {state.run_id} with phases {', '.join(map(str, state.selected_phases))}")
+    try:
+        final = runner.run(state, wait=not args.no_wait)
+    except KeyboardInterrupt:
+        log.warn(f"interrupted; run {state.run_id} may still be running on the workers")
+        return 130
+    except DispatchError as exc:
+        log.fail(str(exc))
+        saved = runner.store.load(state.run_id) or state
+        emit(build_output(saved, (time.perf_counter() - t0) * 1000, error=str(exc)).model_dump(mode="json"))
+        return 1
+    if final is None:
+        emit({"run_id": state.run_id, "status": "submitted", "phases": state.selected_phases})
+        return 0
+    output = build_output(final, (time.perf_counter() - t0) * 1000)
+    emit(output.model_dump(mode="json"))
+    if not output.success:
+        log.fail(f"Run {final.run_id} {final.status}" + (f": {output.error}" if output.error else ""))
+    return 0 if output.success else 1
+
+
+def cancel_command(argv: Sequence[str]) -> int:
+    from dataclasses import asdict
+
+    from dispatch.control import cancel_run
+    from dispatch.runner import Runner
+
+    p = argparse.ArgumentParser(prog="dispatch cancel", description="Cancel a run: queued tasks are dropped, "
+                                "running ones terminated (prefork workers; threads-pool tasks finish), agent "
+                                "tasks not yet started fail as cancelled, and the run is marked cancelled")
+    p.add_argument("run_id")
+    args = p.parse_args(argv)
+    settings = Settings.from_env()
+    if settings.embedded:
+        raise UsageError("cancel needs a broker (DISPATCH_BROKER_URL): an embedded run lives in the process "
+                         "that started it; stop it there with Ctrl-C")
+    log = Log()
+    runner = Runner(settings, log)
+    app = runner.app
+    outcome = cancel_run(args.run_id, settings, app.backend.client, runner.store,
+                         lambda ids: app.control.revoke(ids, terminate=True, signal="SIGTERM"))
+    emit(asdict(outcome))
+    log.warn(f"Run {outcome.run_id} cancelled (was {outcome.previous_status}; {outcome.revoked} task ids revoked)")
+    return 0
+
+
+COMMANDS = {"schema": schema_command, "runs": runs_command, "show": show_command, "report": report_command,
+            "resume": resume_command, "cancel": cancel_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -222,6 +297,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DispatchError as exc:
         Log().fail(str(exc))
         return exc.exit_code
+    except Exception as exc:
+        from dispatch.runner import connection_errors
+
+        if not isinstance(exc, connection_errors()):
+            raise
+        Log().fail(f"cannot reach the broker or Redis ({type(exc).__name__}: {exc})")
+        return 1
 
 
 if __name__ == "__main__":

@@ -100,8 +100,9 @@ def cancel_run(run_id: str, settings: Settings, client: Any, store: Any,
     state = store.load(run_id)
     if state is None:
         raise UsageError(f"no run '{run_id}' in the state store (see 'dispatch runs')")
-    if state.status in ("succeeded", "failed"):
-        raise UsageError(f"run {run_id} already {state.status}: nothing to cancel")
+    previous = state.status
+    if previous in ("succeeded", "failed"):
+        raise UsageError(f"run {run_id} already {previous}: nothing to cancel")
     runtime = Runtime(settings, client)
     client.set(runtime.cancel_key(run_id), "1", ex=max(1, settings.state_ttl_s))
     ledger = RunLedger(client, settings.key_prefix, run_id, settings.state_ttl_s)
@@ -126,7 +127,7 @@ def cancel_run(run_id: str, settings: Settings, client: Any, store: Any,
         pipe.execute()
     final.status = "cancelled"
     store.save(final)
-    return Cancellation(run_id, state.status, "cancelled", len(ids), finished)
+    return Cancellation(run_id, previous, "cancelled", len(ids), finished)
 
 
 def clear_cancel(run_id: str, settings: Settings, client: Any) -> None:
