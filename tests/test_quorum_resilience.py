@@ -171,6 +171,17 @@ def test_retry_sends_deficiencies_to_the_planner_and_validates_its_breakdown(llm
     assert outcome.lines.count("⚠ " + note) == 1
 
 
+def test_interactive_feedback_reaches_the_planner(llm_server):
+    llm_server.for_model("gpt", verdict("RETRY", 55, "Vague"), verdict("PASS", 90))
+    llm_server.for_model("planner", answer_text(json.dumps({"tasks": NEW_TASKS})))
+    cfg = quorum({"gpt": gpt(llm_server)}, planner=claude(llm_server, "planner"))
+    request = type(REQUEST).model_validate({**REQUEST.model_dump(), "quorum_feedback": "Split out the pool"})
+    assert run(cfg, request=request).result.decision == "PASS"
+    [plan_request] = llm_server.requests_for("planner")
+    assert "Feedback from the person reviewing this breakdown:\nSplit out the pool" in \
+        plan_request.body["messages"][0]["content"]
+
+
 @pytest.mark.parametrize("answer,reason", [
     ({"tasks": [{"task_id": "a", "agent": "llm", "description": "x", "dependencies": ["b"]},
                 {"task_id": "b", "agent": "llm", "description": "y", "dependencies": ["a"]}]},

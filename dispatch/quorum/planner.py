@@ -95,6 +95,10 @@ class Planner:
         message = (f"User request:\n{request.user_prompt.strip() or '(none given)'}\n\n"
                    f"Current breakdown (JSON):\n{breakdown_json(request)}\n\n"
                    f"Deficiencies to fix:\n{listed}")
+        # typed at an interactive checkpoint's retry (dispatch/interactive.py)
+        feedback = str((request.model_extra or {}).get("quorum_feedback") or "").strip()
+        if feedback:
+            message += f"\n\nFeedback from the person reviewing this breakdown:\n{feedback}"
         system = SYSTEM_PROMPT.format(agents=", ".join(self.agent_names(request)))
         reply = self.client.complete(system, [{"role": "user", "content": message}], json_schema=TASKS_SCHEMA)
         return parse_breakdown(reply.text)
