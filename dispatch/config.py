@@ -58,6 +58,22 @@ class QuorumOptions(BaseModel):
     cache_ttl_s: int = Field(default=3600, ge=0)
 
 
+class PhaseOptions(BaseModel):
+    """Per-phase policies: retries of a phase that raised, and duration thresholds.
+
+    ``retries`` re-runs a phase whose body raised (a retriever down, a model
+    timeout), with exponential backoff; a quorum FAIL is a verdict, not an
+    error, and is never retried here.  ``thresholds_ms`` maps a phase number to
+    the duration past which the run logs a warning and marks the phase result.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    retries: int = Field(default=0, ge=0, le=10)
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    thresholds_ms: dict[int, float] = Field(default_factory=dict)
+
+
 class DispatchConfig(BaseModel):
     """The optional config file."""
 
@@ -69,6 +85,7 @@ class DispatchConfig(BaseModel):
     planner: Optional[ComponentConfig] = None
     context: ContextOptions = Field(default_factory=ContextOptions)
     quorum: QuorumOptions = Field(default_factory=QuorumOptions)
+    phases: PhaseOptions = Field(default_factory=PhaseOptions)
 
     @classmethod
     def load(cls, path: Optional[str]) -> "DispatchConfig":

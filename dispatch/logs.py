@@ -57,8 +57,19 @@ def phase_header(phase: ExecutionPhase, state: PhaseState, max_retries: int = 3)
     return [SEPARATOR, f"{PREFIX} Phase {phase.number}: {phase.title}", f"{PREFIX} {detail}", SEPARATOR, ""]
 
 
+def threshold_lines(result: PhaseResult) -> list[str]:
+    limit = result.output_data.get("threshold_exceeded_ms")
+    if limit is None:
+        return []
+    return [f"{WARN} Phase {result.phase.number} took {result.duration_ms:.0f}ms, over its threshold of {limit:.0f}ms"]
+
+
 def phase_body(result: PhaseResult, state: PhaseState, max_retries: int = 3) -> list[str]:
     """Lines (without prefix) describing what a finished phase did."""
+    return _phase_lines(result, state, max_retries) + threshold_lines(result)
+
+
+def _phase_lines(result: PhaseResult, state: PhaseState, max_retries: int) -> list[str]:
     phase, out, ms = result.phase, result.output_data, result.duration_ms
     n = phase.number
     if phase == ExecutionPhase.CONTEXT_GATHERING:
@@ -99,7 +110,7 @@ def execution_lines(result: PhaseResult, state: PhaseState) -> list[str]:
     counts = f"{out.get('succeeded', 0)} succeeded, {out.get('failed', 0)} failed"
     if out.get("skipped"):
         counts += f", {out['skipped']} skipped"
-    return lines + [f"{mark} Phase 4 completed in {result.duration_ms:.0f}ms ({counts})"]
+    return lines + [f"{mark} Phase 4 completed in {result.duration_ms:.0f}ms ({counts})"] + threshold_lines(result)
 
 
 def _quorum_lines(state: PhaseState, max_retries: int) -> list[str]:

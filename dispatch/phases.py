@@ -38,19 +38,41 @@ class PhaseEnv:
 
 def run_phase(phase: ExecutionPhase, state: PhaseState, env: PhaseEnv,
               body: Callable[[PhaseState, PhaseEnv], PhaseResult]) -> PhaseResult:
-    """Time ``body`` and record its result; an exception becomes a failed ``PhaseResult``."""
+    """Time ``body`` and record its result; an exception becomes a failed ``PhaseResult``.
+
+    A body that raised is retried up to ``phases.retries`` times with
+    exponential backoff; the result's ``retry_count`` says how many it took.
+    """
+    options = env.config.phases
     started = utcnow()
     t0 = time.perf_counter()
-    try:
-        result = body(state, env)
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded, never lost
-        result = PhaseResult(phase=phase, phase_name=phase.title, success=False,
-                             error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, DispatchError) else str(exc))
+    attempt = 0
+    while True:
+        try:
+            result = body(state, env)
+            break
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, never lost
+            error = str(exc) if isinstance(exc, DispatchError) else f"{type(exc).__name__}: {exc}"
+            if attempt >= options.retries:
+                result = PhaseResult(phase=phase, phase_name=phase.title, success=False, error=error)
+                break
+            env.on_event(f"⚠ Phase {phase.number} attempt {attempt + 1} failed ({error}); retrying")
+            env.sleep(options.retry_backoff_s * 2 ** attempt)
+            attempt += 1
+    result.retry_count = max(result.retry_count, attempt)
     result.duration_ms = round((time.perf_counter() - t0) * 1000, 1)
     result.started_at = iso(started)
     result.completed_at = iso(utcnow())
+    check_threshold(result, env.config)
     state.record(result)
     return result
+
+
+def check_threshold(result: PhaseResult, config: DispatchConfig) -> None:
+    """Mark a phase that took longer than its configured threshold (the log warns)."""
+    threshold = config.phases.thresholds_ms.get(result.phase.number)
+    if threshold is not None and result.duration_ms > threshold:
+        result.output_data["threshold_exceeded_ms"] = threshold
 
 
 def _result(phase: ExecutionPhase, success: bool = True, **kwargs: Any) -> PhaseResult:

@@ -14,7 +14,7 @@ from celery import shared_task
 from ..celery_app import AGENT_QUEUE
 from ..config import ComponentConfig, DispatchConfig
 from ..models import PhaseState, TaskContext, TaskResult, TaskSpec, iso, utcnow
-from ..phases import collect_results, execution_result
+from ..phases import check_threshold, collect_results, execution_result
 from ..runtime import Runtime
 from ..scheduler import DagScheduler
 
@@ -169,6 +169,7 @@ def finish_execution(runtime: Runtime, scheduler: DagScheduler) -> dict:
     result = execution_result(state, state.task_results, started)
     result.started_at = iso(utcnow().fromtimestamp(started, tz=utcnow().tzinfo)) if started else None
     result.completed_at = iso(utcnow())
+    check_threshold(result, DispatchConfig.model_validate(state.settings))
     state.record(result)
     if state.status != "cancelled":
         state.status = "succeeded" if result.success else "failed"
