@@ -15,7 +15,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".dispatch", ".pytest_cache", "build", "dist"}
+SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".dispatch", ".pytest_cache", ".hypothesis",
+             "test-artifacts", "build", "dist"}
 MARKER = re.compile(r"\b(TODO|FIXME|XXX)\b[:\s]*(.*)")
 
 
