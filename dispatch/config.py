@@ -134,6 +134,10 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+# documented names that differ from DISPATCH_<FIELD>: the README and --help say DISPATCH_CONFIG
+ENV_ALIASES = {"DISPATCH_CONFIG": "config_file"}
+
+
 class Settings(BaseModel):
     """Deployment settings, one typed object read from the environment."""
 
@@ -162,8 +166,9 @@ class Settings(BaseModel):
     def from_env(cls, environ: Optional[dict[str, str]] = None) -> "Settings":
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for field in cls.model_fields:
-            raw = env.get(f"DISPATCH_{field.upper()}")
+        names = {f"DISPATCH_{field.upper()}": field for field in cls.model_fields}
+        for name, field in {**ENV_ALIASES, **names}.items():
+            raw = env.get(name)
             if raw not in (None, ""):
                 values[field] = raw
         broker = values.get("broker_url")
