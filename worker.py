@@ -9,3 +9,6 @@ from dispatch.celery_app import create_app
 from dispatch.config import Settings
 
 app = create_app(Settings.from_env())
+# The process's current app: tools that resolve results through Celery's default app (Flower's
+# /api/task/result, `celery result`) would otherwise see no result backend.
+app.set_current()
