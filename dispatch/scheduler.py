@@ -41,6 +41,7 @@ return taken
 
 # KEYS: results, dependents, remaining, priority, ready, inflight, limit
 # ARGV: task_id, result_json, succeeded ("1"/"0"), ttl_s
+# Returns {finished count, task ids to dispatch...}, or {} for a duplicate completion.
 COMPLETE = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {} end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -55,7 +56,8 @@ if ARGV[3] == '1' then
   end
 end
 redis.call('DECR', KEYS[6])
-""" + TAKE_READY.replace("KEYS[1]", "KEYS[5]").replace("KEYS[2]", "KEYS[6]").replace("KEYS[3]", "KEYS[7]")
+""" + TAKE_READY.replace("KEYS[1]", "KEYS[5]").replace("KEYS[2]", "KEYS[6]").replace("KEYS[3]", "KEYS[7]") \
+    .replace("return taken", "table.insert(taken, 1, redis.call('HLEN', KEYS[1]))\nreturn taken")
 
 
 def dag_prefix(key_prefix: str, run_id: str) -> str:
@@ -78,6 +80,7 @@ class DagScheduler:
                  "state", "limit", "started")
         self.keys = {name: f"{base}:{name}" for name in names}
         self._complete = client.register_script(COMPLETE)
+        self.finished: Optional[int] = None
         self._take_ready = client.register_script(TAKE_READY)
 
     def key(self, name: str) -> str:
@@ -135,13 +138,18 @@ class DagScheduler:
         return {tid: json.loads(raw).get("output") for tid, raw in zip(task_ids, raws) if raw is not None}
 
     def complete(self, result: TaskResult) -> list[str]:
-        """Record a finished task once; return the tasks that may start now."""
+        """Record a finished task once; return the tasks that may start now.
+
+        ``finished`` then holds how many tasks of the run have finished (None
+        after a duplicate), so progress needs no extra round trip.
+        """
         k = self.key
-        taken = self._complete(
+        reply = self._complete(
             keys=[k("results"), k("dependents"), k("remaining"), k("priority"), k("ready"), k("inflight"),
                   k("limit")],
             args=[result.task_id, result.model_dump_json(), "1" if result.success else "0", self.ttl_s])
-        return [_text(t) for t in taken]
+        self.finished = int(reply[0]) if reply else None
+        return [_text(t) for t in reply[1:]]
 
     def take_ready(self) -> list[str]:
         taken = self._take_ready(keys=[self.key("ready"), self.key("inflight"), self.key("limit")])

@@ -6,6 +6,8 @@ broker or shows up in Flower.
 """
 from __future__ import annotations
 
+import functools
+import json
 import time
 from typing import Any, Optional
 
@@ -32,7 +34,8 @@ def task_payloads(state: PhaseState) -> dict[str, dict]:
 
     config = DispatchConfig.model_validate(state.settings)
     shared = {"user_prompt": state.user_prompt, "workspace_path": state.workspace_path,
-              "timeout_s": state.run_config.timeout_seconds}
+              "timeout_s": state.run_config.timeout_seconds,
+              "progress_every": max(1, len(state.tasks_data) // 100)}
     payloads = {}
     for task in state.tasks_data:
         context = state.task_contexts.get(task.task_id)
@@ -58,12 +61,15 @@ def agent_signature(app: Any, run_id: str, task_id: str, timeout_s: Optional[flo
 
 
 def dispatch_agents(task: Any, runtime: Runtime, scheduler: DagScheduler, task_ids: list[str],
-                    first: bool = False, limits: Optional[dict[str, float]] = None) -> list[Any]:
+                    first: bool = False, limits: Optional[dict[str, float]] = None,
+                    progress_every: int = 1) -> list[Any]:
     """Signatures for ``task_ids`` with their time limits, recorded in the run's ledger before they are sent.
 
-    After a completion (``first`` false) the same round trip reads phase 4's
-    progress target and the finished count, and the task reports ``done/total``
-    on phase 4's task id, where Flower and the CLI look.
+    After a completion (``first`` false) the task also reports ``done/total`` on
+    phase 4's task id, where Flower and the CLI look, every ``progress_every``
+    completions (~1% of the run): a result write per completion would double
+    phase 4's writes.  A completion that unblocks nothing and reports nothing
+    costs no round trip here.
     """
     from celery.utils import uuid
 
@@ -71,22 +77,25 @@ def dispatch_agents(task: Any, runtime: Runtime, scheduler: DagScheduler, task_i
 
     run_id = scheduler.run_id
     ledger = RunLedger(runtime.redis, runtime.prefix, run_id, runtime.settings.state_ttl_s)
+    done = scheduler.finished
+    report = not first and done is not None and done % max(1, progress_every) == 0
+    if not task_ids and not report:
+        return []
     ids = {tid: uuid() for tid in task_ids}
     pipe = runtime.redis.pipeline(transaction=False)
-    if not first:
+    if report:
         pipe.get(ledger.progress_key)
-        pipe.hlen(scheduler.key("results"))
     if task_ids and limits is None:
         pipe.hmget(ledger.limits_key, task_ids)
-    ledger.record({cid: f"agent:{tid}" for tid, cid in ids.items()}, pipe)
+    if ids:
+        ledger.record({cid: f"agent:{tid}" for tid, cid in ids.items()}, pipe)
     replies = pipe.execute()
-    if not first:
-        target, done = RunLedger.parse_target(replies[0]), int(replies[1])
-        # every ~1% of the run (and its end): a result write per completion would double phase 4's writes
-        if target is not None and (done % max(1, target[1] // 100) == 0 or done >= target[1]):
+    if report:
+        target = RunLedger.parse_target(replies[0])
+        if target is not None:
             task.backend.store_result(target[0], {"run_id": run_id, "phase": "PARALLEL_EXECUTION",
-                                                  "done": int(done), "total": target[1]}, "PROGRESS")
-        replies = replies[2:]
+                                                  "done": done, "total": target[1]}, "PROGRESS")
+        replies = replies[1:]
     if limits is None:
         limits = dict(zip(task_ids, (float(x) if x else None for x in (replies[0] if task_ids else []))))
     return [agent_signature(task.app, run_id, tid, limits.get(tid)).set(task_id=ids[tid]) for tid in task_ids]
@@ -116,7 +125,7 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
         # its worker died after recording the result, before acking: the result and its dependents stand
         return {"task_id": task_id, "success": None, "duplicate": True}
     started, t0 = utcnow(), time.perf_counter()
-    agent_name, prompt = "?", None
+    agent_name, prompt, payload = "?", None, None
     try:
         payload, cancelled = scheduler.prepare(task_id, runtime.cancel_key(run_id))
         agent_name = payload["task"].get("agent", "?")
@@ -136,13 +145,14 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
                         error=outcome.error, duration_ms=round((time.perf_counter() - t0) * 1000, 1),
                         worker=self.request.hostname, attempts=self.request.retries + 1,
                         started_at=iso(started), completed_at=iso(utcnow()), prompt=prompt)
-    for signature in dispatch_agents(self, runtime, scheduler, scheduler.complete(result)):
+    every = payload.get("progress_every", 1) if payload else 1
+    for signature in dispatch_agents(self, runtime, scheduler, scheduler.complete(result), progress_every=every):
         self.add_to_chord(signature)
     return {"task_id": task_id, "success": result.success}
 
 
 def invoke_agent(task: Any, scheduler: DagScheduler, payload: dict, cancelled: bool) -> tuple[Any, str]:
-    from ..agents import AGENTS, AgentInvocation, AgentOutcome, build_prompt, run_agent
+    from ..agents import AgentInvocation, AgentOutcome, build_prompt, run_agent
 
     spec = TaskSpec.model_validate(payload["task"])
     agent_config = ComponentConfig.model_validate(payload["agent"])
@@ -156,8 +166,18 @@ def invoke_agent(task: Any, scheduler: DagScheduler, payload: dict, cancelled: b
                                  user_prompt=payload["user_prompt"], workspace_path=payload["workspace_path"],
                                  run_id=scheduler.run_id, attempt=task.request.retries + 1, timeout_s=timeout,
                                  prompt=prompt)
-    agent = AGENTS.get(agent_config.kind)(spec.agent, agent_config)
+    agent = cached_agent(spec.agent, json.dumps(payload["agent"], sort_keys=True))
     return run_agent(agent, invocation), prompt
+
+
+@functools.lru_cache(maxsize=256)
+def cached_agent(name: str, config_json: str) -> Any:
+    """One agent instance per (name, configuration) per worker process: options are validated once,
+    and clients an agent holds (HTTP connections) are reused across its tasks."""
+    from ..agents import AGENTS
+
+    config = ComponentConfig.model_validate_json(config_json)
+    return AGENTS.get(config.kind)(name, config)
 
 
 def finish_execution(runtime: Runtime, scheduler: DagScheduler) -> dict:
