@@ -88,6 +88,16 @@ def emit(document: dict) -> None:
     sys.stdout.flush()
 
 
+def stored_or(runner, state):
+    """The run's stored state, or ``state`` when the store cannot be reached (Redis down)."""
+    from dispatch.runner import connection_errors
+
+    try:
+        return runner.store.load(state.run_id) or state
+    except connection_errors():
+        return state
+
+
 def run_command(argv: Sequence[str]) -> int:
     from dispatch.models import PhaseConfig
     from dispatch.runner import Runner, build_output, prepare_state
@@ -119,7 +129,7 @@ def run_command(argv: Sequence[str]) -> int:
         return 130
     except DispatchError as exc:
         log.fail(str(exc))
-        saved = runner.store.load(state.run_id) or state
+        saved = stored_or(runner, state)
         if args.save_phase_state:
             save_state_file(saved, args.save_phase_state)
         emit(build_output(saved, (time.perf_counter() - t0) * 1000, args.save_phase_state,
@@ -247,7 +257,7 @@ def resume_command(argv: Sequence[str]) -> int:
         return 130
     except DispatchError as exc:
         log.fail(str(exc))
-        saved = runner.store.load(state.run_id) or state
+        saved = stored_or(runner, state)
         emit(build_output(saved, (time.perf_counter() - t0) * 1000, error=str(exc)).model_dump(mode="json"))
         return 1
     if final is None:

@@ -72,6 +72,10 @@ def create_app(settings: Settings) -> Celery:
         app = Celery("dispatch", broker=settings.broker_url, backend=settings.result_backend,
                      set_as_current=False)
         app.conf.broker_transport_options = broker_transport_options(settings)
+        # give up on a lost backend within ~2 s: the CLI rides out outages in its own loop (with a message)
+        # and workers retry each command for reconnect_timeout_s (runtime.ride_out_outages)
+        app.conf.result_backend_transport_options = {
+            "retry_policy": {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}}
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -96,6 +100,9 @@ def create_app(settings: Settings) -> Celery:
         result_extended=True,
         result_expires=settings.state_ttl_s,
         broker_connection_retry_on_startup=True,
+        # a task publishing its dependents while the broker restarts waits for it (about reconnect_timeout_s)
+        task_publish_retry_policy={"max_retries": max(3, int(settings.reconnect_timeout_s // 2) + 3),
+                                   "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0},
         worker_hijack_root_logger=False,
         # URLs stay out of the conf: `celery inspect conf` and Flower show it, and it censors only some keys
         dispatch_settings=settings.model_dump(exclude={"broker_url", "result_backend", "state_url"}),

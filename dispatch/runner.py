@@ -86,6 +86,9 @@ def preflight_plan(state: PhaseState, config: DispatchConfig) -> None:
         raise InputError(str(exc)) from None
 
 
+RUN_CHECK_S = 10.0  # while following, how often the client checks that its run still exists
+
+
 def connection_errors() -> tuple[type[BaseException], ...]:
     """What a lost broker or Redis raises on the client side."""
     import redis
@@ -204,17 +207,22 @@ class Runner:
 
         lost = connection_errors()
         warned = False
-        started = time.monotonic()
+        started = checked = time.monotonic()
         lost_since: Optional[float] = None
         while True:
             try:
+                if lost_since is not None:  # probe with a plain GET: it fails fast while the server is away
+                    result.state
+                    self.reconnected(state, time.monotonic() - lost_since)
+                    lost_since = None
+                    result = self.fresh_result(result)
                 try:
                     return result.get(timeout=self.progress.poll_s, propagate=True, disable_sync_subtasks=False)
                 except (ResultTimeout, TimeoutError):
                     status, meta = result.state, result.info
-                if lost_since is not None:
-                    self.reconnected(state, time.monotonic() - lost_since)
-                    lost_since = None
+                if not self.settings.embedded and time.monotonic() - checked > RUN_CHECK_S:
+                    self.check_run_exists(state, "")
+                    checked = time.monotonic()
                 if status == "PROGRESS" and isinstance(meta, dict):
                     self.progress.update(meta.get("done"), meta.get("total"))
                 else:
@@ -225,14 +233,26 @@ class Runner:
                     self.log.warn(f"phase {phase.number} has not started after 15 s: is a worker consuming "
                                   f"the dispatch.phases queue? (celery -A worker worker)")
                     warned = True
-            except lost as exc:
-                lost_since = self.connection_lost(state, exc, lost_since)
-            except Exception as exc:  # a phase task crashed on its worker, or the run was cancelled
+            except DispatchError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - sorted below
+                # the result consumer gives up on a reconnect with a RuntimeError caused by the lost connection
+                if isinstance(exc, lost) or isinstance(exc.__cause__, lost):
+                    lost_since = self.connection_lost(state, exc.__cause__ or exc, lost_since)
+                    continue
+                # a phase task crashed on its worker, or the run was cancelled
                 stopped = self.stopped_state(state.run_id)
                 if stopped is not None:
                     return stopped.model_dump(mode="json")
                 raise DispatchError(f"phase {phase.number} ({phase.title}) crashed on its worker: "
                                     f"{type(exc).__name__}: {exc}; run {state.run_id}") from None
+
+    def fresh_result(self, result: Any) -> Any:
+        """The same result through a new app: Celery's result consumer does not recover once it gave up."""
+        if self.settings.embedded:
+            return result
+        self._app = None
+        return self.app.AsyncResult(result.id)
 
     def connection_lost(self, state: PhaseState, exc: BaseException, since: Optional[float]) -> float:
         """Warn once, retry for ``reconnect_timeout_s``, then give up with the way back."""
@@ -252,12 +272,19 @@ class Runner:
         return since
 
     def reconnected(self, state: PhaseState, outage_s: float) -> None:
-        """A Redis that came back empty (no persistence) has lost the run: say so instead of waiting forever."""
-        if self.store.load(state.run_id) is None:
-            raise DispatchError(f"the state store came back after {outage_s:.0f}s without run {state.run_id}: "
-                                f"the Redis server lost its data (run it with appendonly yes); start the run "
-                                f"again") from None
+        self.check_run_exists(state, f" after {outage_s:.0f}s")
         self.log.ok(f"reconnected after {outage_s:.0f}s")
+
+    def check_run_exists(self, state: PhaseState, after: str) -> None:
+        """A Redis that came back empty (restarted without persistence) has lost the run's queued tasks
+        too: say so instead of waiting forever for a result that cannot come."""
+        store = self.store
+        key = getattr(store, "key", None)
+        exists = store.client.exists(key(state.run_id)) if key else store.load(state.run_id) is not None
+        if not exists:
+            raise DispatchError(f"the state store came back{after} without run {state.run_id}: the Redis server "
+                                f"lost its data (restarted without persistence? run it with appendonly yes); "
+                                f"start the run again") from None
 
     def stopped_state(self, run_id: str) -> Optional[PhaseState]:
         """The stored state of a cancelled run (its revoked tasks make the results raise)."""

@@ -43,6 +43,8 @@ class Runtime:
         runtime = getattr(app, "_dispatch_runtime", None)
         if runtime is None:
             settings = getattr(app, "dispatch_settings", None) or Settings.from_env()
+            if not settings.embedded:
+                ride_out_outages(app.backend.client, settings.reconnect_timeout_s)
             runtime = cls(settings, app.backend.client)
             app._dispatch_runtime = runtime
         return runtime
@@ -68,6 +70,19 @@ class Runtime:
 
     def cancelled(self, run_id: str) -> bool:
         return bool(self.redis.exists(self.cancel_key(run_id)))
+
+
+def ride_out_outages(client: Any, seconds: float) -> None:
+    """Retry commands through a lost connection for about ``seconds`` (redis-py, with backoff).
+
+    On workers, so that a restarted Redis costs a running task a pause, not a
+    failure: a task finishing while Redis is away would otherwise lose its
+    result and leave its message for the visibility timeout to redeliver.
+    """
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), max(3, int(seconds) + 6)))
 
 
 def make_store(settings: Settings, backend_client: Any = None) -> StateStore:
