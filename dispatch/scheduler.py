@@ -51,6 +51,7 @@ if ARGV[3] == '1' then
     for child in string.gmatch(children, '[^\\n]+') do
       if redis.call('HINCRBY', KEYS[3], child, -1) == 0 then
         redis.call('ZADD', KEYS[5], redis.call('HGET', KEYS[4], child), child)
+        redis.call('EXPIRE', KEYS[5], ARGV[4])  -- the set may have emptied (and gone) since start
       end
     end
   end

@@ -150,6 +150,9 @@ class RedisStateStore:
         pipe = self.client.pipeline()
         pipe.set(self.key(state.run_id), dump_state(state), ex=self.ttl_s or None)
         pipe.zadd(self.index_key, {state.run_id: started}, nx=True)
+        if self.ttl_s:  # the index forgets runs older than the TTL, and goes when no run is left
+            pipe.zremrangebyscore(self.index_key, "-inf", started - self.ttl_s)
+            pipe.expire(self.index_key, self.ttl_s)
         pipe.execute()
 
     def load(self, run_id: str) -> Optional[PhaseState]:

@@ -165,3 +165,26 @@ def test_embedded_stop_after_3_then_resume_by_id_runs_phase_4_under_the_same_id(
     assert again.returncode == 2 and "no phase left to run" in again.stderr and again.stdout == ""
     missing = cli("resume", "20990101-000000-deadbeef")
     assert missing.returncode == 2 and "no run '20990101-000000-deadbeef'" in missing.stderr
+
+
+def test_every_key_a_run_writes_expires(client, store):
+    """Abandoned runs (a crashed client, a cancelled chord) must not leave keys behind forever."""
+    state = make_state(status="running")
+    state.tasks_data[2].dependencies = ["a"]  # a, then b and c
+    state.run_config.max_workers = 1
+    store.save(state)
+    scheduler = DagScheduler(client, "ops", "r1", ttl_s=600)
+    RunLedger(client, "ops", "r1", 600).start_phase_4("p4", 3, {"a": 1.0})
+
+    def check() -> None:
+        for key in client.keys("*"):
+            assert 0 < client.ttl(key) <= 600, f"{key!r} never expires"
+
+    assert scheduler.start(state, {t.task_id: {"n": 1} for t in state.tasks_data}, started=time.time()) == ["a"]
+    check()
+    # the ready set emptied when "a" started; completing "a" re-creates it with "c" left waiting for a slot
+    assert scheduler.complete(TaskResult(task_id="a", agent="echo", success=True)) == ["b"]
+    assert client.zrange(scheduler.key("ready"), 0, -1) == [b"c"]
+    check()
+    cancel_run("r1", SETTINGS, client, store, lambda ids: None)
+    check()
