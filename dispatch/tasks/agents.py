@@ -106,9 +106,12 @@ def scheduler_for(task: Any, run_id: str) -> tuple[Runtime, DagScheduler]:
     return runtime, DagScheduler(runtime.redis, runtime.prefix, run_id, runtime.settings.state_ttl_s)
 
 
-# track_started off: a STARTED write per agent task is a second result write per task; Flower
-# follows agent tasks through events, and phase 4's PROGRESS meta carries done/total.
-@shared_task(bind=True, name="dispatch.agent", acks_late=True, reject_on_worker_lost=True, track_started=False)
+# Results of agent tasks live in the scheduler's hash, not in Celery's backend: the chord still
+# counts each one (on_chord_part_return runs with ignore_result), but the per-task SET + PUBLISH
+# of its meta, and the STARTED write, are skipped.  Flower follows agent tasks through events,
+# and phase 4's PROGRESS meta carries done/total.
+@shared_task(bind=True, name="dispatch.agent", acks_late=True, reject_on_worker_lost=True, track_started=False,
+             ignore_result=True)
 def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     """Run one task on its agent, record the result, dispatch whatever it unblocks.
 
