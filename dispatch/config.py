@@ -171,6 +171,9 @@ class Settings(BaseModel):
             raw = env.get(name)
             if raw not in (None, ""):
                 values[field] = raw
+        for field in ("broker_url", "result_backend", "state_url"):
+            if field in values:
+                values[field] = verify_tls_by_default(values[field])
         broker = values.get("broker_url")
         if broker and "result_backend" not in values and broker.startswith(("redis://", "rediss://")):
             values["result_backend"] = broker
@@ -185,6 +188,14 @@ class Settings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             raise ConfigError(f"environment: {format_validation_error(exc)}") from None
+
+
+def verify_tls_by_default(url: str) -> str:
+    """``rediss://`` without ``ssl_cert_reqs``: Celery refuses it, so add redis-py's own default
+    (verify the server's certificate) rather than fail on the first connection."""
+    if not url.startswith("rediss://") or "ssl_cert_reqs=" in url:
+        return url
+    return url + ("&" if "?" in url else "?") + "ssl_cert_reqs=required"
 
 
 def redact_url(url: Optional[str]) -> str:
