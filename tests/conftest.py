@@ -80,3 +80,35 @@ def distributed(redis_server: RedisServer, tmp_path: Path) -> Iterator[dict]:
     pool = WorkerPool(env, tmp_path)
     yield {"env": env, "workers": pool, "redis": redis_server, "prefix": prefix}
     pool.stop_all()
+
+
+# ----------------------------------------------------------------- rabbitmq
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """An amqp:// URL on a private vhost of the local RabbitMQ, deleted afterwards.
+
+    The queue names are fixed by the code (dispatch.phases, dispatch.agents), so
+    without a vhost of its own a test could purge someone else's queues: when
+    ``rabbitmqctl`` cannot create one the test is skipped, never run on ``/``.
+    """
+    import socket
+    import uuid
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672 (start rabbitmq-server to run the amqp tests)")
+    ctl = shutil.which("rabbitmqctl")
+    if not ctl:
+        pytest.skip("rabbitmqctl not found: a private vhost is needed to run the amqp tests safely")
+    vhost = f"dispatch-test-{uuid.uuid4().hex[:8]}"
+    made = subprocess.run([ctl, "add_vhost", vhost], capture_output=True, text=True, timeout=60)
+    if made.returncode != 0:
+        pytest.skip(f"cannot create a RabbitMQ vhost (rabbitmqctl needs root or the Erlang cookie): "
+                    f"{made.stderr.strip()[:200]}")
+    try:
+        subprocess.run([ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
+                       capture_output=True, timeout=60)
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
