@@ -95,8 +95,6 @@ class Cancellation:
 def cancel_run(run_id: str, settings: Settings, client: Any, store: Any,
                revoke: Callable[[list[str]], None]) -> Cancellation:
     """Stop a run wherever it is; idempotent (cancelling twice revokes again, changes nothing else)."""
-    from .phases import collect_results, execution_result
-
     state = store.load(run_id)
     if state is None:
         raise UsageError(f"no run '{run_id}' in the state store (see 'dispatch runs')")
@@ -105,29 +103,66 @@ def cancel_run(run_id: str, settings: Settings, client: Any, store: Any,
         raise UsageError(f"run {run_id} already {previous}: nothing to cancel")
     runtime = Runtime(settings, client)
     client.set(runtime.cancel_key(run_id), "1", ex=max(1, settings.state_ttl_s))
-    ledger = RunLedger(client, settings.key_prefix, run_id, settings.state_ttl_s)
-    ids = sorted(ledger.tasks())
+    ids = sorted(RunLedger(client, settings.key_prefix, run_id, settings.state_ttl_s).tasks())
     if ids:
         revoke(ids)
-    scheduler = DagScheduler(client, settings.key_prefix, run_id, settings.state_ttl_s)
-    final, finished = state, 0
-    in_phase_4 = scheduler.state()
-    if in_phase_4 is not None:  # keep what finished; the chord may never collect once its parts are revoked
-        final = in_phase_4
-        done = scheduler.results()
-        finished = len(done)
-        final.task_results = collect_results(final, done)
-        result = execution_result(final, final.task_results, scheduler.started())
-        result.success = False
-        result.error = f"cancelled ({finished} of {len(final.tasks_data)} tasks had finished)"
-        final.record(result)
-        pipe = client.pipeline(transaction=False)
-        for key in scheduler.keys.values():  # nobody may reset them now: let them expire
-            pipe.expire(key, scheduler.ttl_s)
-        pipe.execute()
+    # the chord may never collect once its parts are revoked: phase 4 is closed here with what finished
+    final = close_phase_4(run_id, settings, client, "cancelled", "cancelled")
+    finished = sum(1 for r in final.task_results if not r.skipped) if final else 0
+    final = final or state
     final.status = "cancelled"
     store.save(final)
     return Cancellation(run_id, previous, "cancelled", len(ids), finished)
+
+
+def close_phase_4(run_id: str, settings: Settings, client: Any, status: str, why: str,
+                  lost: Optional[dict[str, str]] = None) -> Optional[PhaseState]:
+    """Phase 4's outcome from the scheduler's records, when its chord cannot deliver one.
+
+    For a cancel, and for a chord broken by a part whose process was killed
+    (the hard time limit): ``lost`` names those tasks with the reason, so they
+    are reported failed rather than silently skipped.  None when phase 4 is not
+    under way.  The scheduler keys are left to expire, never reset: a late
+    duplicate may still complete into them.
+    """
+    from .models import TaskResult
+    from .phases import collect_results, execution_result
+
+    scheduler = DagScheduler(client, settings.key_prefix, run_id, settings.state_ttl_s)
+    state = scheduler.state()
+    if state is None:
+        return None
+    done = scheduler.results()
+    agents = {t.task_id: t.agent for t in state.tasks_data}
+    for task_id, error in (lost or {}).items():
+        if task_id in agents and task_id not in done:
+            done[task_id] = TaskResult(task_id=task_id, agent=agents[task_id], success=False, error=error)
+    state.task_results = collect_results(state, done)
+    result = execution_result(state, state.task_results, scheduler.started())
+    result.success = False
+    result.error = f"{why} ({len(done)} of {len(state.tasks_data)} tasks had finished)"
+    state.record(result)
+    state.status = status
+    pipe = client.pipeline(transaction=False)
+    for key in scheduler.keys.values():
+        pipe.expire(key, scheduler.ttl_s)
+    pipe.execute()
+    return state
+
+
+def lost_agent_tasks(message: str, ledger: RunLedger) -> dict[str, str]:
+    """``{task_id: reason}`` for the agent tasks a chord error names (``Dependency <id> raised ...``)."""
+    import re
+
+    labels = ledger.tasks()
+    lost = {}
+    for celery_id, raised in re.findall(r"Dependency (\S+) raised (.+?)(?:$|;|\n)", message):
+        label = labels.get(celery_id, "")
+        if label.startswith("agent:"):
+            reason = ("timed out: past its hard time limit, its worker process was killed"
+                      if "TimeLimitExceeded" in raised else f"its worker process was lost: {raised}")
+            lost[label.split(":", 1)[1]] = reason
+    return lost
 
 
 def clear_cancel(run_id: str, settings: Settings, client: Any) -> None:

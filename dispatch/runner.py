@@ -242,6 +242,8 @@ class Runner:
                     continue
                 # a phase task crashed on its worker, or the run was cancelled
                 stopped = self.stopped_state(state.run_id)
+                if stopped is None and phase == ExecutionPhase.PARALLEL_EXECUTION:
+                    stopped = self.close_broken_phase_4(state, exc)
                 if stopped is not None:
                     return stopped.model_dump(mode="json")
                 raise DispatchError(f"phase {phase.number} ({phase.title}) crashed on its worker: "
@@ -285,6 +287,26 @@ class Runner:
             raise DispatchError(f"the state store came back{after} without run {state.run_id}: the Redis server "
                                 f"lost its data (restarted without persistence? run it with appendonly yes); "
                                 f"start the run again") from None
+
+    def close_broken_phase_4(self, state: PhaseState, exc: Exception) -> Optional[PhaseState]:
+        """A chord part whose process was killed (past its hard time limit) breaks the chord: the run's
+        outcome is then taken from the scheduler's records, the lost task reported, rather than lost."""
+        from .control import RunLedger, close_phase_4, lost_agent_tasks
+
+        try:
+            client = self.app.backend.client
+            ledger = RunLedger(client, self.settings.key_prefix, state.run_id, self.settings.state_ttl_s)
+            closed = close_phase_4(state.run_id, self.settings, client, "failed",
+                                   f"phase 4's chord broke: {type(exc).__name__}", lost_agent_tasks(str(exc), ledger))
+            if closed is not None:
+                self.store.save(closed)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            return None
+        if closed is not None:
+            self.progress.clear()
+            self.log.warn(f"phase 4's chord broke ({type(exc).__name__}: {exc}); its outcome is taken from "
+                          f"the scheduler's records")
+        return closed
 
     def stopped_state(self, run_id: str) -> Optional[PhaseState]:
         """The stored state of a cancelled run (its revoked tasks make the results raise)."""

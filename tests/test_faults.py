@@ -217,7 +217,9 @@ def stuck_module(tmp_path: Path) -> Path:
     package.mkdir()
     (package / "stuck_agent.py").write_text(
         "import time\n\n\ndef hang(task, context, deps):\n    time.sleep(600)\n\n\n"
-        "def quick(task, context, deps):\n    return {'ok': task['task_id']}\n")
+        "def quick(task, context, deps):\n    return {'ok': task['task_id']}\n\n\n"
+        "def stubborn(task, context, deps):\n    while True:\n        try:\n            time.sleep(100)\n"
+        "        except BaseException:\n            pass\n")
     return package
 
 
@@ -243,3 +245,29 @@ def test_a_stuck_agent_is_timed_out_and_frees_its_slot(distributed, tmp_path):
     assert results["after"]["success"] and results["after"]["output"] == {"ok": "after"}
     assert "✗ stuck: timed out" in run.stderr
     assert elapsed < 25, f"the slot was not freed in time ({elapsed:.1f}s)"
+
+
+def test_an_agent_ignoring_its_soft_limit_is_killed_at_the_hard_limit_and_reported(distributed, tmp_path):
+    """The pool kills the process: the chord breaks, the run's outcome comes from the scheduler's records."""
+    env = distributed["env"]
+    env["PYTHONPATH"] = str(stuck_module(tmp_path))
+    config = tmp_path / "agents.json"
+    config.write_text(json.dumps({"agents": {
+        "stubborn": {"kind": "python", "callable": "stuck_agent:stubborn"},
+        "quick": {"kind": "python", "callable": "stuck_agent:quick"}}}))
+    distributed["workers"].start("phases", queues="dispatch.phases")
+    distributed["workers"].start("one-slot", queues="dispatch.agents", pool="prefork", concurrency=1)
+    tasks = json.dumps({"tasks": [{"task_id": "stuck", "agent": "stubborn", "description": "swallows signals"},
+                                  {"task_id": "after", "agent": "quick", "description": "needs the slot"},
+                                  {"task_id": "child", "agent": "quick", "description": "x", "dependencies": ["stuck"]}],
+                        "config": {"max_workers": 2, "timeout_seconds": 1}})
+    run = run_cli(["--config", str(config)], stdin=tasks, env=env, timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    out = run.json
+    results = {r["task_id"]: r for r in out["results"]}
+    assert results["stuck"]["error"] == "timed out: past its hard time limit, its worker process was killed"
+    assert results["after"]["success"]  # the slot was freed
+    assert results["child"]["skipped"] and "dependency 'stuck' failed" in results["child"]["error"]
+    assert out["status"] == "failed" and "✗ stuck: timed out" in run.stderr
+    shown = run_cli(["show", out["run_id"]], env=env).json
+    assert shown["status"] == "failed" and len(shown["task_results"]) == 3  # saved, so resumable

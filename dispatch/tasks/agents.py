@@ -25,7 +25,7 @@ TRANSIENT_RETRIES = 3
 # a little later, interrupts code that ignores it (reported "timed out"); the hard limit then kills the
 # pool process (prefork), so a stuck task always frees its slot.
 SOFT_LIMIT_GRACE_S = 5.0
-HARD_LIMIT_GRACE_S = 10.0
+HARD_LIMIT_GRACE_S = 5.0
 
 
 def task_payloads(state: PhaseState) -> dict[str, dict]:
