@@ -26,7 +26,6 @@ from .models import ALL_PHASES, ExecutionPhase, PhaseConfig, PhaseState
 from .runtime import Runtime
 from .scheduler import DagScheduler
 
-FINISHED = ("succeeded", "failed", "cancelled")
 ACTIVE = ("pending", "running")
 
 

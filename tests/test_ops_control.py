@@ -188,3 +188,9 @@ def test_every_key_a_run_writes_expires(client, store):
     check()
     cancel_run("r1", SETTINGS, client, store, lambda ids: None)
     check()
+
+
+def test_embedded_cancel_is_refused_with_the_way_out(cli):
+    refused = cli("cancel", "20260101-000000-abcdef12")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "cancel needs a broker (DISPATCH_BROKER_URL)" in refused.stderr and "Ctrl-C" in refused.stderr
