@@ -202,6 +202,7 @@ def test_env_allow_list_keeps_secrets_out(ws, monkeypatch):
     assert "DISPATCH_TEST_SECRET" not in env and "MYTOOL_LEVEL" not in env
     assert env["PATH"] == os.environ["PATH"]
     assert env["DISPATCH_TASK_ID"] == "t1" and env["DISPATCH_RUN_ID"] == "run-1" and env["DISPATCH_ATTEMPT"] == "1"
+    assert env["DISPATCH_IDEMPOTENCY_KEY"] == "run-1:t1:1"
 
     configured = agent(command=dump_env, env_allow=["PATH", "MYTOOL_*"], env={"MODE": "batch-{task_id}"})
     env = json.loads(run_agent(configured, invoke(ws)).output["stdout"])

@@ -28,8 +28,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(90)]
 def write_config(tmp_path: Path, side_effects: Path, seconds: float) -> Path:
     script = f'echo "$DISPATCH_IDEMPOTENCY_KEY@$NODE" >> {side_effects} && sleep {seconds}'
     config = {"agents": {"step": {"kind": "shell", "command": ["sh", "-c", script],
-                                  "env_allow": ["PATH", "NODE"],
-                                  "env": {"DISPATCH_IDEMPOTENCY_KEY": "{run_id}:{task_id}:{attempt}"}}}}
+                                  "env_allow": ["PATH", "NODE"]}}}
     path = tmp_path / "agents.json"
     path.write_text(json.dumps(config))
     return path

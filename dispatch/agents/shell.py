@@ -21,7 +21,8 @@ prompt too long for one argument (Linux: 128 KiB) can go on stdin instead:
 ``{context_file}`` is a temporary JSON file (task, context, dependencies' outputs,
 prompt) removed after the run; its path is also in ``DISPATCH_CONTEXT_FILE``.
 The environment holds only allowed variables, ``env``, and ``DISPATCH_TASK_ID``,
-``DISPATCH_RUN_ID``, ``DISPATCH_ATTEMPT``: worker secrets are not leaked to tools.
+``DISPATCH_RUN_ID``, ``DISPATCH_ATTEMPT`` and ``DISPATCH_IDEMPOTENCY_KEY``
+(``run:task:attempt``): worker secrets are not leaked to tools.
 
 Exit code 0 is success.  Exit codes in ``transient_exit_codes`` (e.g. 75,
 EX_TEMPFAIL) are failures worth a retry.
@@ -158,6 +159,10 @@ class ShellAgent(Agent):
                      inv: AgentInvocation) -> dict[str, str]:
         patterns = self.options.env_allow
         env = {k: v for k, v in os.environ.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+        # The same key on a redelivery after a worker died (same attempt), a new one on a deliberate
+        # retry: a tool that writes somewhere can make its side effects idempotent on it (``env`` may
+        # replace it with a key of its own).
+        env["DISPATCH_IDEMPOTENCY_KEY"] = f"{inv.run_id}:{inv.task.task_id}:{inv.attempt}"
         env.update({key: template.render(values, data) for key, template in self.env.items()})
         env.update({"DISPATCH_TASK_ID": inv.task.task_id, "DISPATCH_RUN_ID": inv.run_id,
                     "DISPATCH_ATTEMPT": str(inv.attempt), "DISPATCH_CONTEXT_FILE": context_file})
