@@ -123,12 +123,10 @@ class Runner:
     def submit(self, state: PhaseState) -> list[Any]:
         """Chain exactly the selected phases; return one AsyncResult per phase, in order."""
         from celery import chain
-
-        from .tasks import phase_signature
-
         from celery.utils import uuid
 
         from .control import RunLedger
+        from .tasks import phase_signature
 
         payload = state.model_dump(mode="json")
         signatures = [phase_signature(self.app, n) for n in state.selected_phases]

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from dispatch.testing import PYTHON, ROOT, RedisServer, WorkerPool, free_port  # noqa: F401
+from dispatch.testing import PYTHON, ROOT, RedisServer, WorkerPool, free_port  # noqa: F401 - re-exported to tests
 
 
 @dataclass

@@ -6,7 +6,7 @@ import pytest
 from dispatch.config import ComponentConfig, DispatchConfig
 from dispatch.errors import ConfigError
 from dispatch.models import DispatchInput, TaskSpec
-from dispatch.quorum import VALIDATORS, build_validators, check_breakdown, graph_faults, run_quorum
+from dispatch.quorum import VALIDATORS, build_validators, graph_faults, run_quorum
 from dispatch.quorum.rules import RulesValidator
 from dispatch.quorum.text import key_terms, match, stem
 

@@ -10,12 +10,12 @@ import random
 import time
 
 import pytest
-from llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply, answer_text, error_body, llm_server, verdict  # noqa: F401
+from llm_server import OPENAI_PATH, Reply, answer_text, error_body, llm_server, verdict  # noqa: F401
 
 from dispatch.config import DispatchConfig
 from dispatch.errors import ConfigError
 from dispatch.models import DispatchInput
-from dispatch.quorum import VALIDATORS, BreakerBoard, MemoryCache, Validator, Verdict, render_quorum_log, run_quorum
+from dispatch.quorum import VALIDATORS, BreakerBoard, Validator, Verdict, render_quorum_log, run_quorum
 
 SECRET = "sk-quorum-secret-0042"
 PROMPT = "Build a postgres adapter with connection pooling"
