@@ -100,8 +100,8 @@ def stored_or(runner, state):
 
 def run_command(argv: Sequence[str]) -> int:
     from dispatch.models import PhaseConfig
-    from dispatch.runner import Runner, build_output, prepare_state
-    from dispatch.state_store import load_state_file, save_state_file
+    from dispatch.runner import Runner, prepare_state
+    from dispatch.state_store import load_state_file
 
     args = run_parser().parse_args(argv)
     log = Log(quiet=args.quiet)
@@ -121,28 +121,34 @@ def run_command(argv: Sequence[str]) -> int:
     loaded = load_state_file(args.load_phase_state) if args.load_phase_state else None
     request = read_input(args)
     state = prepare_state(request, cfg, config, loaded, log)
-    runner = Runner(settings, log)
+    return execute(Runner(settings, log), state, log, t0, wait=not args.no_wait, save_to=args.save_phase_state)
+
+
+def execute(runner, state, log: Log, t0: float, wait: bool = True, save_to: Optional[str] = None) -> int:
+    """Run (or submit) a prepared state; print the JSON result; the exit code says how it went."""
+    from dispatch.runner import build_output
+    from dispatch.state_store import save_state_file
+
     try:
-        final = runner.run(state, wait=not args.no_wait)
+        final = runner.run(state, wait=wait)
     except KeyboardInterrupt:
         log.warn(f"interrupted; run {state.run_id} may still be running on the workers")
         return 130
     except DispatchError as exc:
         log.fail(str(exc))
         saved = stored_or(runner, state)
-        if args.save_phase_state:
-            save_state_file(saved, args.save_phase_state)
-        emit(build_output(saved, (time.perf_counter() - t0) * 1000, args.save_phase_state,
-                          error=str(exc)).model_dump(mode="json"))
+        if save_to:
+            save_state_file(saved, save_to)
+        emit(build_output(saved, (time.perf_counter() - t0) * 1000, save_to, error=str(exc)).model_dump(mode="json"))
         return 1
     if final is None:
         emit({"run_id": state.run_id, "status": "submitted", "phases": state.selected_phases})
         log.line(f"Run {state.run_id} submitted; follow it with: dispatch show {state.run_id}")
         return 0
-    if args.save_phase_state:
-        save_state_file(final, args.save_phase_state)
-        log.ok(f"Phase state saved to {args.save_phase_state}")
-    output = build_output(final, (time.perf_counter() - t0) * 1000, args.save_phase_state)
+    if save_to:
+        save_state_file(final, save_to)
+        log.ok(f"Phase state saved to {save_to}")
+    output = build_output(final, (time.perf_counter() - t0) * 1000, save_to)
     emit(output.model_dump(mode="json"))
     if not output.success:
         log.fail(f"Run {final.run_id} {final.status}" + (f": {output.error}" if output.error else ""))
@@ -224,7 +230,7 @@ def report_command(argv: Sequence[str]) -> int:
 
 def resume_command(argv: Sequence[str]) -> int:
     from dispatch.control import clear_cancel, resume_state
-    from dispatch.runner import Runner, build_output
+    from dispatch.runner import Runner
 
     p = argparse.ArgumentParser(prog="dispatch resume", description="Continue a run from the state store, under "
                                 "the same run id: the phases after its last completed one run, the saved ones "
@@ -250,24 +256,7 @@ def resume_command(argv: Sequence[str]) -> int:
     if not settings.embedded:
         clear_cancel(state.run_id, settings, runner.app.backend.client)
     log.line(f"Resuming run {state.run_id} with phases {', '.join(map(str, state.selected_phases))}")
-    try:
-        final = runner.run(state, wait=not args.no_wait)
-    except KeyboardInterrupt:
-        log.warn(f"interrupted; run {state.run_id} may still be running on the workers")
-        return 130
-    except DispatchError as exc:
-        log.fail(str(exc))
-        saved = stored_or(runner, state)
-        emit(build_output(saved, (time.perf_counter() - t0) * 1000, error=str(exc)).model_dump(mode="json"))
-        return 1
-    if final is None:
-        emit({"run_id": state.run_id, "status": "submitted", "phases": state.selected_phases})
-        return 0
-    output = build_output(final, (time.perf_counter() - t0) * 1000)
-    emit(output.model_dump(mode="json"))
-    if not output.success:
-        log.fail(f"Run {final.run_id} {final.status}" + (f": {output.error}" if output.error else ""))
-    return 0 if output.success else 1
+    return execute(runner, state, log, t0, wait=not args.no_wait)
 
 
 def cancel_command(argv: Sequence[str]) -> int:
