@@ -12,6 +12,7 @@ from typing import Any, Iterator
 @contextmanager
 def embedded_worker(app: Any, concurrency: int = 8) -> Iterator[Any]:
     """Run a threads-pool worker inside this process for the duration of the block."""
+    from celery.app.trace import setup_worker_optimizations
     from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
 
     level = os.environ.get("DISPATCH_WORKER_LOG_LEVEL", "ERROR")
@@ -21,6 +22,8 @@ def embedded_worker(app: Any, concurrency: int = 8) -> Iterator[Any]:
         app=app, concurrency=concurrency, pool="threads", loglevel=level, logfile=None,
         hostname=f"embedded@{socket.gethostname()}", ready_callback=None,
         without_heartbeat=True, without_mingle=True, without_gossip=True)
+    # the tracer's fast path carries the node name into each task's request (TaskResult.worker)
+    setup_worker_optimizations(app, worker.hostname)
     thread = threading.Thread(target=worker.start, name="dispatch-embedded-worker", daemon=True)
     thread.start()
     worker.ensure_started()
