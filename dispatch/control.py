@@ -221,5 +221,9 @@ def resume_state(stored: PhaseState, skip: list[int], config: Optional[DispatchC
             state.record(previous)
     if ExecutionPhase.PARALLEL_EXECUTION.number not in remaining:
         state.task_results = stored.task_results
+    else:  # tasks that already succeeded keep their results and are not run (nor their side effects) again
+        state.task_results = [r for r in stored.task_results if r.success]
+        if state.task_results:
+            log.line(f"Keeping {len(state.task_results)} succeeded task result(s) from the earlier attempt")
     state.started_at = stored.started_at or state.started_at
     return state

@@ -88,9 +88,15 @@ class DagScheduler:
         return self.keys[name]
 
     # ------------------------------------------------------------------ start
-    def start(self, state: PhaseState, payloads: dict[str, dict], started: float) -> list[str]:
-        """Store the run, seed the ready set with root tasks, return those to dispatch now."""
+    def start(self, state: PhaseState, payloads: dict[str, dict], started: float,
+              finished: Optional[dict[str, TaskResult]] = None) -> list[str]:
+        """Store the run, seed the ready set with root tasks, return those to dispatch now.
+
+        ``finished``: results kept from an earlier attempt of this phase (``dispatch
+        resume``); those tasks are not run again and count as done for their dependents.
+        """
         self.reset()
+        finished = finished or {}
         tasks = state.tasks_data
         k = self.key
         levels = bottom_levels(tasks)
@@ -108,11 +114,16 @@ class DagScheduler:
         if payloads:
             pipe.hset(k("payloads"), mapping={tid: json.dumps(p) for tid, p in payloads.items()})
         if tasks:
-            pipe.hset(k("remaining"), mapping={t.task_id: len(set(t.dependencies)) for t in tasks})
+            remaining = {t.task_id: len(set(t.dependencies) - set(finished)) for t in tasks}
+            pipe.hset(k("remaining"), mapping=remaining)
             pipe.hset(k("dependents"), mapping={tid: "\n".join(ch) for tid, ch in children.items()})
             pipe.hset(k("priority"), mapping={tid: repr(score) for tid, score in scores.items()})
-            roots = {t.task_id: scores[t.task_id] for t in tasks if not t.dependencies}
-            pipe.zadd(k("ready"), roots)
+            if finished:
+                pipe.hset(k("results"), mapping={tid: r.model_dump_json() for tid, r in finished.items()})
+            roots = {t.task_id: scores[t.task_id] for t in tasks
+                     if not remaining[t.task_id] and t.task_id not in finished}
+            if roots:
+                pipe.zadd(k("ready"), roots)
         for key in self.keys.values():
             pipe.expire(key, self.ttl_s)
         pipe.execute()

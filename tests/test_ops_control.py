@@ -194,3 +194,27 @@ def test_embedded_cancel_is_refused_with_the_way_out(cli):
     refused = cli("cancel", "20260101-000000-abcdef12")
     assert refused.returncode == 2 and refused.stdout == ""
     assert "cancel needs a broker (DISPATCH_BROKER_URL)" in refused.stderr and "Ctrl-C" in refused.stderr
+
+
+def test_resume_after_a_failed_task_runs_only_what_did_not_succeed(cli, tmp_path):
+    """The flaky task fails once; resume re-runs it and its dependent, never the task that succeeded."""
+    marker, runs = tmp_path / "tried", tmp_path / "runs.log"
+    config = tmp_path / "agents.json"
+    config.write_text(json.dumps({"agents": {
+        "once": {"kind": "shell", "command": ["sh", "-c", f"echo $DISPATCH_TASK_ID >> {runs}; true"]},
+        "flaky": {"kind": "shell", "command": [
+            "sh", "-c", f"echo $DISPATCH_TASK_ID >> {runs}; test -f {marker} || {{ touch {marker}; exit 3; }}"]}}}))
+    tasks = json.dumps({"user_prompt": "p", "tasks": [
+        {"task_id": "a", "agent": "once", "description": "first"},
+        {"task_id": "b", "agent": "flaky", "description": "flaky", "dependencies": ["a"]},
+        {"task_id": "c", "agent": "once", "description": "last", "dependencies": ["b"]}]})
+    first = cli("--config", str(config), stdin=tasks)
+    assert first.returncode == 1
+    assert [r["success"] for r in first.json["results"]] == [True, False, False]
+    run_id = first.json["run_id"]
+    resumed = cli("resume", run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.json["run_id"] == run_id and all(r["success"] for r in resumed.json["results"])
+    assert resumed.json["results"][0]["started_at"] == first.json["results"][0]["started_at"]
+    assert runs.read_text().split() == ["a", "b", "b", "c"]
+    assert "Keeping 1 succeeded task result(s)" in resumed.stderr

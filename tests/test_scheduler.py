@@ -130,3 +130,15 @@ def test_levels_helper_matches_scheduler_roots():
     state = make_state(DIAMOND)
     sched = DagScheduler(fakeredis.FakeRedis(), "t", "run")
     assert sched.start(state, {}, started=0.0) == topological_levels(state.tasks_data)[0]
+
+
+def test_results_kept_from_an_earlier_attempt_are_not_run_again():
+    edges = {"a": [], "b": ["a"], "c": ["b"], "x": []}
+    state = make_state(edges)
+    sched = DagScheduler(fakeredis.FakeRedis(), "t", "run")
+    kept = {"a": TaskResult(task_id="a", agent="echo", success=True, output={"n": 1})}
+    first = sched.start(state, {}, started=0.0, finished=kept)
+    assert sorted(first) == ["b", "x"]  # a is done; b's only dependency is satisfied
+    assert sched.dependency_outputs(["a"]) == {"a": {"n": 1}}
+    assert sched.complete(TaskResult(task_id="b", agent="echo", success=True)) == ["c"]
+    assert set(sched.results()) == {"a", "b"}

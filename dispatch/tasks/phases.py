@@ -99,7 +99,9 @@ def phase_4_parallel_execution(self: Any, state_json: dict) -> dict:
     limits = {tid: effective_timeout(p) for tid, p in payloads.items()}
     RunLedger(runtime.redis, runtime.prefix, state.run_id, runtime.settings.state_ttl_s).start_phase_4(
         self.request.id, len(state.tasks_data), limits)
-    first = scheduler.start(state, payloads, started=time.time())
+    # results kept from an earlier attempt (dispatch resume): those tasks are not run again
+    kept = {r.task_id: r for r in state.task_results if r.success}
+    first = scheduler.start(state, payloads, started=time.time(), finished=kept)
     if not first:  # nothing can start (no tasks): collect right away
         return finish_execution(runtime, scheduler)
     header = dispatch_agents(self, runtime, scheduler, first, first=True, limits=limits)
