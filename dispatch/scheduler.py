@@ -39,9 +39,11 @@ end
 return taken
 """
 
-# KEYS: results, dependents, remaining, priority, ready, inflight, limit
+# KEYS: results, dependents, remaining, priority, ready, inflight, limit, outbox
 # ARGV: task_id, result_json, succeeded ("1"/"0"), ttl_s
-# Returns {finished count, task ids to dispatch...}, or {} for a duplicate completion.
+# Returns {finished count, task ids to dispatch...}, or {} for a duplicate completion.  The ids to
+# dispatch also go to the outbox until the completer confirms it sent them (``sent``), so a
+# redelivered completer whose worker died in between can send them after all (``unsent``).
 COMPLETE = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {} end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -58,7 +60,12 @@ if ARGV[3] == '1' then
 end
 redis.call('DECR', KEYS[6])
 """ + TAKE_READY.replace("KEYS[1]", "KEYS[5]").replace("KEYS[2]", "KEYS[6]").replace("KEYS[3]", "KEYS[7]") \
-    .replace("return taken", "table.insert(taken, 1, redis.call('HLEN', KEYS[1]))\nreturn taken")
+    .replace("return taken", """if #taken > 0 then
+  redis.call('HSET', KEYS[8], ARGV[1], table.concat(taken, '\\n'))
+  redis.call('EXPIRE', KEYS[8], ARGV[4])
+end
+table.insert(taken, 1, redis.call('HLEN', KEYS[1]))
+return taken""")
 
 
 def dag_prefix(key_prefix: str, run_id: str) -> str:
@@ -77,7 +84,7 @@ class DagScheduler:
         self.run_id = run_id
         self.ttl_s = max(1, int(ttl_s))
         base = dag_prefix(key_prefix, run_id)
-        names = ("remaining", "ready", "inflight", "results", "payloads", "dependents", "priority",
+        names = ("remaining", "ready", "inflight", "results", "payloads", "dependents", "priority", "outbox",
                  "state", "limit", "started")
         self.keys = {name: f"{base}:{name}" for name in names}
         self._complete = client.register_script(COMPLETE)
@@ -158,10 +165,19 @@ class DagScheduler:
         k = self.key
         reply = self._complete(
             keys=[k("results"), k("dependents"), k("remaining"), k("priority"), k("ready"), k("inflight"),
-                  k("limit")],
+                  k("limit"), k("outbox")],
             args=[result.task_id, result.model_dump_json(), "1" if result.success else "0", self.ttl_s])
         self.finished = int(reply[0]) if reply else None
         return [_text(t) for t in reply[1:]]
+
+    def sent(self, task_id: str) -> None:
+        """The tasks ``task_id``'s completion unblocked have been sent: clear its outbox entry."""
+        self.client.hdel(self.key("outbox"), task_id)
+
+    def unsent(self, task_id: str) -> list[str]:
+        """Tasks ``task_id``'s completion took a slot for but may not have sent (its worker died)."""
+        raw = self.client.hget(self.key("outbox"), task_id)
+        return [t for t in _text(raw).split("\n") if t] if raw else []
 
     def take_ready(self) -> list[str]:
         taken = self._take_ready(keys=[self.key("ready"), self.key("inflight"), self.key("limit")])

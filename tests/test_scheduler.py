@@ -142,3 +142,17 @@ def test_results_kept_from_an_earlier_attempt_are_not_run_again():
     assert sched.dependency_outputs(["a"]) == {"a": {"n": 1}}
     assert sched.complete(TaskResult(task_id="b", agent="echo", success=True)) == ["c"]
     assert set(sched.results()) == {"a", "b"}
+
+
+def test_unblocked_tasks_wait_in_the_outbox_until_sent():
+    """A completer that dies before sending what it unblocked leaves them for its redelivery."""
+    state = make_state(DIAMOND)
+    sched = DagScheduler(fakeredis.FakeRedis(), "t", "run")
+    sched.start(state, {}, started=0.0)
+    taken = sched.complete(TaskResult(task_id="a", agent="echo", success=True))
+    assert sorted(taken) == ["b", "c"]
+    assert sorted(sched.unsent("a")) == ["b", "c"]   # the worker died here: the redelivery finds them
+    sched.sent("a")
+    assert sched.unsent("a") == []
+    assert sched.complete(TaskResult(task_id="b", agent="echo", success=True)) == []
+    assert sched.unsent("b") == []  # nothing unblocked, nothing recorded

@@ -125,7 +125,13 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     runtime, scheduler = scheduler_for(self, run_id)
     if (self.request.delivery_info or {}).get("redelivered") and \
             scheduler.client.hexists(scheduler.key("results"), task_id):
-        # its worker died after recording the result, before acking: the result and its dependents stand
+        # its worker died after recording the result, before acking: the result stands, and whatever
+        # that completion unblocked but may not have sent goes out now
+        unsent = scheduler.unsent(task_id)
+        for signature in dispatch_agents(self, runtime, scheduler, unsent, first=True):
+            self.add_to_chord(signature)
+        if unsent:
+            scheduler.sent(task_id)
         return {"task_id": task_id, "success": None, "duplicate": True}
     started, t0 = utcnow(), time.perf_counter()
     agent_name, prompt, payload = "?", None, None
@@ -149,8 +155,11 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
                         worker=self.request.hostname, attempts=self.request.retries + 1,
                         started_at=iso(started), completed_at=iso(utcnow()), prompt=prompt)
     every = payload.get("progress_every", 1) if payload else 1
-    for signature in dispatch_agents(self, runtime, scheduler, scheduler.complete(result), progress_every=every):
+    unblocked = scheduler.complete(result)
+    for signature in dispatch_agents(self, runtime, scheduler, unblocked, progress_every=every):
         self.add_to_chord(signature)
+    if unblocked:
+        scheduler.sent(task_id)
     return {"task_id": task_id, "success": result.success}
 
 
