@@ -242,3 +242,12 @@ def test_dispatch_console_script_runs_the_same_cli(tmp_path, cli):
                           env=cli.env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["results"][0]["output"]["description"] == "x"
+
+
+def test_unknown_keys_reach_the_agents(cli):
+    tasks = json.dumps({"user_prompt": "p", "team": "storage", "tasks": [
+        {"task_id": "a", "agent": "echo", "description": "x", "priority": "high"}]})
+    run = cli(stdin=tasks)
+    assert run.returncode == 0, run.stderr
+    prompt = run.json["results"][0]["prompt"]
+    assert '"team": "storage"' in prompt and '"priority": "high"' in prompt

@@ -7,7 +7,7 @@ own and the Celery agent task stays a thin wrapper around :func:`run_agent`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,10 +42,13 @@ class AgentInvocation:
     attempt: int
     timeout_s: float
     prompt: str = ""
+    # unknown top-level input keys: kept and handed to agents, never silently dropped
+    request_extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.prompt:
-            self.prompt = build_prompt(self.task, self.context, self.dependency_outputs, self.user_prompt)
+            self.prompt = build_prompt(self.task, self.context, self.dependency_outputs, self.user_prompt,
+                                       self.request_extras)
 
 
 @dataclass

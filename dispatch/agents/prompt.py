@@ -19,12 +19,15 @@ MIN_CHARS_PER_DEPENDENCY = 2_000
 
 
 def build_prompt(task: TaskSpec, context: Optional[TaskContext], dependency_outputs: dict[str, Any],
-                 user_prompt: str) -> str:
-    """User request, task, input data, extra task fields, filtered context and
-    dependencies' outputs, as Markdown sections; empty sections are left out."""
+                 user_prompt: str, request_extras: Optional[dict[str, Any]] = None) -> str:
+    """User request (and its extra fields), task, input data, extra task fields,
+    filtered context and dependencies' outputs, as Markdown sections; empty
+    sections are left out."""
     parts: list[str] = []
     if user_prompt.strip():
         parts.append(f"# Request\n\n{user_prompt.strip()}")
+    if request_extras:
+        parts.append("## Additional request fields\n\n" + fenced(to_json(request_extras), "json"))
     parts.append(f"# Task: {task.task_id}\n\n{task.description.strip() or '(no description)'}")
     if task.input_data:
         parts.append("## Input data\n\n" + fenced(to_json(task.input_data), "json"))

@@ -135,6 +135,7 @@ class ShellAgent(Agent):
             "task": inv.task.model_dump(mode="json"),
             "context": inv.context.model_dump(mode="json") if inv.context is not None else None,
             "dependency_outputs": inv.dependency_outputs, "prompt": inv.prompt,
+            "request_extras": inv.request_extras,
         }
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(document, fh, ensure_ascii=False, default=str)

@@ -35,7 +35,9 @@ def task_payloads(state: PhaseState) -> dict[str, dict]:
     config = DispatchConfig.model_validate(state.settings)
     shared = {"user_prompt": state.user_prompt, "workspace_path": state.workspace_path,
               "timeout_s": state.run_config.timeout_seconds,
-              "progress_every": max(1, len(state.tasks_data) // 100)}
+              "progress_every": max(1, len(state.tasks_data) // 100),
+              # unknown top-level input keys; the reviewer's note for the quorum planner is not one
+              "request_extras": {k: v for k, v in state.input_extras.items() if k != "quorum_feedback"}}
     payloads = {}
     for task in state.tasks_data:
         context = state.task_contexts.get(task.task_id)
@@ -170,14 +172,15 @@ def invoke_agent(task: Any, scheduler: DagScheduler, payload: dict, cancelled: b
     agent_config = ComponentConfig.model_validate(payload["agent"])
     context = TaskContext.model_validate(payload["context"]) if payload.get("context") else None
     deps = scheduler.dependency_outputs(spec.dependencies)
-    prompt = build_prompt(spec, context, deps, payload["user_prompt"])
+    extras = payload.get("request_extras") or {}
+    prompt = build_prompt(spec, context, deps, payload["user_prompt"], extras)
     if cancelled:
         return AgentOutcome(success=False, error="cancelled"), prompt
     timeout = float(agent_config.options.get("timeout_s") or payload["timeout_s"])
     invocation = AgentInvocation(task=spec, context=context, dependency_outputs=deps,
                                  user_prompt=payload["user_prompt"], workspace_path=payload["workspace_path"],
                                  run_id=scheduler.run_id, attempt=task.request.retries + 1, timeout_s=timeout,
-                                 prompt=prompt)
+                                 prompt=prompt, request_extras=extras)
     agent = cached_agent(spec.agent, json.dumps(payload["agent"], sort_keys=True))
     return run_agent(agent, invocation), prompt
 
