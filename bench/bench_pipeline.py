@@ -6,7 +6,12 @@ P1: 1000 no-op tasks through phases 2-4, divided by a bare Celery group of the
 same number of no-ops on the same workers (the lower bound). Target <= 1.15.
 P2: a seeded random DAG of sleep tasks (10-200 ms) on W workers x C threads,
 divided by max(critical path, total work / slots). Target <= 1.05. Beside it,
-the ratio a level-by-level schedule (each level a barrier) would reach.
+the ratio a level-by-level schedule (each level a barrier) would reach, and
+bare Celery's own floor on the same workers: one chain per slot of tasks that
+sleep the DAG's mean duration and then send their successor themselves (no
+scheduler, no chord, no result), divided by the same kind of bound (chain length
+x duration).  A dependent hop costs that much in Celery itself, so P2 cannot be
+expected to beat it.
 """
 from __future__ import annotations
 
@@ -69,6 +74,22 @@ def p1_overhead(n: int, repeat: int, workers: int, concurrency: int) -> list[dic
              "target": "<= 1.15"}]
 
 
+def run_bare_chains(settings: Settings, chains: int, length: int, sleep_ms: float, key: str) -> float:
+    """Seconds for ``chains`` self-sending chains of ``length`` sleeps each (dispatch.baseline_hop)."""
+    from dispatch.celery_app import AGENT_QUEUE, create_app
+
+    app = create_app(settings)
+    client = app.backend.client
+    client.delete(key)
+    t0 = time.perf_counter()
+    for _ in range(chains):
+        app.signature("dispatch.baseline_hop", args=(length, sleep_ms, key), queue=AGENT_QUEUE).apply_async()
+    for _ in range(chains):
+        if client.blpop(key, 120) is None:
+            raise RuntimeError("bare chains did not finish in 120 s")
+    return time.perf_counter() - t0
+
+
 def random_dag(n: int, seed: int) -> list[TaskSpec]:
     rng = random.Random(seed)
     tasks = []
@@ -107,27 +128,39 @@ def p2_makespan(n: int, seed: int, workers: int, concurrency: int, repeat: int) 
     document = {"user_prompt": "makespan benchmark", "config": {"max_workers": slots, "timeout_seconds": 60},
                 "tasks": [t.model_dump() for t in tasks]}
     bound = lower_bound(tasks, slots)
-    makespans = []
+    mean_ms = sum(t.input_data["duration_ms"] for t in tasks) / n
+    length = max(1, round(n / slots))
+    makespans, bare = [], []
     with cluster(workers, concurrency) as settings:
         run_pipeline(settings, {**document, "tasks": document["tasks"][:1]})
-        for _ in range(repeat):
+        run_bare_chains(settings, slots, 2, 1.0, "bench:warm")
+        for i in range(repeat):  # interleaved, so drift hits both sides alike
+            bare.append(run_bare_chains(settings, slots, length, mean_ms, f"bench:chains:{i}") * 1000)
             _, final = run_pipeline(settings, document)
             assert final.status == "succeeded", final.status
             execution = final.result_for(final.phases_executed[-1].phase)
             makespans.append(execution.duration_ms)
     made = statistics.median(makespans)
     levels = level_by_level(tasks, slots)
-    return [{"name": f"P2 makespan, {n}-task random DAG on {workers}x{concurrency} slots (seed {seed})",
+    chains = statistics.median(bare)
+    shape = f"{workers}x{concurrency}"
+    return [{"name": f"P2 makespan, {n}-task random DAG on {shape} slots (seed {seed})",
              "value": round(made, 1), "unit": "ms", "baseline": round(bound, 1), "ratio": round(made / bound, 3),
              "target": "<= 1.05"},
+            {"name": f"P2 bare Celery floor: {slots} self-sending chains of {length} x {mean_ms:.0f} ms on {shape}",
+             "value": round(chains, 1), "unit": "ms", "baseline": round(length * mean_ms, 1),
+             "ratio": round(chains / (length * mean_ms), 3), "target": "(reference)"},
             {"name": "P2 level-by-level schedule (simulated) vs the same lower bound",
              "value": round(levels, 1), "unit": "ms", "baseline": round(bound, 1),
              "ratio": round(levels / bound, 3), "target": "(reference)"}]
 
 
 def run(tasks: int = 1000, dag: int = 200, repeat: int = 3, workers: int = 2, concurrency: int = 4,
-        seed: int = 42) -> list[dict]:
-    return p1_overhead(tasks, repeat, workers, concurrency) + p2_makespan(dag, seed, workers, concurrency, repeat)
+        seed: int = 42, p2_shapes: tuple[tuple[int, int], ...] = ()) -> list[dict]:
+    rows = p1_overhead(tasks, repeat, workers, concurrency) if tasks else []
+    for w, c in p2_shapes or ((workers, concurrency),):
+        rows += p2_makespan(dag, seed, w, c, repeat)
+    return rows
 
 
 def print_rows(rows: list[dict]) -> None:
@@ -144,5 +177,8 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--p2-shapes", default="", metavar="WxC,...",
+                        help="P2 on several worker shapes, e.g. 1x4,2x2,2x4 (default: --workers x --concurrency)")
     a = parser.parse_args()
-    print_rows(run(a.tasks, a.dag, a.repeat, a.workers, a.concurrency, a.seed))
+    shapes = tuple(tuple(int(x) for x in shape.split("x")) for shape in a.p2_shapes.split(",") if shape)
+    print_rows(run(a.tasks, a.dag, a.repeat, a.workers, a.concurrency, a.seed, shapes))

@@ -86,8 +86,9 @@ def create_app(settings: Settings) -> Celery:
         task_default_queue=PHASE_QUEUE,
         task_default_exchange=PHASE_QUEUE,
         task_default_routing_key=PHASE_QUEUE,
-        task_routes={"dispatch.agent": {"queue": AGENT_QUEUE, "exchange": AGENT_QUEUE,
-                                        "routing_key": AGENT_QUEUE}},
+        # by queue only: Celery then publishes to the queue directly (the anonymous exchange), where a
+        # named exchange costs a binding lookup in Redis on every send
+        task_routes={"dispatch.agent": {"queue": AGENT_QUEUE}},
         # a killed worker's agent task goes back to the queue instead of vanishing
         task_acks_late=True,
         task_reject_on_worker_lost=True,

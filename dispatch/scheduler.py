@@ -21,7 +21,9 @@ collect step reports them ``skipped`` with the reason.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Optional
 
 from .models import PhaseState, TaskResult
 from .planning import bottom_levels
@@ -39,10 +41,15 @@ end
 return taken
 """
 
-# KEYS: results, dependents, remaining, priority, ready, inflight, limit, outbox
-# ARGV: task_id, result_json, succeeded ("1"/"0"), ttl_s
-# Returns {finished count, task ids to dispatch...}, or {} for a duplicate completion.  The ids to
-# dispatch also go to the outbox until the completer confirms it sent them (``sent``), so a
+# KEYS: 1 results, 2 dependents, 3 remaining, 4 priority, 5 ready, 6 inflight, 7 limit, 8 outbox,
+#       9 ledger, 10 limits, 11 progress, 12 chord size, 13 progress gate
+# ARGV: 1 task_id, 2 result_json, 3 succeeded ("1"/"0"), 4 ttl_s, 5 progress_every (0: never),
+#       6 id stem ("": the caller names and records what it sends itself), 7 progress gate ms
+# Returns {finished count, progress target or nil, then per task to dispatch: task id, Celery id, time limit},
+# or {} for a duplicate completion.  With an id stem, everything the sending needs happens here, in the
+# same round trip: each task to dispatch gets a Celery id (stem + counter), goes into the run's ledger
+# (so cancel can revoke it) and is counted into the chord (what Celery's add_to_chord would INCR).  The
+# ids to dispatch also go to the outbox until the completer confirms it sent them (``sent``), so a
 # redelivered completer whose worker died in between can send them after all (``unsent``).
 COMPLETE = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {} end
@@ -60,12 +67,83 @@ if ARGV[3] == '1' then
 end
 redis.call('DECR', KEYS[6])
 """ + TAKE_READY.replace("KEYS[1]", "KEYS[5]").replace("KEYS[2]", "KEYS[6]").replace("KEYS[3]", "KEYS[7]") \
-    .replace("return taken", """if #taken > 0 then
+    .replace("return taken", """local finished = redis.call('HLEN', KEYS[1])
+local reply = {finished, false}
+local every = tonumber(ARGV[5])
+if every > 0 and finished % every == 0 and redis.call('SET', KEYS[13], '1', 'NX', 'PX', ARGV[7]) then
+  reply[2] = redis.call('GET', KEYS[11])
+end
+if #taken > 0 then
   redis.call('HSET', KEYS[8], ARGV[1], table.concat(taken, '\\n'))
   redis.call('EXPIRE', KEYS[8], ARGV[4])
+  for i, child in ipairs(taken) do
+    local celery_id = ''
+    if ARGV[6] ~= '' then
+      celery_id = ARGV[6] .. string.format('%06x', i)
+      redis.call('HSET', KEYS[9], celery_id, 'agent:' .. child)
+    end
+    table.insert(reply, child)
+    table.insert(reply, celery_id)
+    table.insert(reply, redis.call('HGET', KEYS[10], child) or '')
+  end
+  if ARGV[6] ~= '' then
+    redis.call('EXPIRE', KEYS[9], ARGV[4])
+    redis.call('INCRBY', KEYS[12], #taken)
+  end
 end
-table.insert(taken, 1, redis.call('HLEN', KEYS[1]))
-return taken""")
+return reply""")
+
+# KEYS: payloads, cancel flag, depends, results.  ARGV: task_id.
+# Returns {payload or nil, cancelled (0/1), then per dependency: its id, its result or nil}.
+PREPARE = """
+local reply = {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('EXISTS', KEYS[2])}
+local deps = redis.call('HGET', KEYS[3], ARGV[1])
+if deps then
+  for dep in string.gmatch(deps, '[^\\n]+') do
+    table.insert(reply, dep)
+    table.insert(reply, redis.call('HGET', KEYS[4], dep))
+  end
+end
+return reply
+"""
+
+
+@dataclass(frozen=True)
+class SendKeys:
+    """Where a completion records the tasks it dispatches, so the same script does it.
+
+    ``ledger``: Celery id -> ``agent:<task_id>`` (what cancel revokes); ``limits``:
+    task id -> its time limit; ``progress``: phase 4's progress target, returned
+    every ``progress_every`` completions but at most once per ``progress_gap_ms``
+    (each report is a result write); ``chord_size``: the chord's size counter in
+    the result backend (the key Celery's Redis backend increments in ``add_to_chord``).
+    """
+
+    ledger: str
+    limits: str
+    progress: str
+    chord_size: str
+    progress_every: int = 1
+    progress_gap_ms: int = 250
+
+
+@dataclass
+class Completion:
+    """What recording one finished task decided."""
+
+    finished: Optional[int] = None  # tasks of the run finished so far; None for a duplicate completion
+    progress_target: Any = None     # the raw progress target when this completion should report progress
+    sends: list[tuple[str, str, Optional[float]]] = field(default_factory=list)  # (task id, Celery id, limit)
+
+    @property
+    def task_ids(self) -> list[str]:
+        return [tid for tid, _, _ in self.sends]
+
+
+class Prepared(NamedTuple):
+    payload: dict
+    cancelled: bool
+    dependency_outputs: dict[str, Any]
 
 
 def dag_prefix(key_prefix: str, run_id: str) -> str:
@@ -84,12 +162,13 @@ class DagScheduler:
         self.run_id = run_id
         self.ttl_s = max(1, int(ttl_s))
         base = dag_prefix(key_prefix, run_id)
-        names = ("remaining", "ready", "inflight", "results", "payloads", "dependents", "priority", "outbox",
-                 "state", "limit", "started")
+        names = ("remaining", "ready", "inflight", "results", "payloads", "dependents", "depends", "priority",
+                 "outbox", "state", "limit", "started", "reported")
         self.keys = {name: f"{base}:{name}" for name in names}
         self._complete = client.register_script(COMPLETE)
-        self.finished: Optional[int] = None
+        self._prepare = client.register_script(PREPARE)
         self._take_ready = client.register_script(TAKE_READY)
+        self.finished: Optional[int] = None
 
     def key(self, name: str) -> str:
         return self.keys[name]
@@ -124,6 +203,9 @@ class DagScheduler:
             remaining = {t.task_id: len(set(t.dependencies) - set(finished)) for t in tasks}
             pipe.hset(k("remaining"), mapping=remaining)
             pipe.hset(k("dependents"), mapping={tid: "\n".join(ch) for tid, ch in children.items()})
+            depends = {t.task_id: "\n".join(dict.fromkeys(t.dependencies)) for t in tasks if t.dependencies}
+            if depends:
+                pipe.hset(k("depends"), mapping=depends)
             pipe.hset(k("priority"), mapping={tid: repr(score) for tid, score in scores.items()})
             if finished:
                 pipe.hset(k("results"), mapping={tid: r.model_dump_json() for tid, r in finished.items()})
@@ -137,18 +219,19 @@ class DagScheduler:
         return self.take_ready()
 
     # --------------------------------------------------------------- per task
-    def prepare(self, task_id: str, cancel_key: Optional[str] = None) -> tuple[dict, bool]:
-        """The task's payload and whether its run was cancelled, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(self.key("payloads"), task_id)
-        pipe.exists(cancel_key or f"{self.key('state')}:no-cancel-key")
-        raw, cancelled = pipe.execute()
-        if raw is None:
+    def prepare(self, task_id: str, cancel_key: Optional[str] = None) -> Prepared:
+        """The task's payload, whether its run was cancelled and its dependencies' outputs: one round trip."""
+        k = self.key
+        reply = self._prepare(keys=[k("payloads"), cancel_key or f"{k('state')}:no-cancel-key", k("depends"),
+                                    k("results")], args=[task_id])
+        if reply[0] is None:
             raise LookupError(f"run {self.run_id}: no payload for task '{task_id}' (expired or cancelled)")
-        return json.loads(raw), bool(cancelled)
+        deps = {_text(dep): json.loads(raw).get("output") for dep, raw in zip(reply[2::2], reply[3::2])
+                if raw is not None}
+        return Prepared(json.loads(reply[0]), bool(reply[1]), deps)
 
     def payload(self, task_id: str) -> dict:
-        return self.prepare(task_id)[0]
+        return self.prepare(task_id).payload
 
     def dependency_outputs(self, task_ids: list[str]) -> dict[str, Any]:
         if not task_ids:
@@ -157,18 +240,33 @@ class DagScheduler:
         return {tid: json.loads(raw).get("output") for tid, raw in zip(task_ids, raws) if raw is not None}
 
     def complete(self, result: TaskResult) -> list[str]:
-        """Record a finished task once; return the tasks that may start now.
+        """Record a finished task once; return the tasks that may start now (see ``finish``)."""
+        return self.finish(result).task_ids
 
+    def finish(self, result: TaskResult, send: Optional[SendKeys] = None) -> Completion:
+        """Record a finished task once and take the tasks that may start now, in one round trip.
+
+        With ``send``, the taken tasks also get their Celery ids, ledger entries,
+        time limits and chord places here, so the caller only publishes them.
         ``finished`` then holds how many tasks of the run have finished (None
         after a duplicate), so progress needs no extra round trip.
         """
         k = self.key
+        unused = f"{self.key('state')}:unused"  # never written: the script touches keys 9-12 only with ``send``
+        extra = [send.ledger, send.limits, send.progress, send.chord_size] if send else [unused] * 4
         reply = self._complete(
             keys=[k("results"), k("dependents"), k("remaining"), k("priority"), k("ready"), k("inflight"),
-                  k("limit"), k("outbox")],
-            args=[result.task_id, result.model_dump_json(), "1" if result.success else "0", self.ttl_s])
-        self.finished = int(reply[0]) if reply else None
-        return [_text(t) for t in reply[1:]]
+                  k("limit"), k("outbox"), *extra, k("reported")],
+            args=[result.task_id, result.model_dump_json(), "1" if result.success else "0", self.ttl_s,
+                  max(0, send.progress_every) if send else 0, str(uuid.uuid4())[:-6] if send else "",
+                  max(1, send.progress_gap_ms) if send else 1])
+        if not reply:
+            self.finished = None
+            return Completion()
+        self.finished = int(reply[0])
+        sends = [(_text(tid), _text(cid), float(limit) if limit else None)
+                 for tid, cid, limit in zip(reply[2::3], reply[3::3], reply[4::3])]
+        return Completion(self.finished, reply[1], sends)
 
     def sent(self, task_id: str) -> None:
         """The tasks ``task_id``'s completion unblocked have been sent: clear its outbox entry."""

@@ -8,7 +8,7 @@ import pytest
 from dispatch.models import PhaseState, RunConfig, TaskResult, TaskSpec
 from dispatch.phases import collect_results
 from dispatch.planning import topological_levels
-from dispatch.scheduler import DagScheduler
+from dispatch.scheduler import DagScheduler, SendKeys
 
 
 def make_state(edges: dict[str, list[str]], max_workers=5) -> PhaseState:
@@ -156,3 +156,67 @@ def test_unblocked_tasks_wait_in_the_outbox_until_sent():
     assert sched.unsent("a") == []
     assert sched.complete(TaskResult(task_id="b", agent="echo", success=True)) == []
     assert sched.unsent("b") == []  # nothing unblocked, nothing recorded
+
+
+def test_a_completion_names_records_and_counts_what_it_sends_in_one_script():
+    """With send keys, the script gives each task a Celery id, records it for cancel, reads its time limit
+    and grows the chord, so the completer only publishes."""
+    client = fakeredis.FakeRedis()
+    state = make_state(DIAMOND)
+    sched = DagScheduler(client, "t", "run")
+    sched.start(state, {}, started=0.0)
+    client.hset("ledger-limits", mapping={"b": "30.0"})
+    client.set("chord.t", 1)
+    keys = SendKeys(ledger="ledger", limits="ledger-limits", progress="progress", chord_size="chord.t")
+    done = sched.finish(TaskResult(task_id="a", agent="echo", success=True), keys)
+    assert done.finished == 1 and sorted(done.task_ids) == ["b", "c"]
+    ids = {tid: cid for tid, cid, _ in done.sends}
+    assert len(set(ids.values())) == 2 and all(len(cid) == 36 for cid in ids.values())  # uuid-shaped
+    assert {k.decode(): v.decode() for k, v in client.hgetall("ledger").items()} == \
+        {ids["b"]: "agent:b", ids["c"]: "agent:c"}
+    assert {tid: limit for tid, _, limit in done.sends} == {"b": 30.0, "c": None}
+    assert int(client.get("chord.t")) == 3  # what add_to_chord would have counted
+    assert client.ttl("ledger") > 0
+    assert sched.finish(TaskResult(task_id="a", agent="echo", success=True), keys).sends == []  # redelivered
+    assert int(client.get("chord.t")) == 3
+
+
+def test_a_completion_returns_the_progress_target_every_n_completions():
+    client = fakeredis.FakeRedis()
+    edges = {f"t{i}": [] for i in range(6)}
+    sched = DagScheduler(client, "t", "run")
+    sched.start(make_state(edges, max_workers=6), {}, started=0.0)
+    client.set("progress", '{"task_id": "p4", "total": 6}')
+    keys = SendKeys(ledger="l", limits="lim", progress="progress", chord_size="c.t", progress_every=3)
+    reported = []
+    for t in edges:
+        reported.append(sched.finish(TaskResult(task_id=t, agent="echo", success=True), keys).progress_target)
+        client.delete(sched.key("reported"))  # as if the minimum gap between reports had passed
+    assert [t is not None for t in reported] == [False, False, True, False, False, True]
+
+
+def test_progress_reports_are_at_least_the_gap_apart():
+    client = fakeredis.FakeRedis()
+    edges = {f"t{i}": [] for i in range(5)}
+    sched = DagScheduler(client, "t", "run")
+    sched.start(make_state(edges, max_workers=5), {}, started=0.0)
+    client.set("progress", '{"task_id": "p4", "total": 5}')
+    keys = SendKeys(ledger="l", limits="lim", progress="progress", chord_size="c.t", progress_gap_ms=60_000)
+    reported = [sched.finish(TaskResult(task_id=t, agent="echo", success=True), keys).progress_target
+                for t in edges]
+    assert [t is not None for t in reported] == [True, False, False, False, False]
+
+
+def test_prepare_returns_payload_cancel_flag_and_dependency_outputs_in_one_call():
+    client = fakeredis.FakeRedis()
+    state = make_state(DIAMOND)
+    sched = DagScheduler(client, "t", "run")
+    sched.start(state, {t: {"p": t} for t in DIAMOND}, started=0.0)
+    sched.complete(TaskResult(task_id="a", agent="echo", success=True, output={"n": 1}))
+    sched.complete(TaskResult(task_id="b", agent="echo", success=True, output="from b"))
+    client.set("cancel", 1)
+    payload, cancelled, deps = sched.prepare("d", "cancel")
+    assert payload == {"p": "d"} and cancelled and deps == {"b": "from b"}  # c has not finished
+    assert sched.prepare("b") == ({"p": "b"}, False, {"a": {"n": 1}})
+    with pytest.raises(LookupError):
+        sched.prepare("nope")

@@ -18,7 +18,7 @@ from ..config import ComponentConfig, DispatchConfig
 from ..models import PhaseState, TaskContext, TaskResult, TaskSpec, iso, utcnow
 from ..phases import check_threshold, collect_results, execution_result
 from ..runtime import Runtime
-from ..scheduler import DagScheduler
+from ..scheduler import Completion, DagScheduler, SendKeys
 
 TRANSIENT_RETRIES = 3
 # An agent's own timeout (timeout_s, else the run's timeout_seconds) fires first.  Celery's soft limit,
@@ -62,44 +62,29 @@ def agent_signature(app: Any, run_id: str, task_id: str, timeout_s: Optional[flo
     return app.signature("dispatch.agent", args=(run_id, task_id), **options)
 
 
-def dispatch_agents(task: Any, runtime: Runtime, scheduler: DagScheduler, task_ids: list[str],
-                    first: bool = False, limits: Optional[dict[str, float]] = None,
-                    progress_every: int = 1) -> list[Any]:
+def dispatch_agents(task: Any, runtime: Runtime, run_id: str, task_ids: list[str],
+                    limits: Optional[dict[str, float]] = None) -> list[Any]:
     """Signatures for ``task_ids`` with their time limits, recorded in the run's ledger before they are sent.
 
-    After a completion (``first`` false) the task also reports ``done/total`` on
-    phase 4's task id, where Flower and the CLI look, every ``progress_every``
-    completions (~1% of the run): a result write per completion would double
-    phase 4's writes.  A completion that unblocks nothing and reports nothing
-    costs no round trip here.
+    For phase 4's first tasks and a redelivered completer's unsent ones; a
+    normal completion does all of this inside its completion script instead
+    (``DagScheduler.finish``).
     """
     from celery.utils import uuid
 
     from ..control import RunLedger
 
-    run_id = scheduler.run_id
-    ledger = RunLedger(runtime.redis, runtime.prefix, run_id, runtime.settings.state_ttl_s)
-    done = scheduler.finished
-    report = not first and done is not None and done % max(1, progress_every) == 0
-    if not task_ids and not report:
+    if not task_ids:
         return []
+    ledger = RunLedger(runtime.redis, runtime.prefix, run_id, runtime.settings.state_ttl_s)
     ids = {tid: uuid() for tid in task_ids}
     pipe = runtime.redis.pipeline(transaction=False)
-    if report:
-        pipe.get(ledger.progress_key)
-    if task_ids and limits is None:
-        pipe.hmget(ledger.limits_key, task_ids)
-    if ids:
-        ledger.record({cid: f"agent:{tid}" for tid, cid in ids.items()}, pipe)
-    replies = pipe.execute()
-    if report:
-        target = RunLedger.parse_target(replies[0])
-        if target is not None:
-            task.backend.store_result(target[0], {"run_id": run_id, "phase": "PARALLEL_EXECUTION",
-                                                  "done": done, "total": target[1]}, "PROGRESS")
-        replies = replies[1:]
     if limits is None:
-        limits = dict(zip(task_ids, (float(x) if x else None for x in (replies[0] if task_ids else []))))
+        pipe.hmget(ledger.limits_key, task_ids)
+    ledger.record({cid: f"agent:{tid}" for tid, cid in ids.items()}, pipe)
+    replies = pipe.execute()
+    if limits is None:
+        limits = dict(zip(task_ids, (float(x) if x else None for x in replies[0])))
     return [agent_signature(task.app, run_id, tid, limits.get(tid)).set(task_id=ids[tid]) for tid in task_ids]
 
 
@@ -130,7 +115,7 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
         # its worker died after recording the result, before acking: the result stands, and whatever
         # that completion unblocked but may not have sent goes out now
         unsent = scheduler.unsent(task_id)
-        for signature in dispatch_agents(self, runtime, scheduler, unsent, first=True):
+        for signature in dispatch_agents(self, runtime, run_id, unsent):
             self.add_to_chord(signature)
         if unsent:
             scheduler.sent(task_id)
@@ -138,9 +123,9 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     started, t0 = utcnow(), time.perf_counter()
     agent_name, prompt, payload = "?", None, None
     try:
-        payload, cancelled = scheduler.prepare(task_id, runtime.cancel_key(run_id))
+        payload, cancelled, deps = scheduler.prepare(task_id, runtime.cancel_key(run_id))
         agent_name = payload["task"].get("agent", "?")
-        outcome, prompt = invoke_agent(self, scheduler, payload, cancelled)
+        outcome, prompt = invoke_agent(self, scheduler.run_id, payload, cancelled, deps)
     except SoftTimeLimitExceeded:
         outcome = AgentOutcome(success=False, error="SoftTimeLimitExceeded")
     except Exception as exc:  # noqa: BLE001 - recorded as the task's failure
@@ -157,21 +142,51 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
                         worker=self.request.hostname, attempts=self.request.retries + 1,
                         started_at=iso(started), completed_at=iso(utcnow()), prompt=prompt)
     every = payload.get("progress_every", 1) if payload else 1
-    unblocked = scheduler.complete(result)
-    for signature in dispatch_agents(self, runtime, scheduler, unblocked, progress_every=every):
-        self.add_to_chord(signature)
-    if unblocked:
+    completion = scheduler.finish(result, send_keys(self, runtime, run_id, every))
+    if completion.progress_target is not None:
+        report_phase_progress(self, run_id, completion)
+    for tid, celery_id, limit in completion.sends:
+        join_chord(self, agent_signature(self.app, run_id, tid, limit).set(task_id=celery_id))
+    if completion.sends:
         scheduler.sent(task_id)
     return {"task_id": task_id, "success": result.success}
 
 
-def invoke_agent(task: Any, scheduler: DagScheduler, payload: dict, cancelled: bool) -> tuple[Any, str]:
+def send_keys(task: Any, runtime: Runtime, run_id: str, progress_every: int) -> SendKeys:
+    """The keys a completion updates for what it dispatches: the run's ledger and the chord's size."""
+    from ..control import RunLedger
+
+    if not task.request.group:
+        raise ValueError("an agent task runs as a member of phase 4's chord")
+    ledger = RunLedger(runtime.redis, runtime.prefix, run_id, runtime.settings.state_ttl_s)
+    return SendKeys(ledger=ledger.key, limits=ledger.limits_key, progress=ledger.progress_key,
+                    chord_size=task.backend.get_key_for_group(task.request.group, ".t"),
+                    progress_every=progress_every)
+
+
+def join_chord(task: Any, signature: Any) -> Any:
+    """``Task.add_to_chord`` minus its INCR of the chord size, which the completion script already did."""
+    signature.set(group_id=task.request.group, group_index=task.request.group_index, chord=task.request.chord,
+                  root_id=task.request.root_id)
+    return signature.apply_async()
+
+
+def report_phase_progress(task: Any, run_id: str, completion: Completion) -> None:
+    """``done/total`` on phase 4's task id, where Flower and the CLI look (every ~1% of the run)."""
+    from ..control import RunLedger
+
+    target = RunLedger.parse_target(completion.progress_target)
+    if target is not None:
+        task.backend.store_result(target[0], {"run_id": run_id, "phase": "PARALLEL_EXECUTION",
+                                              "done": completion.finished, "total": target[1]}, "PROGRESS")
+
+
+def invoke_agent(task: Any, run_id: str, payload: dict, cancelled: bool, deps: dict[str, Any]) -> tuple[Any, str]:
     from ..agents import AgentInvocation, AgentOutcome, build_prompt, run_agent
 
     spec = TaskSpec.model_validate(payload["task"])
     agent_config = ComponentConfig.model_validate(payload["agent"])
     context = TaskContext.model_validate(payload["context"]) if payload.get("context") else None
-    deps = scheduler.dependency_outputs(spec.dependencies)
     extras = payload.get("request_extras") or {}
     prompt = build_prompt(spec, context, deps, payload["user_prompt"], extras)
     if cancelled:
@@ -179,7 +194,7 @@ def invoke_agent(task: Any, scheduler: DagScheduler, payload: dict, cancelled: b
     timeout = float(agent_config.options.get("timeout_s") or payload["timeout_s"])
     invocation = AgentInvocation(task=spec, context=context, dependency_outputs=deps,
                                  user_prompt=payload["user_prompt"], workspace_path=payload["workspace_path"],
-                                 run_id=scheduler.run_id, attempt=task.request.retries + 1, timeout_s=timeout,
+                                 run_id=run_id, attempt=task.request.retries + 1, timeout_s=timeout,
                                  prompt=prompt, request_extras=extras)
     agent = cached_agent(spec.agent, json.dumps(payload["agent"], sort_keys=True))
     return run_agent(agent, invocation), prompt

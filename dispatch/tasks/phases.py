@@ -104,7 +104,7 @@ def phase_4_parallel_execution(self: Any, state_json: dict) -> dict:
     first = scheduler.start(state, payloads, started=time.time(), finished=kept)
     if not first:  # nothing can start (no tasks): collect right away
         return finish_execution(runtime, scheduler)
-    header = dispatch_agents(self, runtime, scheduler, first, first=True, limits=limits)
+    header = dispatch_agents(self, runtime, state.run_id, first, limits=limits)
     return self.replace(chord(header, self.app.signature("dispatch.collect", args=(state.run_id,))))
 
 
