@@ -5,20 +5,21 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from dispatch.config import Settings
 from dispatch.testing import RedisServer, WorkerPool
 
 
 @contextmanager
-def cluster(workers: int, concurrency: int, pool: str = "threads") -> Iterator[Settings]:
+def cluster(workers: int, concurrency: int, pool: str = "threads",
+            extra_env: Optional[dict[str, str]] = None) -> Iterator[Settings]:
     tmp = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
     redis = RedisServer(tmp)
     redis.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
     env.update(DISPATCH_BROKER_URL=redis.url, DISPATCH_STATE_DIR=str(tmp / "state"),
-               DISPATCH_KEY_PREFIX="bench", DISPATCH_WORKER_LOG_LEVEL="WARNING")
+               DISPATCH_KEY_PREFIX="bench", DISPATCH_WORKER_LOG_LEVEL="WARNING", **(extra_env or {}))
     pool_ = WorkerPool(env, tmp)
     try:
         for i in range(workers):

@@ -157,6 +157,8 @@ class Settings(BaseModel):
     reconnect_timeout_s: float = Field(default=60.0, ge=0)
     # plain progress lines on a non-terminal stderr: at most one per interval, only for long phases
     progress_interval_s: float = Field(default=10.0, gt=0)
+    # task events (sent, received, started, succeeded) for Flower and `celery events`; each is a publish
+    task_events: bool = True
 
     @property
     def embedded(self) -> bool:
