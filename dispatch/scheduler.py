@@ -42,14 +42,15 @@ return taken
 """
 
 # KEYS: 1 results, 2 dependents, 3 remaining, 4 priority, 5 ready, 6 inflight, 7 limit, 8 outbox,
-#       9 ledger, 10 limits, 11 progress, 12 chord size, 13 progress gate
+#       9 ledger, 10 limits, 11 progress, 12 progress gate
 # ARGV: 1 task_id, 2 result_json, 3 succeeded ("1"/"0"), 4 ttl_s, 5 progress_every (0: never),
 #       6 id stem ("": the caller names and records what it sends itself), 7 progress gate ms
 # Returns {finished count, progress target or nil, then per task to dispatch: task id, Celery id, time limit},
-# or {} for a duplicate completion.  With an id stem, everything the sending needs happens here, in the
-# same round trip: each task to dispatch gets a Celery id (stem + counter), goes into the run's ledger
-# (so cancel can revoke it) and is counted into the chord (what Celery's add_to_chord would INCR).  The
-# ids to dispatch also go to the outbox until the completer confirms it sent them (``sent``), so a
+# or {} for a duplicate completion.  With an id stem, the bookkeeping of sending happens here, in the
+# same round trip: each task to dispatch gets a Celery id (stem + counter) and goes into the run's ledger
+# (so cancel can revoke it), with its time limit.  (The chord's size is not counted here but by
+# add_to_chord right before each send: a completer that died in between must not leave it counted.)
+# The ids to dispatch also go to the outbox until the completer confirms it sent them (``sent``), so a
 # redelivered completer whose worker died in between can send them after all (``unsent``).
 COMPLETE = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {} end
@@ -70,7 +71,7 @@ redis.call('DECR', KEYS[6])
     .replace("return taken", """local finished = redis.call('HLEN', KEYS[1])
 local reply = {finished, false}
 local every = tonumber(ARGV[5])
-if every > 0 and finished % every == 0 and redis.call('SET', KEYS[13], '1', 'NX', 'PX', ARGV[7]) then
+if every > 0 and finished % every == 0 and redis.call('SET', KEYS[12], '1', 'NX', 'PX', ARGV[7]) then
   reply[2] = redis.call('GET', KEYS[11])
 end
 if #taken > 0 then
@@ -86,10 +87,7 @@ if #taken > 0 then
     table.insert(reply, celery_id)
     table.insert(reply, redis.call('HGET', KEYS[10], child) or '')
   end
-  if ARGV[6] ~= '' then
-    redis.call('EXPIRE', KEYS[9], ARGV[4])
-    redis.call('INCRBY', KEYS[12], #taken)
-  end
+  if ARGV[6] ~= '' then redis.call('EXPIRE', KEYS[9], ARGV[4]) end
 end
 return reply""")
 
@@ -115,14 +113,12 @@ class SendKeys:
     ``ledger``: Celery id -> ``agent:<task_id>`` (what cancel revokes); ``limits``:
     task id -> its time limit; ``progress``: phase 4's progress target, returned
     every ``progress_every`` completions but at most once per ``progress_gap_ms``
-    (each report is a result write); ``chord_size``: the chord's size counter in
-    the result backend (the key Celery's Redis backend increments in ``add_to_chord``).
+    (each report is a result write).
     """
 
     ledger: str
     limits: str
     progress: str
-    chord_size: str
     progress_every: int = 1
     progress_gap_ms: int = 250
 
@@ -246,14 +242,14 @@ class DagScheduler:
     def finish(self, result: TaskResult, send: Optional[SendKeys] = None) -> Completion:
         """Record a finished task once and take the tasks that may start now, in one round trip.
 
-        With ``send``, the taken tasks also get their Celery ids, ledger entries,
-        time limits and chord places here, so the caller only publishes them.
+        With ``send``, the taken tasks also get their Celery ids, ledger entries
+        and time limits here, so the caller only adds them to the chord and publishes them.
         ``finished`` then holds how many tasks of the run have finished (None
         after a duplicate), so progress needs no extra round trip.
         """
         k = self.key
-        unused = f"{self.key('state')}:unused"  # never written: the script touches keys 9-12 only with ``send``
-        extra = [send.ledger, send.limits, send.progress, send.chord_size] if send else [unused] * 4
+        unused = f"{self.key('state')}:unused"  # never written: the script touches keys 9-11 only with ``send``
+        extra = [send.ledger, send.limits, send.progress] if send else [unused] * 3
         reply = self._complete(
             keys=[k("results"), k("dependents"), k("remaining"), k("priority"), k("ready"), k("inflight"),
                   k("limit"), k("outbox"), *extra, k("reported")],

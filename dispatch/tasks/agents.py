@@ -142,33 +142,23 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
                         worker=self.request.hostname, attempts=self.request.retries + 1,
                         started_at=iso(started), completed_at=iso(utcnow()), prompt=prompt)
     every = payload.get("progress_every", 1) if payload else 1
-    completion = scheduler.finish(result, send_keys(self, runtime, run_id, every))
+    completion = scheduler.finish(result, send_keys(runtime, run_id, every))
     if completion.progress_target is not None:
         report_phase_progress(self, run_id, completion)
     for tid, celery_id, limit in completion.sends:
-        join_chord(self, agent_signature(self.app, run_id, tid, limit).set(task_id=celery_id))
+        self.add_to_chord(agent_signature(self.app, run_id, tid, limit).set(task_id=celery_id))
     if completion.sends:
         scheduler.sent(task_id)
     return {"task_id": task_id, "success": result.success}
 
 
-def send_keys(task: Any, runtime: Runtime, run_id: str, progress_every: int) -> SendKeys:
-    """The keys a completion updates for what it dispatches: the run's ledger and the chord's size."""
+def send_keys(runtime: Runtime, run_id: str, progress_every: int) -> SendKeys:
+    """The keys a completion updates for what it dispatches: the run's ledger, limits and progress target."""
     from ..control import RunLedger
 
-    if not task.request.group:
-        raise ValueError("an agent task runs as a member of phase 4's chord")
     ledger = RunLedger(runtime.redis, runtime.prefix, run_id, runtime.settings.state_ttl_s)
     return SendKeys(ledger=ledger.key, limits=ledger.limits_key, progress=ledger.progress_key,
-                    chord_size=task.backend.get_key_for_group(task.request.group, ".t"),
                     progress_every=progress_every)
-
-
-def join_chord(task: Any, signature: Any) -> Any:
-    """``Task.add_to_chord`` minus its INCR of the chord size, which the completion script already did."""
-    signature.set(group_id=task.request.group, group_index=task.request.group_index, chord=task.request.chord,
-                  root_id=task.request.root_id)
-    return signature.apply_async()
 
 
 def report_phase_progress(task: Any, run_id: str, completion: Completion) -> None:
