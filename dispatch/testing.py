@@ -64,10 +64,10 @@ class WorkerPool:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, *extra: str, queues: str = "dispatch.phases,dispatch.agents",
-              pool: str = "threads", concurrency: int = 4) -> subprocess.Popen:
+              pool: str = "threads", concurrency: int = 4, app: str = "worker") -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "w")
         proc = subprocess.Popen(
-            [PYTHON, "-m", "celery", "-A", "worker", "worker", "-n", f"{name}@%h", "-Q", queues, "-P", pool,
+            [PYTHON, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h", "-Q", queues, "-P", pool,
              "-c", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc

@@ -270,3 +270,33 @@ def test_an_agent_ignoring_its_soft_limit_is_killed_at_the_hard_limit_and_report
     assert out["status"] == "failed" and "✗ stuck: timed out" in run.stderr
     shown = run_cli(["show", out["run_id"]], env=env).json
     assert shown["status"] == "failed" and len(shown["task_results"]) == 3  # saved, so resumable
+
+
+def test_a_node_dying_between_recording_a_completion_and_sending_what_it_unblocked(distributed, tmp_path):
+    """The completion of ``a`` is recorded and ``b``, ``c`` are taken, then the node dies before sending
+    them: the redelivered ``a`` counts nothing twice, sends them from the outbox, and the chord closes."""
+    env = distributed["env"]
+    env["DISPATCH_VISIBILITY_TIMEOUT_S"] = "3"
+    effects = tmp_path / "effects.log"
+    config = write_config(tmp_path, effects, 0.2)
+    tasks = [{"task_id": "a", "agent": "step", "description": "root"},
+             {"task_id": "b", "agent": "step", "description": "left", "dependencies": ["a"]},
+             {"task_id": "c", "agent": "step", "description": "right", "dependencies": ["a"]},
+             {"task_id": "d", "agent": "step", "description": "join", "dependencies": ["b", "c"]}]
+    marker = tmp_path / "crashed"
+    pool = distributed["workers"]
+    pool.start("phases", queues="dispatch.phases", concurrency=2)
+    env.update(PYTHONPATH=str(ROOT / "tests"), CRASH_AFTER_TASK="a", CRASH_MARKER=str(marker), NODE="doomed")
+    pool.start("doomed", queues="dispatch.agents", concurrency=2, app="crash_worker")
+    cli = start_cli(env, ["--config", str(config)], json.dumps({"tasks": tasks, "config": {"max_workers": 4}}))
+    wait_for(lambda: marker.exists(), what="the node to die after recording a's completion")
+    env["NODE"] = "rescuer"
+    pool.start("rescuer", queues="dispatch.agents", concurrency=2)
+    run = finish(cli)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert [r["task_id"] for r in out["results"]] == ["a", "b", "c", "d"]
+    assert all(r["success"] for r in out["results"]), out["results"]
+    runs = Counter(key.split(":")[1] for key in lines(effects))
+    assert runs == {"a": 1, "b": 1, "c": 1, "d": 1}, runs  # a's result stood: it did not run again
+    assert keys_by_node(effects)["doomed"] == {f"{out['run_id']}:a:1"}
