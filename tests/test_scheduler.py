@@ -1,4 +1,5 @@
 """The dependency-driven scheduler against fakeredis: simulated workers, no Celery."""
+import json
 import random
 import threading
 
@@ -83,9 +84,10 @@ def test_redelivered_completion_schedules_nothing_twice():
 def test_dependents_receive_dependency_outputs():
     state = make_state(DIAMOND)
     sched = DagScheduler(fakeredis.FakeRedis(), "t", "run")
-    sched.start(state, {}, started=0.0)
+    sched.start(state, {t: {} for t in DIAMOND}, started=0.0)
     sched.complete(TaskResult(task_id="a", agent="echo", success=True, output={"n": 1}))
-    assert sched.dependency_outputs(["a", "b"]) == {"a": {"n": 1}}
+    assert sched.prepare("b").dependency_outputs == {"a": {"n": 1}}
+    assert sched.prepare("d").dependency_outputs == {}  # neither b nor c has finished
 
 
 def test_concurrent_completions_from_threads_never_exceed_the_limit_or_lose_a_task():
@@ -137,9 +139,9 @@ def test_results_kept_from_an_earlier_attempt_are_not_run_again():
     state = make_state(edges)
     sched = DagScheduler(fakeredis.FakeRedis(), "t", "run")
     kept = {"a": TaskResult(task_id="a", agent="echo", success=True, output={"n": 1})}
-    first = sched.start(state, {}, started=0.0, finished=kept)
+    first = sched.start(state, {t: {} for t in edges}, started=0.0, finished=kept)
     assert sorted(first) == ["b", "x"]  # a is done; b's only dependency is satisfied
-    assert sched.dependency_outputs(["a"]) == {"a": {"n": 1}}
+    assert sched.prepare("b").dependency_outputs == {"a": {"n": 1}}
     assert sched.complete(TaskResult(task_id="b", agent="echo", success=True)) == ["c"]
     assert set(sched.results()) == {"a", "b"}
 
@@ -179,29 +181,30 @@ def test_a_completion_names_records_and_counts_what_it_sends_in_one_script():
     assert client.hlen("ledger") == 2
 
 
-def test_a_completion_returns_the_progress_target_every_n_completions():
+def independent_tasks_with_a_progress_target(n: int) -> tuple[fakeredis.FakeRedis, DagScheduler, list[str]]:
     client = fakeredis.FakeRedis()
-    edges = {f"t{i}": [] for i in range(6)}
+    edges = {f"t{i}": [] for i in range(n)}
     sched = DagScheduler(client, "t", "run")
-    sched.start(make_state(edges, max_workers=6), {}, started=0.0)
-    client.set("progress", '{"task_id": "p4", "total": 6}')
+    sched.start(make_state(edges, max_workers=n), {}, started=0.0)
+    client.set("progress", json.dumps({"task_id": "p4", "total": n}))
+    return client, sched, list(edges)
+
+
+def test_a_completion_returns_the_progress_target_every_n_completions():
+    client, sched, tasks = independent_tasks_with_a_progress_target(6)
     keys = SendKeys(ledger="l", limits="lim", progress="progress", progress_every=3)
     reported = []
-    for t in edges:
+    for t in tasks:
         reported.append(sched.finish(TaskResult(task_id=t, agent="echo", success=True), keys).progress_target)
         client.delete(sched.key("reported"))  # as if the minimum gap between reports had passed
     assert [t is not None for t in reported] == [False, False, True, False, False, True]
 
 
 def test_progress_reports_are_at_least_the_gap_apart():
-    client = fakeredis.FakeRedis()
-    edges = {f"t{i}": [] for i in range(5)}
-    sched = DagScheduler(client, "t", "run")
-    sched.start(make_state(edges, max_workers=5), {}, started=0.0)
-    client.set("progress", '{"task_id": "p4", "total": 5}')
+    _, sched, tasks = independent_tasks_with_a_progress_target(5)
     keys = SendKeys(ledger="l", limits="lim", progress="progress", progress_gap_ms=60_000)
     reported = [sched.finish(TaskResult(task_id=t, agent="echo", success=True), keys).progress_target
-                for t in edges]
+                for t in tasks]
     assert [t is not None for t in reported] == [True, False, False, False, False]
 
 
