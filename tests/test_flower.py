@@ -111,3 +111,31 @@ def test_flower_shows_phase_and_agent_tasks_with_their_run_id(distributed, flowe
     assert workers.status_code == 200 and "fl@" in workers.text
     everything = json.dumps(tasks) + workers.text
     assert SECRET not in everything
+
+
+def test_flower_turns_task_events_on_for_workers_started_with_them_off(distributed, flower, tmp_path):
+    """DISPATCH_TASK_EVENTS=0 saves the publishes when nobody watches; Flower asks for them when it does."""
+    env = distributed["env"]
+    env["DISPATCH_TASK_EVENTS"] = "0"
+    distributed["workers"].start("quiet", concurrency=4)
+    log = tmp_path / "quiet.log"
+    deadline = time.time() + 20
+    while "enabled by remote" not in log.read_text():
+        assert time.time() < deadline, f"Flower did not enable events:\n{log.read_text()[-2000:]}"
+        time.sleep(0.2)
+    run = run_cli([], stdin=tasks_json(3), env=env)
+    assert run.returncode == 0, run.stderr
+    run_id = run.json["run_id"]
+    backend = redis.Redis.from_url(distributed["redis"].url)
+    agents = {k.decode() for k, v in backend.hgetall(f"{distributed['prefix']}:tasks:{run_id}").items()
+              if v.startswith(b"agent:")}
+    assert len(agents) == 3
+    tasks: dict = {}
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        tasks = flower.get("/api/tasks").json()
+        if agents <= set(tasks) and all(tasks[i]["state"] == "SUCCESS" for i in agents):
+            break
+        time.sleep(0.3)
+    assert agents <= set(tasks), sorted(tasks)
+    assert all(tasks[i]["name"] == "dispatch.agent" and tasks[i]["worker"].startswith("quiet@") for i in agents)
