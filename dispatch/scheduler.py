@@ -15,7 +15,9 @@ completion costs one round trip:
 - ``results``: hash task_id -> TaskResult JSON, written with HSETNX so a
   redelivered task (worker killed after finishing) never schedules twice;
 - ``depends``: hash task_id -> its dependencies, so a starting task reads its
-  payload and its dependencies' outputs in one script (``prepare``).
+  payload and its dependencies' outputs in one script (``prepare``);
+- ``claims``: hash task_id -> the Celery id that runs it, so a task sent twice
+  (a redelivered completer re-sending what it may not have sent) runs its agent once.
 
 A dependent hop costs what Celery's own does plus two scripts: ``finish`` on
 the completer (which also names the tasks it takes and records them in the
@@ -97,9 +99,19 @@ if #taken > 0 then
 end
 return reply""")
 
-# KEYS: payloads, cancel flag, depends, results.  ARGV: task_id.
-# Returns {payload or nil, cancelled (0/1), then per dependency: its id, its result or nil}.
+# KEYS: payloads, cancel flag, depends, results, claims.  ARGV: task_id, Celery id ("": no claim), ttl_s.
+# Returns {payload or nil, cancelled (0/1), then per dependency: its id, its result or nil}, or
+# {nil, -1} when another Celery task already claimed this task: a second send of it (a redelivered
+# completer re-sends what it may not have sent), which must not run the agent again.  A retry or a
+# redelivery of the claimant itself keeps its Celery id, so it passes.
 PREPARE = """
+if ARGV[2] ~= '' then
+  if redis.call('HSETNX', KEYS[5], ARGV[1], ARGV[2]) == 1 then
+    redis.call('EXPIRE', KEYS[5], ARGV[3])
+  elseif redis.call('HGET', KEYS[5], ARGV[1]) ~= ARGV[2] then
+    return {false, -1}
+  end
+end
 local reply = {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('EXISTS', KEYS[2])}
 local deps = redis.call('HGET', KEYS[3], ARGV[1])
 if deps then
@@ -148,6 +160,10 @@ class Prepared(NamedTuple):
     dependency_outputs: dict[str, Any]
 
 
+class AlreadyClaimed(Exception):
+    """Another Celery task runs (or ran) this task: this one is a second send of it."""
+
+
 def dag_prefix(key_prefix: str, run_id: str) -> str:
     return f"{key_prefix}:dag:{run_id}"
 
@@ -165,7 +181,7 @@ class DagScheduler:
         self.ttl_s = max(1, int(ttl_s))
         base = dag_prefix(key_prefix, run_id)
         names = ("remaining", "ready", "inflight", "results", "payloads", "dependents", "depends", "priority",
-                 "outbox", "state", "limit", "started", "reported")
+                 "outbox", "claims", "state", "limit", "started", "reported")
         self.keys = {name: f"{base}:{name}" for name in names}
         self._complete = client.register_script(COMPLETE)
         self._prepare = client.register_script(PREPARE)
@@ -221,11 +237,17 @@ class DagScheduler:
         return self.take_ready()
 
     # --------------------------------------------------------------- per task
-    def prepare(self, task_id: str, cancel_key: Optional[str] = None) -> Prepared:
-        """The task's payload, whether its run was cancelled and its dependencies' outputs: one round trip."""
+    def prepare(self, task_id: str, cancel_key: Optional[str] = None, celery_id: str = "") -> Prepared:
+        """The task's payload, whether its run was cancelled and its dependencies' outputs: one round trip.
+
+        With ``celery_id``, the task is also claimed for that Celery task; ``AlreadyClaimed``
+        when a different one holds it.
+        """
         k = self.key
         reply = self._prepare(keys=[k("payloads"), cancel_key or f"{k('state')}:no-cancel-key", k("depends"),
-                                    k("results")], args=[task_id])
+                                    k("results"), k("claims")], args=[task_id, celery_id, self.ttl_s])
+        if reply[1] == -1:
+            raise AlreadyClaimed(f"run {self.run_id}: task '{task_id}' is claimed by another Celery task")
         if reply[0] is None:
             raise LookupError(f"run {self.run_id}: no payload for task '{task_id}' (expired or cancelled)")
         deps = {_text(dep): json.loads(raw).get("output") for dep, raw in zip(reply[2::2], reply[3::2])

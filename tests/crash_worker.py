@@ -1,25 +1,44 @@
-"""The dispatch worker app, made to die at the worst moment of a completion (for test_faults).
+"""The dispatch worker app, made to die at the worst moments of a completion (for test_faults).
 
 ``celery -A crash_worker worker`` (with ``tests/`` on PYTHONPATH): the first time
-the task named by ``CRASH_AFTER_TASK`` has been recorded as finished and has
-taken the tasks it unblocked, but before it sends them, the whole node exits
-(``CRASH_MARKER`` is created first, so the test knows it happened).
+the task named by ``CRASH_AFTER_TASK`` completes and unblocks others, the whole
+node exits at ``CRASH_POINT``:
+
+- ``finish``: its completion is recorded and the tasks it unblocked are taken,
+  but none is sent yet;
+- ``sent``: they are sent, but the outbox does not know it yet.
+
+``CRASH_MARKER`` is created first, so the test knows it happened.
 """
 import os
 
 from dispatch import scheduler
 from worker import app  # noqa: F401 - the app Celery loads
 
-_finish = scheduler.DagScheduler.finish
+POINT = os.environ.get("CRASH_POINT", "finish")
 
 
-def finish_then_die(self, result, send=None):
-    completion = _finish(self, result, send)
+def die_once(task_id: str) -> None:
     marker = os.environ["CRASH_MARKER"]
-    if result.task_id == os.environ["CRASH_AFTER_TASK"] and completion.sends and not os.path.exists(marker):
+    if task_id == os.environ["CRASH_AFTER_TASK"] and not os.path.exists(marker):
         open(marker, "w").close()
-        os._exit(1)  # no ack, no send: only the outbox knows what this completion took
+        os._exit(1)  # no ack, nothing more sent: only the outbox knows what this completion took
+
+
+_finish, _sent = scheduler.DagScheduler.finish, scheduler.DagScheduler.sent
+
+
+def finish(self, result, send=None):
+    completion = _finish(self, result, send)
+    if POINT == "finish" and completion.sends:
+        die_once(result.task_id)
     return completion
 
 
-scheduler.DagScheduler.finish = finish_then_die
+def sent(self, task_id):
+    if POINT == "sent":
+        die_once(task_id)
+    return _sent(self, task_id)
+
+
+scheduler.DagScheduler.finish, scheduler.DagScheduler.sent = finish, sent

@@ -272,9 +272,12 @@ def test_an_agent_ignoring_its_soft_limit_is_killed_at_the_hard_limit_and_report
     assert shown["status"] == "failed" and len(shown["task_results"]) == 3  # saved, so resumable
 
 
-def test_a_node_dying_between_recording_a_completion_and_sending_what_it_unblocked(distributed, tmp_path):
-    """The completion of ``a`` is recorded and ``b``, ``c`` are taken, then the node dies before sending
-    them: the redelivered ``a`` counts nothing twice, sends them from the outbox, and the chord closes."""
+@pytest.mark.parametrize("point", ["finish", "sent"])
+def test_a_node_dying_in_the_middle_of_a_completion(distributed, tmp_path, point):
+    """``a``'s completion is recorded and ``b``, ``c`` are taken, then the node dies before sending them
+    (``finish``) or after sending them but before the outbox knows (``sent``).  The redelivered ``a``
+    counts nothing twice and sends them from the outbox; a task sent twice runs its agent once (the
+    second send finds it claimed); the chord closes."""
     env = distributed["env"]
     env["DISPATCH_VISIBILITY_TIMEOUT_S"] = "3"
     effects = tmp_path / "effects.log"
@@ -286,10 +289,11 @@ def test_a_node_dying_between_recording_a_completion_and_sending_what_it_unblock
     marker = tmp_path / "crashed"
     pool = distributed["workers"]
     pool.start("phases", queues="dispatch.phases", concurrency=2)
-    env.update(PYTHONPATH=str(ROOT / "tests"), CRASH_AFTER_TASK="a", CRASH_MARKER=str(marker), NODE="doomed")
+    env.update(PYTHONPATH=str(ROOT / "tests"), CRASH_AFTER_TASK="a", CRASH_MARKER=str(marker),
+               CRASH_POINT=point, NODE="doomed")
     pool.start("doomed", queues="dispatch.agents", concurrency=2, app="crash_worker")
     cli = start_cli(env, ["--config", str(config)], json.dumps({"tasks": tasks, "config": {"max_workers": 4}}))
-    wait_for(lambda: marker.exists(), what="the node to die after recording a's completion")
+    wait_for(lambda: marker.exists(), what=f"the node to die in a's completion ({point})")
     env["NODE"] = "rescuer"
     pool.start("rescuer", queues="dispatch.agents", concurrency=2)
     run = finish(cli)
@@ -298,5 +302,9 @@ def test_a_node_dying_between_recording_a_completion_and_sending_what_it_unblock
     assert [r["task_id"] for r in out["results"]] == ["a", "b", "c", "d"]
     assert all(r["success"] for r in out["results"]), out["results"]
     runs = Counter(key.split(":")[1] for key in lines(effects))
-    assert runs == {"a": 1, "b": 1, "c": 1, "d": 1}, runs  # a's result stood: it did not run again
+    assert runs == {"a": 1, "b": 1, "c": 1, "d": 1}, runs  # a's result stood; b and c ran once each
     assert keys_by_node(effects)["doomed"] == {f"{out['run_id']}:a:1"}
+    backend = redis.Redis.from_url(distributed["redis"].url)
+    sends = [v for v in backend.hgetall(f"{distributed['prefix']}:tasks:{out['run_id']}").values()
+             if v in (b"agent:b", b"agent:c")]
+    assert len(sends) == 4  # each was given a Celery id twice: by a's script, then by its redelivery

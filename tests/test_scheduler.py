@@ -9,7 +9,7 @@ import pytest
 from dispatch.models import PhaseState, RunConfig, TaskResult, TaskSpec
 from dispatch.phases import collect_results
 from dispatch.planning import topological_levels
-from dispatch.scheduler import DagScheduler, SendKeys
+from dispatch.scheduler import AlreadyClaimed, DagScheduler, SendKeys
 
 
 def make_state(edges: dict[str, list[str]], max_workers=5) -> PhaseState:
@@ -221,3 +221,16 @@ def test_prepare_returns_payload_cancel_flag_and_dependency_outputs_in_one_call(
     assert sched.prepare("b") == ({"p": "b"}, False, {"a": {"n": 1}})
     with pytest.raises(LookupError):
         sched.prepare("nope")
+
+
+def test_a_task_sent_twice_is_claimed_by_one_celery_task_only():
+    """A redelivered completer may re-send a task it had already sent: the agent must run once."""
+    client = fakeredis.FakeRedis()
+    sched = DagScheduler(client, "t", "run", ttl_s=600)
+    sched.start(make_state(DIAMOND), {t: {} for t in DIAMOND}, started=0.0)
+    assert sched.prepare("a", celery_id="first").payload == {}
+    assert sched.prepare("a", celery_id="first").payload == {}  # its retry or its own redelivery
+    with pytest.raises(AlreadyClaimed):
+        sched.prepare("a", celery_id="second")
+    assert sched.prepare("a").payload == {}  # no claim asked: no check
+    assert 0 < client.ttl(sched.key("claims")) <= 600

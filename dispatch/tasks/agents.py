@@ -18,7 +18,7 @@ from ..config import ComponentConfig, DispatchConfig
 from ..models import PhaseState, TaskContext, TaskResult, TaskSpec, iso, utcnow
 from ..phases import check_threshold, collect_results, execution_result
 from ..runtime import Runtime
-from ..scheduler import Completion, DagScheduler, SendKeys
+from ..scheduler import AlreadyClaimed, Completion, DagScheduler, SendKeys
 
 TRANSIENT_RETRIES = 3
 # An agent's own timeout (timeout_s, else the run's timeout_seconds) fires first.  Celery's soft limit,
@@ -123,9 +123,12 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     started, t0 = utcnow(), time.perf_counter()
     agent_name, prompt, payload = "?", None, None
     try:
-        payload, cancelled, deps = scheduler.prepare(task_id, runtime.cancel_key(run_id))
+        payload, cancelled, deps = scheduler.prepare(task_id, runtime.cancel_key(run_id), self.request.id)
         agent_name = payload["task"].get("agent", "?")
         outcome, prompt = invoke_agent(self, scheduler.run_id, payload, cancelled, deps)
+    except AlreadyClaimed:
+        # sent twice (its completer was redelivered after sending it): the other Celery task runs it
+        return {"task_id": task_id, "success": None, "duplicate": True}
     except SoftTimeLimitExceeded:
         outcome = AgentOutcome(success=False, error="SoftTimeLimitExceeded")
     except Exception as exc:  # noqa: BLE001 - recorded as the task's failure
