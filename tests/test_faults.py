@@ -291,7 +291,9 @@ def test_a_node_dying_in_the_middle_of_a_completion(distributed, tmp_path, point
     pool.start("phases", queues="dispatch.phases", concurrency=2)
     env.update(PYTHONPATH=str(ROOT / "tests"), CRASH_AFTER_TASK="a", CRASH_MARKER=str(marker),
                CRASH_POINT=point, NODE="doomed")
-    pool.start("doomed", queues="dispatch.agents", concurrency=2, app="crash_worker")
+    # one thread: the node cannot fetch b or c while a runs, so what it dies with is a's completion alone
+    # (a second thread could start b, and a task whose own worker dies runs again: at least once)
+    pool.start("doomed", queues="dispatch.agents", concurrency=1, app="crash_worker")
     cli = start_cli(env, ["--config", str(config)], json.dumps({"tasks": tasks, "config": {"max_workers": 4}}))
     wait_for(lambda: marker.exists(), what=f"the node to die in a's completion ({point})")
     env["NODE"] = "rescuer"
