@@ -222,20 +222,25 @@ def stuck_module(tmp_path: Path) -> Path:
     return package
 
 
-def test_a_stuck_agent_is_timed_out_and_frees_its_slot(distributed, tmp_path):
+def run_on_one_slot(distributed, tmp_path: Path, stuck: str, tasks: list[dict]) -> CliResult:
+    """``tasks`` on a single prefork agent slot with a 1 s timeout; ``stuck`` is the stuck agent's callable."""
     env = distributed["env"]
     env["PYTHONPATH"] = str(stuck_module(tmp_path))
     config = tmp_path / "agents.json"
     config.write_text(json.dumps({"agents": {
-        "hang": {"kind": "python", "callable": "stuck_agent:hang"},
+        stuck: {"kind": "python", "callable": f"stuck_agent:{stuck}"},
         "quick": {"kind": "python", "callable": "stuck_agent:quick"}}}))
     distributed["workers"].start("phases", queues="dispatch.phases")
     distributed["workers"].start("one-slot", queues="dispatch.agents", pool="prefork", concurrency=1)
-    tasks = json.dumps({"tasks": [{"task_id": "stuck", "agent": "hang", "description": "never returns"},
-                                  {"task_id": "after", "agent": "quick", "description": "needs the slot"}],
-                        "config": {"max_workers": 2, "timeout_seconds": 1}})
+    document = json.dumps({"tasks": tasks, "config": {"max_workers": 2, "timeout_seconds": 1}})
+    return run_cli(["--config", str(config)], stdin=document, env=env, timeout=60)
+
+
+def test_a_stuck_agent_is_timed_out_and_frees_its_slot(distributed, tmp_path):
     t0 = time.monotonic()
-    run = run_cli(["--config", str(config)], stdin=tasks, env=env, timeout=60)
+    run = run_on_one_slot(distributed, tmp_path, "hang", [
+        {"task_id": "stuck", "agent": "hang", "description": "never returns"},
+        {"task_id": "after", "agent": "quick", "description": "needs the slot"}])
     elapsed = time.monotonic() - t0
     assert run.returncode == 1, run.stderr
     results = {r["task_id"]: r for r in run.json["results"]}
@@ -249,18 +254,10 @@ def test_a_stuck_agent_is_timed_out_and_frees_its_slot(distributed, tmp_path):
 def test_an_agent_ignoring_its_soft_limit_is_killed_at_the_hard_limit_and_reported(distributed, tmp_path):
     """The pool kills the process: the chord breaks, the run's outcome comes from the scheduler's records."""
     env = distributed["env"]
-    env["PYTHONPATH"] = str(stuck_module(tmp_path))
-    config = tmp_path / "agents.json"
-    config.write_text(json.dumps({"agents": {
-        "stubborn": {"kind": "python", "callable": "stuck_agent:stubborn"},
-        "quick": {"kind": "python", "callable": "stuck_agent:quick"}}}))
-    distributed["workers"].start("phases", queues="dispatch.phases")
-    distributed["workers"].start("one-slot", queues="dispatch.agents", pool="prefork", concurrency=1)
-    tasks = json.dumps({"tasks": [{"task_id": "stuck", "agent": "stubborn", "description": "swallows signals"},
-                                  {"task_id": "after", "agent": "quick", "description": "needs the slot"},
-                                  {"task_id": "child", "agent": "quick", "description": "x", "dependencies": ["stuck"]}],
-                        "config": {"max_workers": 2, "timeout_seconds": 1}})
-    run = run_cli(["--config", str(config)], stdin=tasks, env=env, timeout=60)
+    run = run_on_one_slot(distributed, tmp_path, "stubborn", [
+        {"task_id": "stuck", "agent": "stubborn", "description": "swallows signals"},
+        {"task_id": "after", "agent": "quick", "description": "needs the slot"},
+        {"task_id": "child", "agent": "quick", "description": "x", "dependencies": ["stuck"]}])
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     out = run.json
     results = {r["task_id"]: r for r in out["results"]}
