@@ -22,4 +22,4 @@ ENV DISPATCH_STATE_DIR=/home/dispatch/.dispatch
 WORKDIR /workspace
 
 # Consumes both queues; agent-only workers override the command with -Q dispatch.agents.
-CMD ["celery", "-A", "worker", "worker", "-Q", "dispatch.phases,dispatch.agents", "--loglevel", "INFO"]
+CMD ["celery", "-A", "dispatch.runtime.worker", "worker", "-Q", "dispatch.phases,dispatch.agents", "--loglevel", "INFO"]

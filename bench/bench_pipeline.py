@@ -27,17 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cluster import cluster  # noqa: E402
 from dispatch.config import DispatchConfig, Settings  # noqa: E402
-from dispatch.inputs import validate_input  # noqa: E402
-from dispatch.logs import Log  # noqa: E402
 from dispatch.models import PhaseConfig, TaskSpec  # noqa: E402
-from dispatch.planning import topological_levels  # noqa: E402
-from dispatch.runner import Runner, prepare_state  # noqa: E402
+from dispatch.pipeline.inputs import validate_input  # noqa: E402
+from dispatch.pipeline.prepare import prepare_state  # noqa: E402
+from dispatch.planning.graph import topological_levels  # noqa: E402
+from dispatch.runtime.client import Runner  # noqa: E402
 
 
 def run_pipeline(settings: Settings, document: dict) -> tuple[float, object]:
-    log = Log(quiet=True)
-    state = prepare_state(validate_input(document), PhaseConfig(skip_phases=[0, 1]), DispatchConfig(), None, log)
-    runner = Runner(settings, log)
+    state = prepare_state(validate_input(document), PhaseConfig(skip_phases=[0, 1]), DispatchConfig(), None).state
+    runner = Runner(settings)
     t0 = time.perf_counter()
     final = runner.run(state)
     return time.perf_counter() - t0, final
@@ -46,7 +45,7 @@ def run_pipeline(settings: Settings, document: dict) -> tuple[float, object]:
 def run_bare_group(settings: Settings, n: int) -> float:
     from celery import group
 
-    from dispatch.celery_app import AGENT_QUEUE, create_app
+    from dispatch.runtime.app import AGENT_QUEUE, create_app
 
     app = create_app(settings)
     t0 = time.perf_counter()
@@ -76,7 +75,7 @@ def p1_overhead(n: int, repeat: int, workers: int, concurrency: int) -> list[dic
 
 def run_bare_chains(settings: Settings, chains: int, length: int, sleep_ms: float, key: str) -> float:
     """Seconds for ``chains`` self-sending chains of ``length`` sleeps each (dispatch.baseline_hop)."""
-    from dispatch.celery_app import AGENT_QUEUE, create_app
+    from dispatch.runtime.app import AGENT_QUEUE, create_app
 
     app = create_app(settings)
     client = app.backend.client

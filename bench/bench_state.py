@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from dispatch.models import ContextItem, PhaseState, TaskContext, TaskResult, TaskSpec
-from dispatch.state_store import load_state_file, save_state_file
+from dispatch.store.state import load_state_file, save_state_file
 
 
 def big_state(n: int) -> PhaseState:

@@ -10,6 +10,8 @@ from typing import Iterator, Optional
 from dispatch.config import Settings
 from dispatch.testing import RedisServer, WorkerPool
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 @contextmanager
 def cluster(workers: int, concurrency: int, pool: str = "threads",
@@ -20,10 +22,10 @@ def cluster(workers: int, concurrency: int, pool: str = "threads",
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
     env.update(DISPATCH_BROKER_URL=redis.url, DISPATCH_STATE_DIR=str(tmp / "state"),
                DISPATCH_KEY_PREFIX="bench", DISPATCH_WORKER_LOG_LEVEL="WARNING", **(extra_env or {}))
-    pool_ = WorkerPool(env, tmp)
+    pool_ = WorkerPool(env, tmp, cwd=ROOT)
     try:
         for i in range(workers):
-            pool_.start(f"bench{i}", pool=pool, concurrency=concurrency)
+            pool_.start(f"bench{i}", pool=pool, concurrency=concurrency, app="bench.worker_app")
         yield Settings.from_env(env)
     finally:
         pool_.stop_all()

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError
+from dispatch.errors import ConfigError
 
 SECRET_KEYS = ("api_key", "password", "secret", "token")
 

@@ -22,6 +22,3 @@ class ConfigError(UsageError):
 class StateFileError(UsageError):
     """A state or session file that is corrupt, truncated, foreign or of another version."""
 
-
-class RunFailed(DispatchError):
-    """A run that started and failed (quorum FAIL, failed tasks): exit 1."""

@@ -10,9 +10,15 @@ import enum
 from datetime import datetime, timezone
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dispatch.config import ComponentConfig, DispatchConfig
 
 SCHEMA_VERSION = 1
+
+# Where a run is.  ``paused``: stopped at an interactive checkpoint, to be continued.  Every change of
+# it goes through ``dispatch.pipeline.status``.
+RunStatus = Literal["pending", "running", "paused", "succeeded", "failed", "cancelled"]
 
 
 def utcnow() -> datetime:
@@ -217,6 +223,8 @@ class TaskPlan(BaseModel):
     critical_path_length: int = 0
     agents: dict[str, str] = Field(default_factory=dict)  # task_id -> agent kind
     dependents: dict[str, list[str]] = Field(default_factory=dict)
+    # agent name -> the configuration it resolved to: what phase 4 runs, resolved here once
+    agent_configs: dict[str, ComponentConfig] = Field(default_factory=dict)
 
 
 # ----------------------------------------------------------------- execution
@@ -254,12 +262,22 @@ class PhaseState(BaseModel):
     input_extras: dict[str, Any] = Field(default_factory=dict)
     phase_config: PhaseConfig = Field(default_factory=PhaseConfig)
     selected_phases: list[int] = Field(default_factory=list)
-    settings: dict[str, Any] = Field(default_factory=dict)  # the config file, secrets excluded
+    # the config file the run was planned with (secrets are never in it: they stay in the environment)
+    config: DispatchConfig = Field(default_factory=DispatchConfig)
     plan: Optional[TaskPlan] = None
     task_contexts: dict[str, TaskContext] = Field(default_factory=dict)
     task_results: list[TaskResult] = Field(default_factory=list)
-    status: str = "pending"
+    status: RunStatus = "pending"
     started_at: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _config_was_settings(cls, data: Any) -> Any:
+        """States saved before the config became a typed field called it ``settings``."""
+        if isinstance(data, dict) and "settings" in data and "config" not in data:
+            data = dict(data)
+            data["config"] = data.pop("settings")
+        return data
 
     def result_for(self, phase: ExecutionPhase) -> Optional[PhaseResult]:
         """The latest recorded result of ``phase``, if any."""
@@ -313,3 +331,18 @@ class DispatchOutput(BaseModel):
     context_summary: Optional[dict[str, Any]] = None
     error: Optional[str] = None
     state_file: Optional[str] = None
+
+
+# ------------------------------------------------------------ agent payload
+class AgentPayload(BaseModel):
+    """Everything one agent task reads, resolved once at fan-out and kept in the store (never in the message)."""
+
+    task: TaskSpec
+    agent: ComponentConfig
+    context: Optional[TaskContext] = None
+    user_prompt: str = ""
+    workspace_path: str = "."
+    timeout_s: float  # the effective limit (``dispatch.agents.task_timeout``), which also sets Celery's limits
+    progress_every: int = 1
+    # unknown top-level input keys; the reviewer's note for the quorum planner is not one
+    request_extras: dict[str, Any] = Field(default_factory=dict)

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
@@ -56,20 +55,21 @@ class RedisServer:
 
 
 class WorkerPool:
-    """Real ``celery -A worker worker`` processes, each its own node."""
+    """Real ``celery worker`` processes, each its own node, started in ``cwd`` (default: ``logdir``)."""
 
-    def __init__(self, env: dict[str, str], logdir: Path) -> None:
+    def __init__(self, env: dict[str, str], logdir: Path, cwd: Optional[Path] = None) -> None:
         self.env = env
         self.logdir = logdir
+        self.cwd = cwd or logdir
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, *extra: str, queues: str = "dispatch.phases,dispatch.agents",
-              pool: str = "threads", concurrency: int = 4, app: str = "worker") -> subprocess.Popen:
+              pool: str = "threads", concurrency: int = 4, app: str = "dispatch.runtime.worker") -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "w")
         proc = subprocess.Popen(
             [PYTHON, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h", "-Q", queues, "-P", pool,
              "-c", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         self.wait_ready(name)
         return proc

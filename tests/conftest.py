@@ -17,7 +17,10 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from dispatch.testing import PYTHON, ROOT, RedisServer, WorkerPool, free_port  # noqa: F401 - re-exported to tests
+from dispatch.testing import PYTHON, RedisServer, WorkerPool, free_port  # noqa: F401 - re-exported to tests
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
 
 
 @dataclass
@@ -77,7 +80,7 @@ def distributed(redis_server: RedisServer, tmp_path: Path) -> Iterator[dict]:
     """Redis broker/backend/state with a per-test key prefix; workers started by the test."""
     prefix = f"dispatch-test-{tmp_path.name}"
     env = base_env(tmp_path, DISPATCH_BROKER_URL=redis_server.url, DISPATCH_KEY_PREFIX=prefix)
-    pool = WorkerPool(env, tmp_path)
+    pool = WorkerPool(env, tmp_path, cwd=TESTS)  # tests/ on the path: crash_worker
     yield {"env": env, "workers": pool, "redis": redis_server, "prefix": prefix}
     pool.stop_all()
 

@@ -12,8 +12,8 @@ node exits at ``CRASH_POINT``:
 """
 import os
 
-from dispatch import scheduler
-from worker import app  # noqa: F401 - the app Celery loads
+from dispatch.store import scheduler
+from dispatch.runtime.worker import app  # noqa: F401 - the app Celery loads
 
 POINT = os.environ.get("CRASH_POINT", "finish")
 

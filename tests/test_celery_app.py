@@ -1,5 +1,5 @@
 """The Celery app's configuration: how agent tasks are routed, and the task events knob."""
-from dispatch.celery_app import AGENT_QUEUE, create_app
+from dispatch.runtime.app import AGENT_QUEUE, create_app
 from dispatch.config import Settings
 
 

@@ -20,7 +20,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cli
+from dispatch import cli
 from conftest import base_env, run_cli
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, TaskSpec
 
@@ -178,7 +178,7 @@ def in_process(monkeypatch, tmp_path):
     def submitted(*args, **kwargs):
         raise AssertionError("bad input reached Runner.run")
 
-    monkeypatch.setattr("dispatch.runner.Runner.run", submitted)
+    monkeypatch.setattr("dispatch.runtime.client.Runner.run", submitted)
 
     def call(args: list[str], stdin: str = "") -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.checkpoint_view import checkpoint_lines, table
+from dispatch.cli.interactive.view import checkpoint_lines, table
 from dispatch.config import DispatchConfig
-from dispatch.editor import EditRejected, Editor, editor_command, validate_context, validate_tasks
+from dispatch.cli.interactive.editor import EditRejected, Editor, editor_command, validate_context, validate_tasks
 from dispatch.errors import StateFileError, UsageError
 from dispatch.models import (ExecutionPhase, PhaseResult, PhaseState, QuorumResult, TaskPlan, TaskSpec,
                              ValidatorVote)
-from dispatch.session import Decision, Session, checkpoints_for
+from dispatch.cli.interactive.session import Decision, Session, checkpoints_for
 
 PY = sys.executable
 
@@ -211,6 +211,6 @@ def test_failed_phase_shows_its_error() -> None:
 
 
 def test_shlex_quoting_of_resume_paths() -> None:
-    from dispatch.interactive import resume_command
+    from dispatch.cli.interactive.run import resume_command
 
     assert resume_command(Path("/tmp/my sessions/r.json")).endswith(shlex.quote("/tmp/my sessions/r.json"))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import ROOT
-from dispatch.celery_app import AGENT_QUEUE, PHASE_QUEUE, create_app
+from dispatch.runtime.app import AGENT_QUEUE, PHASE_QUEUE, create_app
 from dispatch.config import ENV_ALIASES, Settings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is in the test extras: pip install -e '.[test]'")
@@ -75,12 +75,13 @@ def test_services_and_the_worker_scales():
 def test_worker_commands_use_the_app_and_the_queues_of_the_code():
     for name, queues in (("worker", {PHASE_QUEUE, AGENT_QUEUE}), ("agents", {AGENT_QUEUE})):
         cmd = command(name)
-        assert cmd[:4] == ["celery", "-A", "worker", "worker"], cmd
+        assert cmd[:4] == ["celery", "-A", "dispatch.runtime.worker", "worker"], cmd
         assert set(option(cmd, "-Q", "--queues").split(",")) == queues
         assert option(cmd, "-P", "--pool") in ("prefork", "threads")
         assert int(option(cmd, "-c", "--concurrency")) >= 1
-    assert command("flower")[:4] == ["celery", "-A", "worker", "flower"]
-    assert (ROOT / "worker.py").read_text().count("create_app(Settings.from_env())") == 1
+    assert command("flower")[:4] == ["celery", "-A", "dispatch.runtime.worker", "flower"]
+    assert (ROOT / "dispatch" / "runtime" / "worker.py").read_text().count("create_app(Settings.from_env())") == 1
+    assert "from dispatch.runtime.worker import app" in (ROOT / "worker.py").read_text()
 
 
 def test_environment_names_exist_in_settings_and_build_a_valid_app():
@@ -150,7 +151,7 @@ def test_dockerfile_builds_the_package_and_runs_a_worker_as_non_root():
     import json
 
     cmd = json.loads(dict(steps)["CMD"])
-    assert cmd[:4] == ["celery", "-A", "worker", "worker"]
+    assert cmd[:4] == ["celery", "-A", "dispatch.runtime.worker", "worker"]
     assert set(option(cmd, "-Q").split(",")) == {PHASE_QUEUE, AGENT_QUEUE}
 
 

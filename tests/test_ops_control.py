@@ -8,12 +8,13 @@ import fakeredis
 import pytest
 
 from dispatch.config import DispatchConfig, Settings
-from dispatch.control import RunLedger, cancel_run, remaining_phases, resume_state
 from dispatch.errors import UsageError
-from dispatch.logs import Log
 from dispatch.models import ExecutionPhase, PhaseConfig, PhaseResult, PhaseState, TaskResult, TaskSpec
-from dispatch.scheduler import DagScheduler
-from dispatch.state_store import RedisStateStore
+from dispatch.pipeline.prepare import remaining_phases, resume_state
+from dispatch.runtime.control import cancel_run
+from dispatch.store import Deployment, Keys, RunLedger
+from dispatch.store.scheduler import DagScheduler
+from dispatch.store.state import RedisStateStore
 
 SETTINGS = Settings(broker_url="redis://x/0", key_prefix="ops", state_ttl_s=600)
 
@@ -41,13 +42,19 @@ def client():
     return fakeredis.FakeRedis()
 
 
+def deployment(client, store) -> Deployment:
+    d = Deployment(SETTINGS, client)
+    d.__dict__["store"] = store  # the cached_property, pinned to the test's store
+    return d
+
+
 @pytest.fixture
 def store(client):
     return RedisStateStore(client, SETTINGS.key_prefix, SETTINGS.state_ttl_s)
 
 
 def test_ledger_records_ids_with_the_state_ttl(client):
-    ledger = RunLedger(client, "ops", "r1", 600)
+    ledger = RunLedger(client, Keys("ops"), "r1", 600)
     ledger.record({"id-1": "phase_2", "id-2": "agent:a"})
     ledger.record({})
     ledger.start_phase_4("p4", 3, {"a": 30.0, "b": 5.0})
@@ -60,15 +67,15 @@ def test_ledger_records_ids_with_the_state_ttl(client):
 
 def test_cancel_before_phase_4_revokes_recorded_ids_and_marks_the_run(client, store):
     store.save(make_state(status="running", completed=(2,)))
-    RunLedger(client, "ops", "r1", 600).record({"p2": "phase_2", "p3": "phase_3", "p4": "phase_4"})
+    RunLedger(client, Keys("ops"), "r1", 600).record({"p2": "phase_2", "p3": "phase_3", "p4": "phase_4"})
     revoked: list[list[str]] = []
-    outcome = cancel_run("r1", SETTINGS, client, store, revoked.append)
+    outcome = cancel_run("r1", deployment(client, store), revoked.append)
     assert revoked == [["p2", "p3", "p4"]]
     assert (outcome.previous_status, outcome.status, outcome.revoked) == ("running", "cancelled", 3)
     assert store.load("r1").status == "cancelled"
     assert client.get("ops:cancel:r1") == b"1" and 0 < client.ttl("ops:cancel:r1") <= 600
     # idempotent: a second cancel revokes again and changes nothing else
-    assert cancel_run("r1", SETTINGS, client, store, revoked.append).previous_status == "cancelled"
+    assert cancel_run("r1", deployment(client, store), revoked.append).previous_status == "cancelled"
     assert store.load("r1").status == "cancelled"
 
 
@@ -77,9 +84,9 @@ def test_cancel_during_phase_4_keeps_finished_results_and_lets_dag_keys_expire(c
     store.save(state)
     scheduler = DagScheduler(client, "ops", "r1", ttl_s=10_000)
     assert sorted(scheduler.start(state, {}, started=time.time())) == ["a", "c"]
-    scheduler.complete(TaskResult(task_id="c", agent="echo", success=True, output="ok"))
+    scheduler.finish(TaskResult(task_id="c", agent="echo", success=True, output="ok")).task_ids
     client.persist(scheduler.key("ready"))  # as if re-created by a completion: no TTL of its own
-    outcome = cancel_run("r1", SETTINGS, client, store, lambda ids: None)
+    outcome = cancel_run("r1", deployment(client, store), lambda ids: None)
     saved = store.load("r1")
     assert outcome.finished_tasks == 1 and saved.status == "cancelled"
     by_id = {r.task_id: r for r in saved.task_results}
@@ -93,9 +100,9 @@ def test_cancel_during_phase_4_keeps_finished_results_and_lets_dag_keys_expire(c
 def test_cancel_refuses_finished_and_unknown_runs(client, store):
     store.save(make_state(status="succeeded", completed=(2, 3, 4)))
     with pytest.raises(UsageError, match="already succeeded: nothing to cancel"):
-        cancel_run("r1", SETTINGS, client, store, lambda ids: None)
+        cancel_run("r1", deployment(client, store), lambda ids: None)
     with pytest.raises(UsageError, match="no run 'nope'"):
-        cancel_run("nope", SETTINGS, client, store, lambda ids: None)
+        cancel_run("nope", deployment(client, store), lambda ids: None)
     assert not client.exists("ops:cancel:r1")
 
 
@@ -118,30 +125,30 @@ def test_resume_state_keeps_the_run_id_and_everything_saved():
     stored.global_context = None
     stored.record(done(ExecutionPhase.PARALLEL_EXECUTION, success=False, error="1 failed"))
     stored.task_results = [TaskResult(task_id="a", agent="echo", success=False, error="boom")]
-    state = resume_state(stored, [], None, Log(quiet=True))
+    state = resume_state(stored, [], None).state
     assert state.run_id == "r1" and state.selected_phases == [4] and state.status == "pending"
     assert state.started_at == stored.started_at
     for n in (0, 2, 3):
         assert state.result_for(ExecutionPhase.of(n)) == stored.result_for(ExecutionPhase.of(n))
-    assert state.settings == DispatchConfig().model_dump(mode="json", exclude_none=True)
+    assert state.config == DispatchConfig()
 
 
 def test_resume_keeps_a_failed_phase_0_result_when_it_is_not_re_run():
     stored = make_state(completed=(2,), enable_context=True)
     stored.record(done(ExecutionPhase.CONTEXT_GATHERING, success=False, error="retriever down"))
-    state = resume_state(stored, [], None, Log(quiet=True))
+    state = resume_state(stored, [], None).state
     assert state.selected_phases == [3, 4]
     assert state.result_for(ExecutionPhase.CONTEXT_GATHERING).error == "retriever down"
 
 
 def test_resume_refuses_active_runs_without_force_and_runs_with_nothing_left():
     with pytest.raises(UsageError, match="is running .*dispatch cancel r1.*--force"):
-        resume_state(make_state(status="running"), [], None, Log(quiet=True))
-    assert resume_state(make_state(status="running"), [], None, Log(quiet=True), force=True).selected_phases == [4]
+        resume_state(make_state(status="running"), [], None)
+    assert resume_state(make_state(status="running"), [], None, force=True).state.selected_phases == [4]
     with pytest.raises(UsageError, match="no phase left to run"):
-        resume_state(make_state(status="succeeded", completed=(2, 3, 4)), [], None, Log(quiet=True))
+        resume_state(make_state(status="succeeded", completed=(2, 3, 4)), [], None)
     with pytest.raises(UsageError, match="phases are numbered 0-4"):
-        resume_state(make_state(), [7], None, Log(quiet=True))
+        resume_state(make_state(), [7], None)
 
 
 def test_embedded_stop_after_3_then_resume_by_id_runs_phase_4_under_the_same_id(cli):
@@ -174,7 +181,7 @@ def test_every_key_a_run_writes_expires(client, store):
     state.run_config.max_workers = 1
     store.save(state)
     scheduler = DagScheduler(client, "ops", "r1", ttl_s=600)
-    RunLedger(client, "ops", "r1", 600).start_phase_4("p4", 3, {"a": 1.0})
+    RunLedger(client, Keys("ops"), "r1", 600).start_phase_4("p4", 3, {"a": 1.0})
 
     def check() -> None:
         for key in client.keys("*"):
@@ -183,10 +190,10 @@ def test_every_key_a_run_writes_expires(client, store):
     assert scheduler.start(state, {t.task_id: {"n": 1} for t in state.tasks_data}, started=time.time()) == ["a"]
     check()
     # the ready set emptied when "a" started; completing "a" re-creates it with "c" left waiting for a slot
-    assert scheduler.complete(TaskResult(task_id="a", agent="echo", success=True)) == ["b"]
+    assert scheduler.finish(TaskResult(task_id="a", agent="echo", success=True)).task_ids == ["b"]
     assert client.zrange(scheduler.key("ready"), 0, -1) == [b"c"]
     check()
-    cancel_run("r1", SETTINGS, client, store, lambda ids: None)
+    cancel_run("r1", deployment(client, store), lambda ids: None)
     check()
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import PYTHON, ROOT
 from dispatch.models import ExecutionPhase
-from dispatch.progress import Progress
+from dispatch.cli.progress import Progress
 
 P4 = ExecutionPhase.PARALLEL_EXECUTION
 

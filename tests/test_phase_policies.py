@@ -3,9 +3,9 @@ import json
 import time
 
 from dispatch.config import DispatchConfig
-from dispatch.logs import phase_body
+from dispatch.cli.log import phase_body
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState
-from dispatch.phases import PhaseEnv, run_phase
+from dispatch.pipeline.phases import PhaseEnv, run_phase
 
 PHASE = ExecutionPhase.TASK_PLANNING
 

@@ -4,9 +4,9 @@ import json
 import pytest
 
 from dispatch.errors import InputError
-from dispatch.inputs import input_json_schema, parse_input
+from dispatch.pipeline.inputs import input_json_schema, parse_input
 from dispatch.models import TaskSpec
-from dispatch.planning import GraphError, check_graph, critical_path, plan_tasks, topological_levels
+from dispatch.planning.graph import GraphError, check_graph, critical_path, plan_tasks, topological_levels
 
 
 def task(tid, *deps, agent="echo"):

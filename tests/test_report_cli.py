@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-import cli
+from dispatch import cli
 from conftest import base_env, run_cli
-from dispatch.state_store import DirectoryStateStore, save_state_file
+from dispatch.store.state import DirectoryStateStore, save_state_file
 from test_report import sample_state
 
 

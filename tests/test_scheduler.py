@@ -7,9 +7,9 @@ import fakeredis
 import pytest
 
 from dispatch.models import PhaseState, RunConfig, TaskResult, TaskSpec
-from dispatch.phases import collect_results
-from dispatch.planning import topological_levels
-from dispatch.scheduler import AlreadyClaimed, DagScheduler, SendKeys
+from dispatch.pipeline.execution import collect_results
+from dispatch.planning.graph import topological_levels
+from dispatch.store.scheduler import AlreadyClaimed, DagScheduler, SendKeys
 
 
 def make_state(edges: dict[str, list[str]], max_workers=5) -> PhaseState:
@@ -29,7 +29,7 @@ def simulate(edges, max_workers=5, fail=(), seed=0):
         for dep in edges[tid]:
             assert dep in done, f"{tid} ran before its dependency {dep}"
         done.append(tid)
-        running += sched.complete(TaskResult(task_id=tid, agent="echo", success=tid not in fail))
+        running += sched.finish(TaskResult(task_id=tid, agent="echo", success=tid not in fail)).task_ids
         peak = max(peak, len(running))
     return done, sched, state, peak
 
@@ -75,17 +75,17 @@ def test_redelivered_completion_schedules_nothing_twice():
     state = make_state(DIAMOND)
     sched = DagScheduler(fakeredis.FakeRedis(), "t", "run")
     assert sched.start(state, {}, started=0.0) == ["a"]
-    assert sorted(sched.complete(TaskResult(task_id="a", agent="echo", success=True))) == ["b", "c"]
-    assert sched.complete(TaskResult(task_id="a", agent="echo", success=True)) == []
-    assert sched.complete(TaskResult(task_id="b", agent="echo", success=True)) == []
-    assert sched.complete(TaskResult(task_id="c", agent="echo", success=True)) == ["d"]
+    assert sorted(sched.finish(TaskResult(task_id="a", agent="echo", success=True)).task_ids) == ["b", "c"]
+    assert sched.finish(TaskResult(task_id="a", agent="echo", success=True)).task_ids == []
+    assert sched.finish(TaskResult(task_id="b", agent="echo", success=True)).task_ids == []
+    assert sched.finish(TaskResult(task_id="c", agent="echo", success=True)).task_ids == ["d"]
 
 
 def test_dependents_receive_dependency_outputs():
     state = make_state(DIAMOND)
     sched = DagScheduler(fakeredis.FakeRedis(), "t", "run")
     sched.start(state, {t: {} for t in DIAMOND}, started=0.0)
-    sched.complete(TaskResult(task_id="a", agent="echo", success=True, output={"n": 1}))
+    sched.finish(TaskResult(task_id="a", agent="echo", success=True, output={"n": 1})).task_ids
     assert sched.prepare("b").dependency_outputs == {"a": {"n": 1}}
     assert sched.prepare("d").dependency_outputs == {}  # neither b nor c has finished
 
@@ -113,7 +113,7 @@ def test_concurrent_completions_from_threads_never_exceed_the_limit_or_lose_a_ta
                 peak[0] = max(peak[0], in_flight[0])
             with cond:  # the agent's work is over once it reports completion
                 in_flight[0] -= 1
-            nxt = own.complete(TaskResult(task_id=tid, agent="echo", success=True))
+            nxt = own.finish(TaskResult(task_id=tid, agent="echo", success=True)).task_ids
             with cond:
                 done.append(tid)
                 queue.extend(nxt)
@@ -142,7 +142,7 @@ def test_results_kept_from_an_earlier_attempt_are_not_run_again():
     first = sched.start(state, {t: {} for t in edges}, started=0.0, finished=kept)
     assert sorted(first) == ["b", "x"]  # a is done; b's only dependency is satisfied
     assert sched.prepare("b").dependency_outputs == {"a": {"n": 1}}
-    assert sched.complete(TaskResult(task_id="b", agent="echo", success=True)) == ["c"]
+    assert sched.finish(TaskResult(task_id="b", agent="echo", success=True)).task_ids == ["c"]
     assert set(sched.results()) == {"a", "b"}
 
 
@@ -151,12 +151,12 @@ def test_unblocked_tasks_wait_in_the_outbox_until_sent():
     state = make_state(DIAMOND)
     sched = DagScheduler(fakeredis.FakeRedis(), "t", "run")
     sched.start(state, {}, started=0.0)
-    taken = sched.complete(TaskResult(task_id="a", agent="echo", success=True))
+    taken = sched.finish(TaskResult(task_id="a", agent="echo", success=True)).task_ids
     assert sorted(taken) == ["b", "c"]
     assert sorted(sched.unsent("a")) == ["b", "c"]   # the worker died here: the redelivery finds them
     sched.sent("a")
     assert sched.unsent("a") == []
-    assert sched.complete(TaskResult(task_id="b", agent="echo", success=True)) == []
+    assert sched.finish(TaskResult(task_id="b", agent="echo", success=True)).task_ids == []
     assert sched.unsent("b") == []  # nothing unblocked, nothing recorded
 
 
@@ -213,12 +213,12 @@ def test_prepare_returns_payload_cancel_flag_and_dependency_outputs_in_one_call(
     state = make_state(DIAMOND)
     sched = DagScheduler(client, "t", "run")
     sched.start(state, {t: {"p": t} for t in DIAMOND}, started=0.0)
-    sched.complete(TaskResult(task_id="a", agent="echo", success=True, output={"n": 1}))
-    sched.complete(TaskResult(task_id="b", agent="echo", success=True, output="from b"))
+    sched.finish(TaskResult(task_id="a", agent="echo", success=True, output={"n": 1})).task_ids
+    sched.finish(TaskResult(task_id="b", agent="echo", success=True, output="from b")).task_ids
     client.set("cancel", 1)
     payload, cancelled, deps = sched.prepare("d", "cancel")
-    assert payload == {"p": "d"} and cancelled and deps == {"b": "from b"}  # c has not finished
-    assert sched.prepare("b") == ({"p": "b"}, False, {"a": {"n": 1}})
+    assert json.loads(payload) == {"p": "d"} and cancelled and deps == {"b": "from b"}  # c has not finished
+    assert sched.prepare("b") == (json.dumps({"p": "b"}), False, {"a": {"n": 1}})
     with pytest.raises(LookupError):
         sched.prepare("nope")
 
@@ -228,9 +228,9 @@ def test_a_task_sent_twice_is_claimed_by_one_celery_task_only():
     client = fakeredis.FakeRedis()
     sched = DagScheduler(client, "t", "run", ttl_s=600)
     sched.start(make_state(DIAMOND), {t: {} for t in DIAMOND}, started=0.0)
-    assert sched.prepare("a", celery_id="first").payload == {}
-    assert sched.prepare("a", celery_id="first").payload == {}  # its retry or its own redelivery
+    assert sched.prepare("a", celery_id="first").payload == "{}"
+    assert sched.prepare("a", celery_id="first").payload == "{}"  # its retry or its own redelivery
     with pytest.raises(AlreadyClaimed):
         sched.prepare("a", celery_id="second")
-    assert sched.prepare("a").payload == {}  # no claim asked: no check
+    assert sched.prepare("a").payload == "{}"  # no claim asked: no check
     assert 0 < client.ttl(sched.key("claims")) <= 600

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from conftest import WorkerPool, base_env, run_cli
-from dispatch.celery_app import create_app
+from dispatch.runtime.app import create_app
 from dispatch.config import Settings, redact_url
 from llm_server import FakeLLMServer, answer_text
 from test_faults import wait_for

@@ -3,7 +3,7 @@ import pytest
 
 from dispatch.errors import UsageError
 from dispatch.models import ExecutionPhase, PhaseConfig, PhaseResult, PhaseState
-from dispatch.selection import check_inputs_available, selected_phases
+from dispatch.pipeline.selection import check_inputs_available, selected_phases
 
 
 def sel(**kw):

@@ -7,7 +7,7 @@ import pytest
 
 from dispatch.errors import StateFileError
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, TaskSpec
-from dispatch.state_store import DirectoryStateStore, RedisStateStore, load_state_file, save_state_file
+from dispatch.store.state import DirectoryStateStore, RedisStateStore, load_state_file, save_state_file
 
 
 def sample_state(run_id="r1") -> PhaseState:

@@ -12,16 +12,13 @@ from typing import Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import ComponentConfig, DispatchConfig, format_validation_error
-from ..errors import ConfigError
-from ..models import TaskContext, TaskSpec
-from ..registry import Registry
-from .prompt import build_prompt
+from dispatch.config import ComponentConfig, format_validation_error
+from dispatch.errors import ConfigError
+from dispatch.models import TaskContext, TaskSpec
+from dispatch.common.registry import Registry
+from dispatch.agents.prompt import build_prompt
 
 AGENTS: Registry["Agent"] = Registry("agent")
-
-# Kinds that work with no configuration, so ``"agent": "echo"`` runs out of the box.
-BUILTIN_AGENT_NAMES = frozenset({"echo", "sleep"})
 
 # An error message longer than this is cut: it lands in state, logs and Flower.
 MAX_ERROR_CHARS = 4000
@@ -108,27 +105,6 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} kind={self.kind!r}>"
-
-
-def resolve_agent(name: str, config: DispatchConfig) -> ComponentConfig:
-    """A task's ``agent`` name -> its configuration.  Configured names win over the
-    built-ins, so a config file may redefine ``echo`` (e.g. with ``fail = true``)."""
-    if name in config.agents:
-        return config.agents[name]
-    if name in BUILTIN_AGENT_NAMES:
-        return ComponentConfig(kind=name)
-    known = ", ".join(sorted(set(config.agents) | BUILTIN_AGENT_NAMES))
-    raise ConfigError(f"unknown agent '{name}' (known: {known})")
-
-
-def make_agent(name: str, config: DispatchConfig) -> Agent:
-    """Resolve and instantiate; bad options or an unknown kind raise ``ConfigError``."""
-    component = resolve_agent(name, config)
-    try:
-        cls = AGENTS.get(component.kind)
-    except ConfigError as exc:
-        raise ConfigError(f"agent '{name}': {exc}") from None
-    return cls(name, component)
 
 
 def run_agent(agent: Agent, inv: AgentInvocation) -> AgentOutcome:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from .base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
+from dispatch.agents.base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
 
 
 class EchoOptions(AgentOptions):

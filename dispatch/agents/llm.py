@@ -33,11 +33,11 @@ from typing import Any, Optional
 
 from pydantic import Field
 
-from ..config import ComponentConfig
-from ..errors import ConfigError
-from ..providers import ProviderError, extract_json, make_client
-from .base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
-from .schema_check import check_schema, validate
+from dispatch.config import ComponentConfig
+from dispatch.errors import ConfigError
+from dispatch.common.providers import ProviderError, extract_json, make_client
+from dispatch.agents.base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
+from dispatch.agents.schema_check import check_schema, validate
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are an agent carrying out one task of a larger plan. Do exactly the task described, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from ..models import TaskContext, TaskSpec
+from dispatch.models import TaskContext, TaskSpec
 
 # Dependencies' outputs can be large (a shell agent's stdout, an LLM's essay);
 # the prompt keeps a fair share of each rather than letting one crowd out the rest.

@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 from pydantic import Field
 
-from ..config import ComponentConfig
-from ..errors import ConfigError
-from .base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome, describe_exception
+from dispatch.config import ComponentConfig
+from dispatch.errors import ConfigError
+from dispatch.agents.base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome, describe_exception
 
 
 class PythonOptions(AgentOptions):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..errors import ConfigError
+from dispatch.errors import ConfigError
 
 _TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 MAX_ERRORS = 20

@@ -42,11 +42,11 @@ from typing import Any, Optional
 
 from pydantic import Field, model_validator
 
-from ..config import ComponentConfig
-from ..errors import ConfigError
-from .base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
-from .process import ProcessResult, run_process
-from .template import Template, TemplateError
+from dispatch.config import ComponentConfig
+from dispatch.errors import ConfigError
+from dispatch.agents.base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
+from dispatch.agents.process import ProcessResult, run_process
+from dispatch.agents.template import Template, TemplateError
 
 DEFAULT_ENV_ALLOW = ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"]
 PLACEHOLDERS = {"task_id", "description", "prompt", "context_file", "run_id", "attempt", "agent",

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
-from .base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
+from dispatch.agents.base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
 
 
 class SleepOptions(AgentOptions):

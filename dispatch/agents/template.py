@@ -17,7 +17,7 @@ import json
 import re
 from typing import Any, Iterable
 
-from ..errors import ConfigError
+from dispatch.errors import ConfigError
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{(input\.[^{}]+|[a-z_][a-z0-9_]*)\}")
 

@@ -14,11 +14,11 @@ Modules, one idea each: ``tokens`` (counting), ``terms`` (queries), ``walk``
 ``structure``, ``gather``, ``bm25``, ``files`` (direct reads), ``filtering``,
 ``summary``.
 """
-from .errors import ContextGatheringError
-from .filtering import filter_contexts
-from .gather import gather_context
-from .retrievers import RETRIEVERS, Retriever
-from .summary import summarize_context
+from dispatch.context.errors import ContextGatheringError
+from dispatch.context.filtering import filter_contexts
+from dispatch.context.gather import gather_context
+from dispatch.context.retrievers import RETRIEVERS, Retriever
+from dispatch.context.summary import summarize_context
 
 __all__ = ["ContextGatheringError", "gather_context", "filter_contexts", "summarize_context",
            "RETRIEVERS", "Retriever"]

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from ..models import ContextItem
-from .tokens import count_tokens, trim_to_tokens
+from dispatch.models import ContextItem
+from dispatch.context.tokens import count_tokens, trim_to_tokens
 
 RRF_K = 10
 MULTI_HIT_WEIGHT = 0.3

@@ -22,10 +22,10 @@ from typing import Optional
 
 import pathspec
 
-from ..models import ContextItem
-from .index import DEFAULT_MAX_BYTES
-from .tokens import count_tokens
-from .walk import IgnoreRules, decode, iter_files, looks_binary
+from dispatch.models import ContextItem
+from dispatch.context.index import DEFAULT_MAX_BYTES
+from dispatch.context.tokens import count_tokens
+from dispatch.context.walk import IgnoreRules, decode, iter_files, looks_binary
 
 MAX_GLOB_FILES = 5
 _RANGE = re.compile(r"^(.*?):(\d+)-(\d+)$")

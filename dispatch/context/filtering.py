@@ -30,13 +30,13 @@ from typing import Any, Optional
 
 import pathspec
 
-from ..config import DispatchConfig
-from ..models import ContextChoice, ContextItem, GlobalContext, TaskContext, TaskSpec
-from .bm25 import MiniBM25
-from .budget import select_within_budget
-from .files import WorkspaceFiles, parse_file_requirement
-from .terms import scoring_terms
-from .tokens import count_tokens
+from dispatch.config import DispatchConfig
+from dispatch.models import ContextChoice, ContextItem, GlobalContext, TaskContext, TaskSpec
+from dispatch.context.bm25 import MiniBM25
+from dispatch.context.budget import select_within_budget
+from dispatch.context.files import WorkspaceFiles, parse_file_requirement
+from dispatch.context.terms import scoring_terms
+from dispatch.context.tokens import count_tokens
 
 KINDS = ("rag", "file", "pattern", "structure")
 EXPLICIT_BONUS = {"file": 1.0, "structure": 1.0, "rag": 0.0, "pattern": 0.0}

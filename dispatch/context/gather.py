@@ -18,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import ComponentConfig, DispatchConfig
-from ..models import ContextItem, DispatchInput, GlobalContext
-from .budget import fit_budget, fuse
-from .errors import ContextGatheringError
-from .retrievers import RetrievalEnv, build_retriever
-from .structure import scan_files, structure_item
-from .terms import derive_queries
+from dispatch.config import ComponentConfig, DispatchConfig
+from dispatch.models import ContextItem, DispatchInput, GlobalContext
+from dispatch.context.budget import fit_budget, fuse
+from dispatch.context.errors import ContextGatheringError
+from dispatch.context.retrievers import RetrievalEnv, build_retriever
+from dispatch.context.structure import scan_files, structure_item
+from dispatch.context.terms import derive_queries
 
 log = logging.getLogger("dispatch.context")
 

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Sequence
 
-from .chunking import ChunkOptions, chunk_lines
-from .terms import MAX_QUERY_TERMS, fts_query, key_terms, quote_term
-from .walk import DEFAULT_EXCLUDES, FileEntry, decode, iter_files, looks_binary
+from dispatch.context.chunking import ChunkOptions, chunk_lines
+from dispatch.context.terms import MAX_QUERY_TERMS, fts_query, key_terms, quote_term
+from dispatch.context.walk import DEFAULT_EXCLUDES, FileEntry, decode, iter_files, looks_binary
 
 SCHEMA_VERSION = 3
 TOKENIZER = "porter unicode61 remove_diacritics 2"

@@ -11,9 +11,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from ..models import ContextItem
-from .tokens import count_tokens
-from .walk import iter_files
+from dispatch.models import ContextItem
+from dispatch.context.tokens import count_tokens
+from dispatch.context.walk import iter_files
 
 STRUCTURE_ID = "structure:workspace"
 MAX_WALK = 200_000

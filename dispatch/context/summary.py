@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from ..models import GlobalContext
-from .tokens import TOKENIZER
+from dispatch.models import GlobalContext
+from dispatch.context.tokens import TOKENIZER
 
 INDEX_FACTS = ("files_seen", "files_indexed", "read", "added", "updated", "deleted",
                "skipped_binary", "skipped_large", "chunks_written", "rebuilt", "duration_ms")

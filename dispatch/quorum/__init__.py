@@ -6,16 +6,16 @@ votes, retries with backoff, lets a planner revise the breakdown, and returns a
 ``QuorumResult`` plus the breakdown to run.  ``render_quorum_log`` prints the
 guide's transcript from a result.
 """
-from . import llm_validators, rules  # noqa: F401 - registers the built-in kinds
-from .base import BUILTIN_AGENT_KINDS, VALIDATORS, AnswerError, Validator, Verdict, build_validators
-from .breaker import BREAKERS, BreakerBoard, CircuitBreaker
-from .cache import KeyValueCache, MemoryCache, vote_key
-from .graph import graph_faults
-from .planner import Planner, PlannerError
-from .report import render_quorum_log
-from .rules import check_breakdown
-from .runner import QuorumOutcome, backoff_delay, run_quorum
-from .voting import Tally, tally
+from dispatch.quorum import llm_validators, rules  # noqa: F401 - registers the built-in kinds
+from dispatch.quorum.base import BUILTIN_AGENT_KINDS, VALIDATORS, AnswerError, Validator, Verdict, build_validators
+from dispatch.quorum.breaker import BREAKERS, BreakerBoard, CircuitBreaker
+from dispatch.quorum.cache import KeyValueCache, MemoryCache, vote_key
+from dispatch.quorum.graph import graph_faults
+from dispatch.quorum.planner import Planner, PlannerError
+from dispatch.quorum.report import render_quorum_log
+from dispatch.quorum.rules import check_breakdown
+from dispatch.quorum.runner import QuorumOutcome, backoff_delay, run_quorum
+from dispatch.quorum.voting import Tally, tally
 
 __all__ = [
     "BREAKERS", "BUILTIN_AGENT_KINDS", "VALIDATORS", "AnswerError", "BreakerBoard", "CircuitBreaker",

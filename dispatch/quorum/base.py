@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..config import ComponentConfig, DispatchConfig
-from ..errors import ConfigError
-from ..models import DispatchInput, Recommendation
-from ..registry import Registry
+from dispatch.config import ComponentConfig, DispatchConfig
+from dispatch.errors import ConfigError
+from dispatch.models import DispatchInput, Recommendation
+from dispatch.common.registry import Registry
 
 # Agent kinds every deployment has, whatever the config file says.
 BUILTIN_AGENT_KINDS = frozenset({"echo", "sleep", "shell", "python", "llm"})

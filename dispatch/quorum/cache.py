@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, Protocol
 
-from ..models import DispatchInput
+from dispatch.models import DispatchInput
 
 KEY_PREFIX = "quorum:vote:"
 KEY_VERSION = 1

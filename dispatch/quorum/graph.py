@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..models import TaskSpec
+from dispatch.models import TaskSpec
 
 
 def graph_faults(tasks: Sequence[TaskSpec]) -> list[str]:

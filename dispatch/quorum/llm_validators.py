@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..errors import ConfigError
-from ..models import DispatchInput
-from ..providers import make_client
-from .base import VALIDATORS, Validator, Verdict
-from .prompt import PROMPT_VERSION, VERDICT_SCHEMA, parse_verdict, system_prompt, user_prompt
+from dispatch.errors import ConfigError
+from dispatch.models import DispatchInput
+from dispatch.common.providers import make_client
+from dispatch.quorum.base import VALIDATORS, Validator, Verdict
+from dispatch.quorum.prompt import PROMPT_VERSION, VERDICT_SCHEMA, parse_verdict, system_prompt, user_prompt
 
 
 class LLMValidator(Validator):

@@ -14,13 +14,13 @@ from typing import Optional, Sequence
 
 from pydantic import BaseModel, Field, ValidationError
 
-from ..config import ComponentConfig, format_validation_error
-from ..errors import ConfigError
-from ..models import DispatchInput, TaskSpec
-from ..providers import extract_json, make_client
-from .base import BUILTIN_AGENT_KINDS
-from .graph import graph_faults
-from .prompt import breakdown_json
+from dispatch.config import ComponentConfig, format_validation_error
+from dispatch.errors import ConfigError
+from dispatch.models import DispatchInput, TaskSpec
+from dispatch.common.providers import extract_json, make_client
+from dispatch.quorum.base import BUILTIN_AGENT_KINDS
+from dispatch.quorum.graph import graph_faults
+from dispatch.quorum.prompt import breakdown_json
 
 SYSTEM_PROMPT = """\
 You revise task breakdowns for a pipeline that runs each task as an AI agent, in parallel.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from ..models import DispatchInput
-from ..providers import extract_json
-from .base import AnswerError, Verdict
+from dispatch.models import DispatchInput
+from dispatch.common.providers import extract_json
+from dispatch.quorum.base import AnswerError, Verdict
 
 PROMPT_VERSION = 1  # part of the cache key: a changed question invalidates cached answers
 

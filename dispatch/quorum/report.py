@@ -7,7 +7,7 @@ stored ``QuorumResult`` (for instance from a saved state file).
 """
 from __future__ import annotations
 
-from ..models import QuorumAttempt, QuorumResult
+from dispatch.models import QuorumAttempt, QuorumResult
 
 VALIDATING = "Validating task breakdown with AI quorum..."
 WARN = "⚠"

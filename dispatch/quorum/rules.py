@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
-from ..errors import ConfigError
-from ..models import DispatchInput, TaskSpec
-from .base import BUILTIN_AGENT_KINDS, VALIDATORS, Validator, Verdict
-from .graph import graph_faults
-from .text import key_terms, matches_any
+from dispatch.errors import ConfigError
+from dispatch.models import DispatchInput, TaskSpec
+from dispatch.quorum.base import BUILTIN_AGENT_KINDS, VALIDATORS, Validator, Verdict
+from dispatch.quorum.graph import graph_faults
+from dispatch.quorum.text import key_terms, matches_any
 
 MAJOR_PENALTY = 10.0  # per deficiency that on its own warrants a RETRY
 MINOR_PENALTY = 5.0  # per cosmetic deficiency

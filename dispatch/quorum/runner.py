@@ -45,16 +45,16 @@ from typing import Callable, Optional
 
 from pydantic import ValidationError
 
-from ..config import DispatchConfig, QuorumOptions
-from ..errors import ConfigError
-from ..models import DispatchInput, QuorumAttempt, QuorumResult, TaskSpec, ValidatorVote
-from ..providers import ProviderError
-from .base import AnswerError, Validator, build_validators
-from .breaker import BREAKERS, DEFAULT_COOLDOWN_S, DEFAULT_FAILURE_THRESHOLD, BreakerBoard
-from .cache import KeyValueCache, vote_key
-from .planner import Planner, PlannerError, describe_change
-from .report import VALIDATING, attempt_body, retry_header, warning_lines
-from .voting import tally
+from dispatch.config import DispatchConfig, QuorumOptions
+from dispatch.errors import ConfigError
+from dispatch.models import DispatchInput, QuorumAttempt, QuorumResult, TaskSpec, ValidatorVote
+from dispatch.common.providers import ProviderError
+from dispatch.quorum.base import AnswerError, Validator, build_validators
+from dispatch.quorum.breaker import BREAKERS, DEFAULT_COOLDOWN_S, DEFAULT_FAILURE_THRESHOLD, BreakerBoard
+from dispatch.quorum.cache import KeyValueCache, vote_key
+from dispatch.quorum.planner import Planner, PlannerError, describe_change
+from dispatch.quorum.report import VALIDATING, attempt_body, retry_header, warning_lines
+from dispatch.quorum.voting import tally
 
 NO_QUORUM_POLICIES = ("warn", "fail")
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..config import QuorumOptions
-from ..models import Recommendation, ValidatorVote
+from dispatch.config import QuorumOptions
+from dispatch.models import Recommendation, ValidatorVote
 
 EPSILON = 1e-9  # 3 of 5 is 0.6, whatever the floating point says
 

@@ -9,7 +9,7 @@ network:
   the context given to each task);
 - ``render_text(state)``: the same facts as terminal tables.
 """
-from .html import render_html
-from .text import render_text
+from dispatch.report.html import render_html
+from dispatch.report.text import render_text
 
 __all__ = ["render_html", "render_text"]

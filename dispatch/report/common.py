@@ -9,7 +9,7 @@ import re
 from datetime import datetime
 from typing import Optional
 
-from ..models import ExecutionPhase, PhaseResult, PhaseState, TaskResult
+from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, TaskResult
 
 SUCCESS, FAILED, SKIPPED = "success", "failed", "skipped"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

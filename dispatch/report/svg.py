@@ -9,8 +9,8 @@ from __future__ import annotations
 from html import escape
 from math import floor, log10
 
-from .common import fmt_ms
-from .timeline import Bar, Chart
+from dispatch.report.common import fmt_ms
+from dispatch.report.timeline import Bar, Chart
 
 WIDTH = 1200
 LABEL_W = 200

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..models import PhaseState, ValidatorVote
-from .common import (FAILED, SKIPPED, SUCCESS, critical_ids, execution_origin, fmt_ms, offset_text, one_line,
+from dispatch.models import PhaseState, ValidatorVote
+from dispatch.report.common import (FAILED, SKIPPED, SUCCESS, critical_ids, execution_origin, fmt_ms, offset_text, one_line,
                      phase_status, run_span_ms, task_counts, task_status)
 
 MARKS = {SUCCESS: "✓ ok", FAILED: "✗ failed", SKIPPED: "⚠ skipped"}

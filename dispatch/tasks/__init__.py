@@ -1,4 +1,4 @@
-"""Celery task definitions only: thin shells over the pure logic in ``dispatch``."""
-from .agents import agent_task, collect_task  # noqa: F401
-from .baseline import baseline_noop  # noqa: F401
-from .phases import PHASE_TASKS, phase_signature  # noqa: F401
+"""Celery task definitions only: thin shells over the pipeline and the store."""
+from dispatch.tasks.agents import agent_task, collect_task  # noqa: F401
+from dispatch.tasks.phases import PHASE_TASKS, phase_signature  # noqa: F401
+

@@ -1,7 +1,7 @@
 """Retriever kinds. Importing this package registers every built-in kind."""
-from .base import RETRIEVERS, RetrievalEnv, Retriever, build_retriever
-from .http import HttpRetriever, RetrievalServiceError
-from .workspace import WorkspaceRetriever
+from dispatch.context.retrievers.base import RETRIEVERS, RetrievalEnv, Retriever, build_retriever
+from dispatch.context.retrievers.http import HttpRetriever, RetrievalServiceError
+from dispatch.context.retrievers.workspace import WorkspaceRetriever
 
 __all__ = ["RETRIEVERS", "RetrievalEnv", "Retriever", "build_retriever", "HttpRetriever",
            "RetrievalServiceError", "WorkspaceRetriever"]

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ...config import ComponentConfig
-from ...errors import ConfigError
-from ...models import ContextItem
-from ...registry import Registry
+from dispatch.config import ComponentConfig
+from dispatch.errors import ConfigError
+from dispatch.models import ContextItem
+from dispatch.common.registry import Registry
 
 
 @dataclass

@@ -26,11 +26,11 @@ from typing import Any, Optional
 
 import httpx
 
-from ...errors import ConfigError
-from ...models import ContextItem
-from ..breaker import CircuitBreaker, breaker_for
-from ..tokens import count_tokens
-from .base import RETRIEVERS, Retriever
+from dispatch.errors import ConfigError
+from dispatch.models import ContextItem
+from dispatch.context.breaker import CircuitBreaker, breaker_for
+from dispatch.context.tokens import count_tokens
+from dispatch.context.retrievers.base import RETRIEVERS, Retriever
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie"}

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ...errors import ConfigError
-from ...models import ContextItem
-from ..chunking import ChunkOptions
-from ..index import DEFAULT_MAX_BYTES, WorkspaceIndex
-from ..tokens import count_tokens
-from ..walk import DEFAULT_EXCLUDES
-from .base import RETRIEVERS, Retriever
+from dispatch.errors import ConfigError
+from dispatch.models import ContextItem
+from dispatch.context.chunking import ChunkOptions
+from dispatch.context.index import DEFAULT_MAX_BYTES, WorkspaceIndex
+from dispatch.context.tokens import count_tokens
+from dispatch.context.walk import DEFAULT_EXCLUDES
+from dispatch.context.retrievers.base import RETRIEVERS, Retriever
 
 DOC_SUFFIXES = (".md", ".rst", ".txt", ".adoc", ".markdown")
 

@@ -1,0 +1,6 @@
+"""``python -m dispatch``: the same as the ``dispatch`` command."""
+import sys
+
+from dispatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""The human log on stderr, in the guide's ``[DispatchRunner]`` format.
+
+Rendering is a pure function of the state and the phase result, so the same
+lines appear whether a phase ran in this process or on a worker elsewhere.
+stdout is never touched here: it carries the JSON result only.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional, TextIO
+
+from dispatch.models import ExecutionPhase, PhaseResult, PhaseState
+
+PREFIX = "[DispatchRunner]"
+SEPARATOR = "=" * 80
+OK, WARN, FAIL = "✓", "⚠", "✗"
+
+
+class Log:
+    """Writes prefixed lines to stderr (or any stream)."""
+
+    def __init__(self, stream: Optional[TextIO] = None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+
+    def line(self, text: str = "") -> None:
+        if self.quiet:
+            return
+        self.stream.write(f"{PREFIX} {text}\n" if text else "\n")
+        self.stream.flush()
+
+    def raw(self, text: str) -> None:
+        if not self.quiet:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def lines(self, lines: list[str]) -> None:
+        for text in lines:
+            self.line(text)
+
+    def ok(self, text: str) -> None:
+        self.line(f"{OK} {text}")
+
+    def warn(self, text: str) -> None:
+        self.line(f"{WARN} {text}")
+
+    def fail(self, text: str) -> None:
+        self.line(f"{FAIL} {text}")
+
+
+def phase_header(phase: ExecutionPhase, state: PhaseState, max_retries: int = 3) -> list[str]:
+    """The separator block that opens a phase (guide: "Enhanced Logging")."""
+    detail = {
+        ExecutionPhase.CONTEXT_GATHERING: f"Queries: {len(state.rag_queries) or 'derived from the prompt and tasks'}",
+        ExecutionPhase.QUORUM_VALIDATION: f"Max retries: {max_retries}",
+    }.get(phase, f"Tasks: {len(state.tasks_data)}")
+    return [SEPARATOR, f"{PREFIX} Phase {phase.number}: {phase.title}", f"{PREFIX} {detail}", SEPARATOR, ""]
+
+
+def threshold_lines(result: PhaseResult) -> list[str]:
+    limit = result.output_data.get("threshold_exceeded_ms")
+    if limit is None:
+        return []
+    return [f"{WARN} Phase {result.phase.number} took {result.duration_ms:.0f}ms, over its threshold of {limit:.0f}ms"]
+
+
+def phase_body(result: PhaseResult, state: PhaseState, max_retries: int = 3) -> list[str]:
+    """Lines (without prefix) describing what a finished phase did."""
+    return _phase_lines(result, state, max_retries) + threshold_lines(result)
+
+
+def _phase_lines(result: PhaseResult, state: PhaseState, max_retries: int) -> list[str]:
+    phase, out, ms = result.phase, result.output_data, result.duration_ms
+    n = phase.number
+    if phase == ExecutionPhase.CONTEXT_GATHERING:
+        lines = ["Gathering global context..."]
+        if not result.success:
+            return lines + [f"{WARN} Phase 0 failed: {result.error}",
+                            f"{WARN} Continuing without context (context filtering runs without it)"]
+        return lines + [f"{OK} Context gathered: {out.get('total_items', 0)} items, ~{out.get('total_tokens', 0)} tokens",
+                        f"Phase 0 completed in {ms:.0f}ms"]
+    if phase == ExecutionPhase.QUORUM_VALIDATION:
+        lines = _quorum_lines(state, max_retries)
+        conf = f"(confidence: {state.quorum_result.confidence * 100:.1f}%)" if state.quorum_result else ""
+        if not result.success:
+            return lines + [f"{FAIL} Phase 1 failed in {ms:.1f}ms {conf}: {result.error}".replace("  ", " ")]
+        if state.quorum_result and state.quorum_result.decision == "RETRY":
+            lines.append(f"{WARN} Max retries exceeded: continuing with the current breakdown")
+        return lines + [f"{OK} Phase 1 completed in {ms:.1f}ms {conf}".rstrip()]
+    if not result.success:
+        return [f"{FAIL} Phase {n} failed in {ms:.0f}ms: {result.error}"]
+    if phase == ExecutionPhase.TASK_PLANNING:
+        return [f"{OK} Phase 2 completed in {ms:.0f}ms ({out.get('tasks')} tasks, {out.get('levels')} levels, "
+                f"critical path {out.get('critical_path_length')})"]
+    if phase == ExecutionPhase.CONTEXT_FILTERING:
+        return [f"{OK} Phase 3 completed in {ms:.0f}ms ({out.get('tasks_with_context', 0)}/"
+                f"{out.get('tasks_prepared', 0)} tasks with context, ~{out.get('total_tokens', 0)} tokens)"]
+    return []
+
+
+def execution_lines(result: PhaseResult, state: PhaseState) -> list[str]:
+    out = result.output_data
+    lines = []
+    for task in state.task_results:
+        if task.skipped:
+            lines.append(f"{WARN} {task.task_id}: {task.error}")
+        elif not task.success:
+            lines.append(f"{FAIL} {task.task_id}: {task.error}")
+    mark = OK if result.success else FAIL
+    counts = f"{out.get('succeeded', 0)} succeeded, {out.get('failed', 0)} failed"
+    if out.get("skipped"):
+        counts += f", {out['skipped']} skipped"
+    return lines + [f"{mark} Phase 4 completed in {result.duration_ms:.0f}ms ({counts})"] + threshold_lines(result)
+
+
+def _quorum_lines(state: PhaseState, max_retries: int) -> list[str]:
+    if state.quorum_result is None:
+        return []
+    from dispatch.quorum import render_quorum_log
+
+    return render_quorum_log(state.quorum_result, max_retries)

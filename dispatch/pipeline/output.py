@@ -1,0 +1,27 @@
+"""The final JSON document of a run (``DispatchOutput``), from its state."""
+from __future__ import annotations
+
+from typing import Optional
+
+from dispatch.models import DispatchOutput, ExecutionPhase, PhaseState, PhaseTiming, TimingSummary
+from dispatch.pipeline.status import is_critical_failure
+
+
+def build_output(state: PhaseState, total_ms: float, state_file: Optional[str] = None,
+                 error: Optional[str] = None) -> DispatchOutput:
+    # phases reused from a loaded state did not run now: they count as skipped in this run's timing
+    timings = [PhaseTiming(phase=r.phase, duration_ms=r.duration_ms, success=r.success, skipped=r.skipped)
+               if r.skipped or r.phase.number in state.selected_phases
+               else PhaseTiming(phase=r.phase, duration_ms=0.0, success=r.success, skipped=True)
+               for r in state.phases_executed]
+    context = state.result_for(ExecutionPhase.CONTEXT_GATHERING)
+    failed = [r for r in state.phases_executed if is_critical_failure(r)]
+    success = state.status == "succeeded" and not failed and error is None
+    if error is None and failed:
+        error = failed[0].error
+    return DispatchOutput(
+        success=success, run_id=state.run_id, status=state.status,
+        timing_summary=TimingSummary(total_duration_ms=round(total_ms, 1), phases=timings),
+        phases_executed=state.phases_executed, results=state.task_results, quorum_result=state.quorum_result,
+        context_summary=(context.output_data.get("context_summary") if context and not context.skipped else None),
+        error=error, state_file=state_file)

@@ -1,0 +1,161 @@
+"""Phases 0-3 as plain functions over a ``PhaseState`` (no Celery here).
+
+Each ``execute_phase_N_*`` mutates the state it is given and returns the
+``PhaseResult`` to record; ``run_phase`` adds timing, retries and turns an
+exception into a failed result; ``execute_phase`` also applies what the
+result means for the run (its status, phase 0 turning context off), so the
+Celery shell in ``dispatch/tasks`` is a few lines.  Phase 4 is
+``dispatch/pipeline/execution.py``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from dispatch.common.backoff import backoff_delay
+from dispatch.config import DispatchConfig
+from dispatch.errors import DispatchError
+from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, iso, utcnow
+from dispatch.pipeline import status
+
+EventSink = Callable[[str], None]
+PHASE_RETRY_CAP_S = 30.0
+
+
+@dataclass
+class PhaseEnv:
+    """What a phase may use besides the state: its config, caches and a place for events."""
+
+    config: DispatchConfig = field(default_factory=DispatchConfig)
+    cache_dir: Optional[Path] = None
+    quorum_cache: Any = None
+    on_event: EventSink = lambda line: None
+    sleep: Callable[[float], None] = time.sleep
+
+
+def run_phase(phase: ExecutionPhase, state: PhaseState, env: PhaseEnv,
+              body: Callable[[PhaseState, PhaseEnv], PhaseResult]) -> PhaseResult:
+    """Time ``body`` and record its result; an exception becomes a failed ``PhaseResult``.
+
+    A body that raised is retried up to ``phases.retries`` times with
+    exponential backoff; the result's ``retry_count`` says how many it took.
+    """
+    options = env.config.phases
+    started = utcnow()
+    t0 = time.perf_counter()
+    attempt = 0
+    while True:
+        try:
+            result = body(state, env)
+            break
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, never lost
+            error = str(exc) if isinstance(exc, DispatchError) else f"{type(exc).__name__}: {exc}"
+            if attempt >= options.retries:
+                result = PhaseResult(phase=phase, phase_name=phase.title, success=False, error=error)
+                break
+            env.on_event(f"⚠ Phase {phase.number} attempt {attempt + 1} failed ({error}); retrying")
+            env.sleep(backoff_delay(attempt, options.retry_backoff_s, PHASE_RETRY_CAP_S))
+            attempt += 1
+    result.retry_count = max(result.retry_count, attempt)
+    result.duration_ms = round((time.perf_counter() - t0) * 1000, 1)
+    result.started_at = iso(started)
+    result.completed_at = iso(utcnow())
+    check_threshold(result, env.config)
+    state.record(result)
+    return result
+
+
+def check_threshold(result: PhaseResult, config: DispatchConfig) -> None:
+    """Mark a phase that took longer than its configured threshold (the log warns)."""
+    threshold = config.phases.thresholds_ms.get(result.phase.number)
+    if threshold is not None and result.duration_ms > threshold:
+        result.output_data["threshold_exceeded_ms"] = threshold
+
+
+def _result(phase: ExecutionPhase, success: bool = True, **kwargs: Any) -> PhaseResult:
+    return PhaseResult(phase=phase, phase_name=phase.title, success=success, **kwargs)
+
+
+def execute_phase_0_context_gathering(state: PhaseState, env: PhaseEnv) -> PhaseResult:
+    from dispatch.context import gather_context, summarize_context
+
+    context = gather_context(state.request(), env.config, cache_dir=env.cache_dir)
+    state.global_context = context
+    return _result(ExecutionPhase.CONTEXT_GATHERING, output_data={
+        "context_summary": summarize_context(context), "total_items": len(context.items),
+        "total_tokens": context.total_tokens})
+
+
+def execute_phase_1_quorum_validation(state: PhaseState, env: PhaseEnv) -> PhaseResult:
+    from dispatch.agents import known_agent_names
+    from dispatch.quorum import run_quorum
+
+    known_agents = known_agent_names(env.config)
+    outcome = run_quorum(state.request(), env.config, cache=env.quorum_cache,
+                         on_event=env.on_event, sleep=env.sleep, known_agents=known_agents)
+    quorum = outcome.result
+    state.quorum_result = quorum
+    if [t.model_dump() for t in outcome.tasks] != [t.model_dump() for t in state.tasks_data]:
+        state.tasks_data = outcome.tasks
+        state.plan = None  # a regenerated breakdown must be planned again
+    result = _result(ExecutionPhase.QUORUM_VALIDATION, success=quorum.decision != "FAIL",
+                     retry_count=quorum.retry_count,
+                     output_data={"decision": quorum.decision, "confidence": quorum.confidence,
+                                  "deficiencies": quorum.deficiencies,
+                                  "quorum_reached": quorum.quorum_reached,
+                                  "warnings": quorum.warnings})
+    if quorum.decision == "FAIL":
+        result.error = "quorum decision FAIL: " + ("; ".join(quorum.deficiencies) or "no deficiencies given")
+    return result
+
+
+def execute_phase_2_task_planning(state: PhaseState, env: PhaseEnv) -> PhaseResult:
+    from dispatch.pipeline.plan import plan_run
+
+    plan = plan_run(state.tasks_data, env.config)
+    state.plan = plan
+    return _result(ExecutionPhase.TASK_PLANNING, output_data={
+        "tasks": len(state.tasks_data), "levels": len(plan.levels), "critical_path": plan.critical_path,
+        "critical_path_length": plan.critical_path_length,
+        "max_parallelism": max((len(level) for level in plan.levels), default=0), "agents": plan.agents})
+
+
+def execute_phase_3_context_filtering(state: PhaseState, env: PhaseEnv) -> PhaseResult:
+    from dispatch.context import filter_contexts
+
+    contexts = filter_contexts(state.tasks_data, state.global_context, env.config,
+                               workspace_path=state.workspace_path, cache_dir=env.cache_dir)
+    state.task_contexts = contexts
+    with_context = sum(1 for c in contexts.values() if c.items)
+    return _result(ExecutionPhase.CONTEXT_FILTERING, output_data={
+        "tasks_prepared": len(contexts), "tasks_with_context": with_context,
+        "context_available": state.global_context is not None,
+        "total_tokens": sum(c.total_tokens for c in contexts.values())})
+
+
+PHASE_BODIES: dict[ExecutionPhase, Callable[[PhaseState, PhaseEnv], PhaseResult]] = {
+    ExecutionPhase.CONTEXT_GATHERING: execute_phase_0_context_gathering,
+    ExecutionPhase.QUORUM_VALIDATION: execute_phase_1_quorum_validation,
+    ExecutionPhase.TASK_PLANNING: execute_phase_2_task_planning,
+    ExecutionPhase.CONTEXT_FILTERING: execute_phase_3_context_filtering,
+}
+
+
+def execute_phase(phase: ExecutionPhase, state: PhaseState, env: PhaseEnv, cancelled: Callable[[], bool]) -> bool:
+    """Run one of phases 0-3 on ``state`` and apply what its result means for the run.
+
+    A stopped run (failed, cancelled) passes through untouched, so a chain
+    never needs an exception to stop early.  ``cancelled`` is asked before and
+    after the phase: a cancel that came while it ran wins.  Returns whether the phase ran.
+    """
+    if not status.is_stopped(state) and cancelled():
+        status.cancelled(state)
+    if status.is_stopped(state):
+        return False
+    result = run_phase(phase, state, env, PHASE_BODIES[phase])
+    if phase == ExecutionPhase.CONTEXT_GATHERING and not result.success:
+        state.global_context = None  # the guide: phase 0 failing turns context filtering off
+    status.after_phase(state, phase, result, cancelled())
+    return True

@@ -1,0 +1,37 @@
+"""Phase 2's plan: the graph checked and every task's agent resolved, once.
+
+The same function plans in phase 2, in the preflight before anything is
+submitted, and when a person edits the tasks at a checkpoint, so all three
+refuse the same faults with the same messages; phase 4 runs the
+configurations resolved here (``TaskPlan.agent_configs``).
+"""
+from __future__ import annotations
+
+from dispatch.agents import resolve_agents
+from dispatch.config import ComponentConfig, DispatchConfig
+from dispatch.errors import ConfigError
+from dispatch.models import TaskPlan, TaskSpec
+from dispatch.planning.graph import plan_tasks
+
+
+def plan_run(tasks: list[TaskSpec], config: DispatchConfig) -> TaskPlan:
+    """Graph faults raise ``GraphError``; unknown agents and bad agent options raise it too, with the
+    task's path (``tasks[2].agent: unknown agent 'coder' ...``)."""
+    resolved: dict[str, ComponentConfig] = {}
+
+    def kind(name: str) -> str:
+        if name not in resolved:
+            resolved[name] = resolve_agents([name], config)[name]
+        return resolved[name].kind
+
+    plan = plan_tasks(tasks, kind)
+    plan.agent_configs = resolved
+    return plan
+
+
+def agent_configs(tasks: list[TaskSpec], config: DispatchConfig) -> dict[str, ComponentConfig]:
+    """The configuration of every agent the tasks name (``ConfigError`` naming every unknown one)."""
+    return resolve_agents((t.agent for t in tasks), config)
+
+
+__all__ = ["ConfigError", "agent_configs", "plan_run"]

@@ -1,0 +1,1 @@
+"""Phase 2: the task graph checked and planned (order, levels, critical path)."""

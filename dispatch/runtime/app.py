@@ -1,0 +1,85 @@
+"""The Celery application, built from ``Settings`` for either mode.
+
+Embedded (no ``DISPATCH_BROKER_URL``): an in-memory broker and a Redis result
+backend served by in-process fakeredis, so chords, ``add_to_chord`` and the
+scheduler run exactly the code they run against a real Redis.  (Measured on
+this machine: fakeredis as the *broker* loses its consumer connection, and the
+``cache+memory://`` backend polls chords 20x slower, hence this pairing.)
+
+Distributed: the broker and backend from the environment; workers are
+``celery -A worker worker`` processes anywhere.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from dispatch.config import Settings
+from dispatch.runtime.embedded import EmbeddedRedisBackend
+from dispatch.tasks.names import AGENT_QUEUE, AGENT_TASK, PHASE_QUEUE
+
+__all__ = ["AGENT_QUEUE", "PHASE_QUEUE", "create_app"]
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Redelivery of late-acked messages whose worker died (Redis broker; RabbitMQ redelivers on its own).
+
+    A message unacked for ``visibility_timeout`` goes back to its queue; the
+    sweep that does it runs every ``unacked_restore_interval`` seconds, so it
+    is scaled to the timeout instead of kombu's fixed 100 s.
+    """
+    timeout = settings.visibility_timeout_s
+    return {"visibility_timeout": timeout, "unacked_restore_interval": max(1, min(10, timeout // 4)),
+            "unacked_restore_throttle": 1}
+
+
+def create_app(settings: Settings) -> Celery:
+    if settings.embedded:
+        app = Celery("dispatch", broker="memory://", backend=EmbeddedRedisBackend, set_as_current=False)
+        app.conf.broker_transport_options = {"polling_interval": 0.005}
+    else:
+        app = Celery("dispatch", broker=settings.broker_url, backend=settings.result_backend,
+                     set_as_current=False)
+        app.conf.broker_transport_options = broker_transport_options(settings)
+        # give up on a lost backend within ~2 s: the CLI rides out outages in its own loop (with a message)
+        # and workers retry each command for reconnect_timeout_s (dispatch.store.ride_out_outages)
+        app.conf.result_backend_transport_options = {
+            "retry_policy": {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}}
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (PHASE_QUEUE, AGENT_QUEUE)],
+        task_default_queue=PHASE_QUEUE,
+        task_default_exchange=PHASE_QUEUE,
+        task_default_routing_key=PHASE_QUEUE,
+        # by queue only: Celery then publishes to the queue directly (the anonymous exchange), where a
+        # named exchange costs a binding lookup in Redis on every send
+        task_routes={AGENT_TASK: {"queue": AGENT_QUEUE}},
+        # a killed worker's agent task goes back to the queue instead of vanishing
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # a redelivered message whose task already succeeded is acked, not run again
+        worker_deduplicate_successful_tasks=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_send_sent_event=settings.task_events,
+        worker_send_task_events=settings.task_events,
+        result_extended=True,
+        result_expires=settings.state_ttl_s,
+        broker_connection_retry_on_startup=True,
+        # a task publishing its dependents while the broker restarts waits for it (about reconnect_timeout_s)
+        task_publish_retry_policy={"max_retries": max(3, int(settings.reconnect_timeout_s // 2) + 3),
+                                   "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0},
+        worker_hijack_root_logger=False,
+        # URLs stay out of the conf: `celery inspect conf` and Flower show it, and it censors only some keys
+        dispatch_settings=settings.model_dump(exclude={"broker_url", "result_backend", "state_url"}),
+    )
+    app.dispatch_settings = settings  # what dispatch.tasks.support.deployment_of reads, URLs included
+    app.conf.include = ["dispatch.tasks"]
+    import dispatch.tasks  # noqa: F401 - registers the shared tasks with this app
+
+    return app

@@ -1,0 +1,246 @@
+"""The client side of a run: submit the chain of its selected phases, follow it, ride out outages.
+
+Both modes go through ``Runner.run``: embedded wraps the wait in an in-process
+worker; distributed only submits and waits on the result backend.  What a
+person sees while it runs is the caller's: the runner reports to a
+``RunObserver`` (the CLI's log and progress line), and never prints.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from typing import Any, Optional, Protocol
+
+from dispatch.config import Settings, redact_url
+from dispatch.errors import DispatchError
+from dispatch.models import ExecutionPhase, PhaseState
+from dispatch.pipeline import status
+from dispatch.runtime.connection import connection_errors
+from dispatch.store import Deployment, StateStore, make_store
+
+
+class RunObserver(Protocol):
+    """What the runner reports while it follows a run."""
+
+    poll_s: float  # how often to poll the result while waiting (and report progress)
+
+    def line(self, text: str) -> None: ...
+    def ok(self, text: str) -> None: ...
+    def warn(self, text: str) -> None: ...
+    def phase_started(self, phase: ExecutionPhase, state: PhaseState) -> None: ...
+    def phase_finished(self, phase: ExecutionPhase, state: PhaseState) -> None: ...
+    def progress_start(self, phase: ExecutionPhase) -> None: ...
+    def progress(self, done: Optional[int] = None, total: Optional[int] = None) -> None: ...
+    def progress_clear(self) -> None: ...
+    def progress_finish(self) -> None: ...
+
+
+class SilentObserver:
+    """Reports nowhere (tests, benchmarks, a caller that only wants the state)."""
+
+    poll_s = 0.5
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+RUN_CHECK_S = 10.0  # while following, how often the client checks that its run still exists
+
+
+class Runner:
+    def __init__(self, settings: Settings, observer: Optional[RunObserver] = None) -> None:
+        self.settings = settings
+        self.observer: RunObserver = observer or SilentObserver()
+        self._app: Any = None
+
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            from dispatch.runtime.app import create_app
+
+            self._app = create_app(self.settings)
+        return self._app
+
+    @property
+    def store(self) -> StateStore:
+        return make_store(self.settings, None if self.settings.embedded else self.app.backend.client)
+
+    @property
+    def deployment(self) -> Deployment:
+        return Deployment(self.settings, self.app.backend.client)
+
+    def submit(self, state: PhaseState) -> list[Any]:
+        """Chain exactly the selected phases; return one AsyncResult per phase, in order."""
+        from celery import chain
+        from celery.utils import uuid
+
+        from dispatch.tasks import phase_signature
+
+        payload = state.model_dump(mode="json")
+        signatures = [phase_signature(self.app, n) for n in state.selected_phases]
+        signatures[0] = phase_signature(self.app, state.selected_phases[0], payload, immutable=True)
+        # ids chosen up front and recorded before sending, so `dispatch cancel` can revoke queued phases;
+        # Flower shows the run id instead of the whole state as the arguments
+        ids = {}
+        for number, signature in zip(state.selected_phases, signatures):
+            task_id = uuid()
+            ids[task_id] = f"phase_{number}"
+            signature.set(task_id=task_id, argsrepr=f"(<state of run {state.run_id}>,)")
+        self.deployment.ledger(state.run_id).record(ids)
+        last = chain(*signatures).apply_async() if len(signatures) > 1 else signatures[0].apply_async()
+        results = []
+        node = last
+        while node is not None:
+            results.append(node)
+            node = node.parent
+        return results[::-1]
+
+    def run(self, state: PhaseState, wait: bool = True) -> Optional[PhaseState]:
+        try:
+            self.store.save(state)
+        except connection_errors() as exc:
+            raise DispatchError(f"cannot reach the state store {redact_url(self.settings.state_url)}: {exc}; "
+                                f"nothing was submitted") from None
+        if self.settings.embedded:
+            from dispatch.runtime.embedded import embedded_worker
+
+            context: Any = embedded_worker(self.app, self.settings.embedded_concurrency)
+        else:
+            self.observer.line(f"Submitting run {state.run_id} to {redact_url(self.settings.broker_url)}")
+            context = nullcontext()
+        with context:
+            results = self.submit(state)
+            if not wait:
+                return None
+            return self.follow(state, results)
+
+    def follow(self, state: PhaseState, results: list[Any]) -> PhaseState:
+        """Wait for each phase in turn, telling the observer as each starts and ends."""
+        current = state
+        if 0 in state.selected_phases and not state.phase_config.enable_context:
+            self.observer.line("--only-phase 0 enables context gathering for this run")
+        for number, result in zip(state.selected_phases, results):
+            phase = ExecutionPhase.of(number)
+            if status.is_stopped(current):
+                break
+            self.observer.phase_started(phase, current)
+            current = PhaseState.model_validate(self.wait(result, phase, current))
+            if current.result_for(phase) is not None:
+                self.observer.phase_finished(phase, current)
+        return current
+
+    def wait(self, result: Any, phase: ExecutionPhase, state: PhaseState) -> dict:
+        """The phase's returned state; progress on stderr meanwhile; a lost connection ridden out."""
+        self.observer.progress_start(phase)
+        try:
+            return self._wait(result, phase, state)
+        finally:
+            self.observer.progress_finish()
+
+    def _wait(self, result: Any, phase: ExecutionPhase, state: PhaseState) -> dict:
+        from celery.exceptions import TimeoutError as ResultTimeout
+
+        lost = connection_errors()
+        warned = False
+        started = checked = time.monotonic()
+        lost_since: Optional[float] = None
+        while True:
+            try:
+                if lost_since is not None:  # probe with a plain GET: it fails fast while the server is away
+                    result.state
+                    self.reconnected(state, time.monotonic() - lost_since)
+                    lost_since = None
+                    result = self.fresh_result(result)
+                try:
+                    return result.get(timeout=self.observer.poll_s, propagate=True, disable_sync_subtasks=False)
+                except (ResultTimeout, TimeoutError):
+                    status, meta = result.state, result.info
+                if not self.settings.embedded and time.monotonic() - checked > RUN_CHECK_S:
+                    self.check_run_exists(state, "")
+                    checked = time.monotonic()
+                if status == "PROGRESS" and isinstance(meta, dict):
+                    self.observer.progress(meta.get("done"), meta.get("total"))
+                else:
+                    self.observer.progress()
+                if not warned and status == "PENDING" and time.monotonic() - started > 15 \
+                        and not self.settings.embedded:
+                    self.observer.progress_clear()
+                    self.observer.warn(f"phase {phase.number} has not started after 15 s: is a worker consuming "
+                                  f"the dispatch.phases queue? (celery -A worker worker)")
+                    warned = True
+            except DispatchError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - sorted below
+                # the result consumer gives up on a reconnect with a RuntimeError caused by the lost connection
+                if isinstance(exc, lost) or isinstance(exc.__cause__, lost):
+                    lost_since = self.connection_lost(state, exc.__cause__ or exc, lost_since)
+                    continue
+                # a phase task crashed on its worker, or the run was cancelled
+                stopped = self.stopped_state(state.run_id)
+                if stopped is None and phase == ExecutionPhase.PARALLEL_EXECUTION:
+                    stopped = self.close_broken_phase_4(state, exc)
+                if stopped is not None:
+                    return stopped.model_dump(mode="json")
+                raise DispatchError(f"phase {phase.number} ({phase.title}) crashed on its worker: "
+                                    f"{type(exc).__name__}: {exc}; run {state.run_id}") from None
+
+    def fresh_result(self, result: Any) -> Any:
+        """The same result through a new app: Celery's result consumer does not recover once it gave up."""
+        if self.settings.embedded:
+            return result
+        self._app = None
+        return self.app.AsyncResult(result.id)
+
+    def connection_lost(self, state: PhaseState, exc: BaseException, since: Optional[float]) -> float:
+        """Warn once, retry for ``reconnect_timeout_s``, then give up with the way back."""
+        now = time.monotonic()
+        where = redact_url(self.settings.result_backend or self.settings.broker_url)
+        if since is None:
+            self.observer.progress_clear()
+            self.observer.warn(f"lost the connection to {where} ({type(exc).__name__}); reconnecting for up to "
+                          f"{self.settings.reconnect_timeout_s:g}s")
+            since = now
+        if now - since >= self.settings.reconnect_timeout_s:
+            raise DispatchError(f"lost the connection to {where} for {now - since:.0f}s while following run "
+                                f"{state.run_id}; the workers keep running it once the server is back. Follow "
+                                f"it with 'dispatch show {state.run_id}', continue it with "
+                                f"'dispatch resume {state.run_id}' if it stopped") from None
+        time.sleep(min(1.0, self.settings.reconnect_timeout_s))
+        return since
+
+    def reconnected(self, state: PhaseState, outage_s: float) -> None:
+        self.check_run_exists(state, f" after {outage_s:.0f}s")
+        self.observer.ok(f"reconnected after {outage_s:.0f}s")
+
+    def check_run_exists(self, state: PhaseState, after: str) -> None:
+        """A Redis that came back empty (restarted without persistence) has lost the run's queued tasks
+        too: say so instead of waiting forever for a result that cannot come."""
+        if not self.store.exists(state.run_id):
+            raise DispatchError(f"the state store came back{after} without run {state.run_id}: the Redis server "
+                                f"lost its data (restarted without persistence? run it with appendonly yes); "
+                                f"start the run again") from None
+
+    def close_broken_phase_4(self, state: PhaseState, exc: Exception) -> Optional[PhaseState]:
+        """Phase 4's chord broke: its outcome from the scheduler's records (``runtime.control``)."""
+        from dispatch.runtime.control import close_broken_chord
+
+        try:
+            closed = close_broken_chord(state.run_id, self.deployment, exc)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            return None
+        if closed is not None:
+            self.observer.progress_clear()
+            self.observer.warn(f"phase 4's chord broke ({type(exc).__name__}: {exc}); its outcome is taken from "
+                               f"the scheduler's records")
+        return closed
+
+    def stopped_state(self, run_id: str) -> Optional[PhaseState]:
+        """The stored state of a cancelled run (its revoked tasks make the results raise)."""
+        try:
+            stored = self.store.load(run_id)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            return None
+        if stored is not None and stored.status == "cancelled":
+            self.observer.warn(f"run {run_id} was cancelled")
+            return stored
+        return None

@@ -1,0 +1,73 @@
+"""The embedded default: an in-process Redis (fakeredis) for results and coordination, and an
+in-process threads worker, so a first run needs no server and runs the same canvas."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from celery.backends.redis import RedisBackend
+
+_EMBEDDED_SERVER: Any = None
+
+
+def embedded_server() -> Any:
+    """The one in-process Redis server every embedded client in this process shares."""
+    global _EMBEDDED_SERVER
+    if _EMBEDDED_SERVER is None:
+        import fakeredis
+
+        _EMBEDDED_SERVER = fakeredis.FakeServer()
+    return _EMBEDDED_SERVER
+
+
+def embedded_client() -> Any:
+    import fakeredis
+
+    return fakeredis.FakeRedis(server=embedded_server())
+
+
+class EmbeddedRedisBackend(RedisBackend):
+    """Celery's Redis result backend talking to the in-process server."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("url", "redis://embedded/0")
+        super().__init__(*args, **kwargs)
+
+    def _create_client(self, **params: Any) -> Any:
+        return embedded_client()
+
+
+@contextmanager
+def embedded_worker(app: Any, concurrency: int = 8) -> Iterator[Any]:
+    """Run a threads-pool worker inside this process for the duration of the block."""
+    from celery.app.trace import setup_worker_optimizations
+    from celery.contrib.testing.worker import TestWorkController
+
+    level = os.environ.get("DISPATCH_WORKER_LOG_LEVEL", "ERROR")
+    # what Celery's test harness does to ready an app for an in-process worker, less making it the
+    # process's current and default app: the client's app stays its own (set_as_current=False)
+    app.finalize()
+    type(app.log)._setup = False
+    app.log.setup(loglevel=level, logfile=None)
+    logging.getLogger("celery").setLevel(level)
+    worker = TestWorkController(
+        app=app, concurrency=concurrency, pool="threads", loglevel=level, logfile=None,
+        hostname=f"embedded@{socket.gethostname()}", ready_callback=None,
+        without_heartbeat=True, without_mingle=True, without_gossip=True)
+    # the tracer's fast path carries the node name into each task's request (TaskResult.worker)
+    setup_worker_optimizations(app, worker.hostname)
+    thread = threading.Thread(target=worker.start, name="dispatch-embedded-worker", daemon=True)
+    thread.start()
+    worker.ensure_started()
+    try:
+        yield worker
+    finally:
+        # Every task of the run has finished (and saved its state) when the block
+        # exits.  The consumer notices the stop only at its next 2 s drain timeout,
+        # so do not wait for that: the thread is a daemon and ends on its own.
+        worker.stop(in_sighandler=False, exitcode=0)
+        thread.join(0.05)

@@ -1,0 +1,194 @@
+"""Where a run's ``PhaseState`` lives between phases and after the run.
+
+Two stores behind one interface: ``RedisStateStore`` for a deployment (the
+design's Redis-backed JSON store, keyed by run id, with a TTL) and
+``DirectoryStateStore`` for the embedded default (one JSON file per run, so
+history survives the process).  State files written by ``--save-phase-state``
+use the same atomic write and the same validation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+from pydantic import ValidationError
+
+from dispatch.config import format_validation_error
+from dispatch.errors import StateFileError
+from dispatch.models import SCHEMA_VERSION, PhaseState, iso, utcnow
+from dispatch.store.keys import Keys
+
+
+class StateStore(Protocol):
+    def save(self, state: PhaseState) -> None: ...
+    def load(self, run_id: str) -> Optional[PhaseState]: ...
+    def exists(self, run_id: str) -> bool: ...
+    def list_runs(self, limit: int = 20) -> list[PhaseState]: ...
+    def describe(self) -> str: ...  # where it looks, for messages: "the folder ..." / "Redis ... (prefix ...)"
+
+
+def dump_state(state: PhaseState) -> str:
+    return state.model_dump_json(indent=2)
+
+
+def parse_state(text: str, source: str) -> PhaseState:
+    """Validate a state document; every fault is a ``StateFileError`` naming ``source``.
+
+    The fast path parses and validates in one pass (pydantic-core); only a
+    document that fails it is taken apart again to say precisely what is wrong.
+    """
+    try:
+        state = PhaseState.model_validate_json(text)
+        if state.schema_version == SCHEMA_VERSION and '"phases_executed"' in text:
+            return state
+    except ValidationError:
+        pass
+    return _diagnose(text, source)
+
+
+def _diagnose(text: str, source: str) -> PhaseState:
+    if not text.strip():
+        raise StateFileError(f"{source}: empty file, not a dispatch phase state")
+    try:
+        raw: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StateFileError(f"{source}: corrupt or truncated JSON at line {exc.lineno}, "
+                             f"column {exc.colno}: {exc.msg}") from None
+    if not isinstance(raw, dict) or "phases_executed" not in raw:
+        raise StateFileError(f"{source}: not a dispatch phase state (no 'phases_executed')")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StateFileError(f"{source}: state schema_version {version!r} is not supported "
+                             f"(this dispatch reads version {SCHEMA_VERSION})")
+    try:
+        return PhaseState.model_validate(raw)
+    except ValidationError as exc:
+        raise StateFileError(f"{source}: invalid phase state: {format_validation_error(exc)}") from None
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Temp file in the same directory, fsync, rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_state_file(state: PhaseState, path: str | Path) -> None:
+    state.saved_at = iso(utcnow())
+    try:
+        atomic_write(Path(path), dump_state(state))
+    except OSError as exc:
+        raise StateFileError(f"{path}: cannot write state ({exc.strerror or exc})") from None
+
+
+def load_state_file(path: str | Path) -> PhaseState:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StateFileError(f"{path}: cannot read state file ({reason})") from None
+    return parse_state(text, str(path))
+
+
+class DirectoryStateStore:
+    """One ``<run_id>.json`` per run under a directory (embedded mode)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def _path(self, run_id: str) -> Path:
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise StateFileError(f"invalid run id {run_id!r}")
+        return self.directory / "runs" / f"{run_id}.json"
+
+    def save(self, state: PhaseState) -> None:
+        state.saved_at = iso(utcnow())
+        atomic_write(self._path(state.run_id), dump_state(state))
+
+    def load(self, run_id: str) -> Optional[PhaseState]:
+        path = self._path(run_id)
+        return load_state_file(path) if path.exists() else None
+
+    def exists(self, run_id: str) -> bool:
+        return self._path(run_id).exists()
+
+    def describe(self) -> str:
+        return f"the folder {(self.directory / 'runs').resolve()}"
+
+    def list_runs(self, limit: int = 20) -> list[PhaseState]:
+        files = sorted((self.directory / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        runs = []
+        for path in files[:limit]:
+            try:
+                runs.append(load_state_file(path))
+            except StateFileError:
+                continue  # a foreign or old file in the directory is not a reason to fail a listing
+        return runs
+
+
+class RedisStateStore:
+    """JSON documents in Redis under ``<prefix>:run:<run_id>``, indexed by start time."""
+
+    def __init__(self, client: Any, prefix: str = "dispatch", ttl_s: int = 7 * 24 * 3600,
+                 where: str = "Redis") -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self.keys = Keys(prefix)
+        self.where = where
+
+    def key(self, run_id: str) -> str:
+        return self.keys.run(run_id)
+
+    @property
+    def index_key(self) -> str:
+        return self.keys.runs
+
+    def exists(self, run_id: str) -> bool:
+        return bool(self.client.exists(self.key(run_id)))
+
+    def describe(self) -> str:
+        return f"{self.where} (key prefix '{self.prefix}')"
+
+    def save(self, state: PhaseState) -> None:
+        state.saved_at = iso(utcnow())
+        started = utcnow().timestamp()
+        pipe = self.client.pipeline()
+        pipe.set(self.key(state.run_id), dump_state(state), ex=self.ttl_s or None)
+        pipe.zadd(self.index_key, {state.run_id: started}, nx=True)
+        if self.ttl_s:  # the index forgets runs older than the TTL, and goes when no run is left
+            pipe.zremrangebyscore(self.index_key, "-inf", started - self.ttl_s)
+            pipe.expire(self.index_key, self.ttl_s)
+        pipe.execute()
+
+    def load(self, run_id: str) -> Optional[PhaseState]:
+        raw = self.client.get(self.key(run_id))
+        if raw is None:
+            return None
+        return parse_state(raw.decode() if isinstance(raw, bytes) else raw, f"run {run_id}")
+
+    def list_runs(self, limit: int = 20) -> list[PhaseState]:
+        ids = self.client.zrevrange(self.index_key, 0, limit * 2)
+        runs = []
+        for raw_id in ids:
+            run_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            state = self.load(run_id)
+            if state is None:  # expired by TTL: drop it from the index too
+                self.client.zrem(self.index_key, run_id)
+                continue
+            runs.append(state)
+            if len(runs) >= limit:
+                break
+        return runs
