@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dispatch.config import ContextOptions, DispatchConfig  # noqa: E402
 from dispatch.context import filter_contexts, gather_context  # noqa: E402
 from dispatch.context.index import WorkspaceIndex  # noqa: E402
-from dispatch.context.terms import key_terms  # noqa: E402
-from dispatch.context.walk import decode, iter_files, looks_binary  # noqa: E402
+from dispatch.common.text import as_text  # noqa: E402
+from dispatch.context.terms import query_terms  # noqa: E402
+from dispatch.context.walk import iter_files, looks_binary  # noqa: E402
 from dispatch.models import DispatchInput, TaskSpec  # noqa: E402
 
 DEFAULT_CORPUS = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
@@ -49,7 +50,7 @@ def make_queries(ix: WorkspaceIndex, root: Path, n: int, seed: int = 7) -> list[
         lines = (root / rng.choice(paths)).read_text(errors="replace").splitlines()
         if not lines:
             continue
-        terms = [t for t in key_terms(rng.choice(lines)) if t.isalpha() and len(t) > 2]
+        terms = [t for t in query_terms(rng.choice(lines)) if t.isalpha() and len(t) > 2]
         if len(terms) >= 2:
             queries.append(" ".join(terms[: rng.randint(2, 4)]))
     return queries
@@ -57,7 +58,7 @@ def make_queries(ix: WorkspaceIndex, root: Path, n: int, seed: int = 7) -> list[
 
 def naive_search(root: Path, query: str, max_bytes: int = 1_000_000) -> list[tuple[int, str]]:
     """What a grep-like tool does: read every file, count the query's terms, keep the best."""
-    terms = key_terms(query)
+    terms = query_terms(query)
     scored = []
     for entry in iter_files(root):
         if entry.size > max_bytes:
@@ -66,7 +67,7 @@ def naive_search(root: Path, query: str, max_bytes: int = 1_000_000) -> list[tup
             data = fh.read()
         if looks_binary(data):
             continue
-        text = decode(data).lower()
+        text = as_text(data).lower()
         score = sum(text.count(t) for t in terms)
         if score:
             scored.append((score, entry.rel))

@@ -10,7 +10,7 @@ Pure logic (no Celery).  The phase tasks call three functions:
 
 Modules, one idea each: ``tokens`` (counting), ``terms`` (queries), ``walk``
 (which files exist), ``chunking``, ``index`` (SQLite FTS5), ``retrievers/``
-(the registry and its kinds), ``breaker``, ``budget`` (fusion, dedup, fitting),
+(the registry and its kinds), ``budget`` (fusion, dedup, fitting),
 ``structure``, ``gather``, ``bm25``, ``files`` (direct reads), ``filtering``,
 ``summary``.
 """

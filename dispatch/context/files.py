@@ -25,7 +25,8 @@ import pathspec
 from dispatch.models import ContextItem
 from dispatch.context.index import DEFAULT_MAX_BYTES
 from dispatch.context.tokens import count_tokens
-from dispatch.context.walk import IgnoreRules, decode, iter_files, looks_binary
+from dispatch.common.text import as_text
+from dispatch.context.walk import IgnoreRules, iter_files, looks_binary
 
 MAX_GLOB_FILES = 5
 _RANGE = re.compile(r"^(.*?):(\d+)-(\d+)$")
@@ -118,7 +119,7 @@ class WorkspaceFiles:
             return None
         if looks_binary(data):
             return None
-        all_lines = decode(data).splitlines(keepends=True)
+        all_lines = as_text(data).splitlines(keepends=True)
         first = lines[0] if lines else 1
         last = min(lines[1], len(all_lines)) if lines else len(all_lines)
         if first > last:

@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Sequence
 
+from dispatch.common.text import as_text
 from dispatch.context.chunking import ChunkOptions, chunk_lines
-from dispatch.context.terms import MAX_QUERY_TERMS, fts_query, key_terms, quote_term
-from dispatch.context.walk import DEFAULT_EXCLUDES, FileEntry, decode, iter_files, looks_binary
+from dispatch.context.terms import MAX_QUERY_TERMS, fts_query, query_terms, quote_term
+from dispatch.context.walk import DEFAULT_EXCLUDES, FileEntry, iter_files, looks_binary
 
 SCHEMA_VERSION = 3
 TOKENIZER = "porter unicode61 remove_diacritics 2"
@@ -229,7 +230,7 @@ class WorkspaceIndex:
             stats.skipped_binary += 1
             writer.record(entry, digest, "binary", None, None, old)
             return next_id
-        lines = decode(data).splitlines(keepends=True)
+        lines = as_text(data).splitlines(keepends=True)
         ranges = chunk_lines(lines, self.chunking)
         lo = next_id
         for start, end in ranges:
@@ -259,7 +260,7 @@ class WorkspaceIndex:
         total = self._chunk_total()
         if total < GATE_MIN_CHUNKS:
             return match
-        freqs = self._doc_freqs(key_terms(text, MAX_QUERY_TERMS))
+        freqs = self._doc_freqs(query_terms(text, MAX_QUERY_TERMS))
         present = [t for t, df in freqs.items() if df > 0]
         rare = [t for t in present if freqs[t] <= GATE_COMMON_SHARE * total]
         if not rare and len(present) > 1:  # only common words: gate on the rarest of them

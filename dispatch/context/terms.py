@@ -11,24 +11,14 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from dispatch.common.text import STOPWORDS as ENGLISH_STOPWORDS, terms as distinct_terms, words
 from dispatch.models import DispatchInput
 
-_RUN = re.compile(r"[^\W_]+")
-_CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
-
-# English function words, instruction verbs ("generate two nodes") and the most
-# common programming keywords: they match nearly every chunk, cost the most to
-# rank, and say nothing about which chunk is wanted.
-STOPWORDS = frozenset("""
-a about above after again all also am an and any are as at be because been before being
-below between both but by can could did do does doing done down during each either else
-etc even every few for from further get gets got had has have having he her here hers him
-his how i if in into is it its itself just let like made make makes many may me might
-more most much must my need needs no nor not now of off on once one only or other our
-ours out over own per please same shall she should so some such than that the their
-theirs them then there these they this those through thus to too two under until up upon
-us use used uses using very via was we were what when where which while who whom why
-will with within without would yes yet you your yours
+# Besides English function words: instruction verbs ("generate two nodes") and
+# the most common programming keywords.  They match nearly every chunk, cost the
+# most to rank, and say nothing about which chunk is wanted.
+STOPWORDS = ENGLISH_STOPWORDS | frozenset("""
+get gets got made makes many need needs use used uses using
 add adds create creates ensure generate generates implement implements make new
 def self return import none true false null var const elif endif fi
 """.split())
@@ -58,29 +48,9 @@ def stem(term: str) -> str:
     return term
 
 
-def words(text: str) -> list[str]:
-    """All terms of ``text`` in order, lower-cased, camelCase parts added, stop words kept."""
-    out: list[str] = []
-    for run in _RUN.findall(text):
-        low = run.lower()
-        out.append(low)
-        if not run.islower() and not run.isupper():
-            parts = _CAMEL.findall(run)
-            if len(parts) > 1:
-                out.extend(p.lower() for p in parts)
-    return out
-
-
-def key_terms(text: str, limit: int | None = None) -> list[str]:
-    """Distinct meaningful terms of ``text``, in first-seen order."""
-    seen: dict[str, None] = {}
-    for term in words(text):
-        if len(term) < 2 or term in STOPWORDS or term in seen:
-            continue
-        seen[term] = None
-        if limit and len(seen) >= limit:
-            break
-    return list(seen)
+def query_terms(text: str, limit: int | None = None) -> list[str]:
+    """Distinct meaningful terms of ``text``, in first-seen order (camelCase runs whole and in parts)."""
+    return distinct_terms(text, stopwords=STOPWORDS, limit=limit)
 
 
 def scoring_terms(text: str) -> list[str]:
@@ -97,13 +67,13 @@ def fts_query(text: str) -> str | None:
     chunk with the words side by side gets an extra phrase contribution.  If
     every term is a stop word the stop words are used rather than nothing.
     """
-    terms = key_terms(text, MAX_QUERY_TERMS)
+    terms = query_terms(text, MAX_QUERY_TERMS)
     if not terms:
         terms = list(dict.fromkeys(t for t in words(text) if len(t) > 1))[:MAX_QUERY_TERMS]
     if not terms:
         return None
     parts = [quote_term(t) for t in terms]
-    phrase = [t for t in (r.lower() for r in _RUN.findall(text)) if t not in STOPWORDS]
+    phrase = [t for t in words(text, parts=False) if t not in STOPWORDS]
     if 2 <= len(phrase) <= 4:
         parts.insert(0, quote_term(" ".join(phrase)))
     return " OR ".join(parts)
@@ -134,7 +104,7 @@ def _distinct_queries(sources: Iterable[str], max_queries: int, terms_per_query:
     queries: list[str] = []
     covered: list[frozenset[str]] = []
     for text in sources:
-        terms = key_terms(text, terms_per_query)
+        terms = query_terms(text, terms_per_query)
         if not terms:
             continue
         bag = frozenset(terms)

@@ -137,6 +137,3 @@ def looks_binary(data: bytes) -> bool:
     """Git's heuristic: a NUL byte in the first 8 KiB."""
     return b"\0" in data[:SNIFF_BYTES]
 
-
-def decode(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace")

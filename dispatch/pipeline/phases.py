@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from dispatch.agents import known_agent_names
 from dispatch.common.backoff import backoff_delay
 from dispatch.config import DispatchConfig
+from dispatch.context import filter_contexts, gather_context, summarize_context
 from dispatch.errors import DispatchError
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, iso, utcnow
 from dispatch.pipeline import status
+from dispatch.pipeline.plan import plan_run
+from dispatch.quorum import run_quorum
 
 EventSink = Callable[[str], None]
 PHASE_RETRY_CAP_S = 30.0
@@ -79,8 +83,6 @@ def _result(phase: ExecutionPhase, success: bool = True, **kwargs: Any) -> Phase
 
 
 def execute_phase_0_context_gathering(state: PhaseState, env: PhaseEnv) -> PhaseResult:
-    from dispatch.context import gather_context, summarize_context
-
     context = gather_context(state.request(), env.config, cache_dir=env.cache_dir)
     state.global_context = context
     return _result(ExecutionPhase.CONTEXT_GATHERING, output_data={
@@ -89,9 +91,6 @@ def execute_phase_0_context_gathering(state: PhaseState, env: PhaseEnv) -> Phase
 
 
 def execute_phase_1_quorum_validation(state: PhaseState, env: PhaseEnv) -> PhaseResult:
-    from dispatch.agents import known_agent_names
-    from dispatch.quorum import run_quorum
-
     known_agents = known_agent_names(env.config)
     outcome = run_quorum(state.request(), env.config, cache=env.quorum_cache,
                          on_event=env.on_event, sleep=env.sleep, known_agents=known_agents)
@@ -112,8 +111,6 @@ def execute_phase_1_quorum_validation(state: PhaseState, env: PhaseEnv) -> Phase
 
 
 def execute_phase_2_task_planning(state: PhaseState, env: PhaseEnv) -> PhaseResult:
-    from dispatch.pipeline.plan import plan_run
-
     plan = plan_run(state.tasks_data, env.config)
     state.plan = plan
     return _result(ExecutionPhase.TASK_PLANNING, output_data={
@@ -123,8 +120,6 @@ def execute_phase_2_task_planning(state: PhaseState, env: PhaseEnv) -> PhaseResu
 
 
 def execute_phase_3_context_filtering(state: PhaseState, env: PhaseEnv) -> PhaseResult:
-    from dispatch.context import filter_contexts
-
     contexts = filter_contexts(state.tasks_data, state.global_context, env.config,
                                workspace_path=state.workspace_path, cache_dir=env.cache_dir)
     state.task_contexts = contexts

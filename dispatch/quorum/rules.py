@@ -20,7 +20,7 @@ from dispatch.errors import ConfigError
 from dispatch.models import DispatchInput, TaskSpec
 from dispatch.quorum.base import BUILTIN_AGENT_KINDS, VALIDATORS, Validator, Verdict
 from dispatch.quorum.graph import graph_faults
-from dispatch.quorum.text import key_terms, matches_any
+from dispatch.quorum.text import matches_any, term_roots
 
 MAJOR_PENALTY = 10.0  # per deficiency that on its own warrants a RETRY
 MINOR_PENALTY = 5.0  # per cosmetic deficiency
@@ -85,11 +85,11 @@ def check_breakdown(prompt: str, tasks: Sequence[TaskSpec], known_agents: Option
 
 
 def _check_alignment(prompt: str, tasks: Sequence[TaskSpec], report: RulesReport) -> None:
-    wanted = key_terms(prompt)
+    wanted = term_roots(prompt)
     report.prompt_terms = len(wanted)
     if not wanted:
         return  # no request to compare with: structure only
-    per_task_words = [key_terms(_task_text(task)) for task in tasks]
+    per_task_words = [term_roots(_task_text(task)) for task in tasks]
     per_task = [set(terms) for terms in per_task_words]
     everything = set().union(*per_task)
     uncovered = [word for root, word in wanted.items() if not matches_any(root, everything)]

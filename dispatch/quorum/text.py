@@ -1,4 +1,4 @@
-"""Key terms of a text: the vocabulary the ``rules`` validator compares.
+"""Term roots of a text: the vocabulary the ``rules`` validator compares.
 
 Deliberately light: lower-cased words split on camelCase, snake_case and
 kebab-case, stopwords and generic task verbs removed, one suffix stripped.
@@ -9,18 +9,12 @@ else entirely; judging nuance is the models' job.
 """
 from __future__ import annotations
 
-import re
 from typing import Iterable
 
-STOPWORDS = frozenset("""
-a about above after again against all also am an and any are as at be because been before being below
-between both but by can could did do does doing done down during each either else etc every few for
-from further had has have having he her here hers him his how i if in into is it its itself just let
-like may me might more most much must my no nor not now of off on once one only or other our ours out
-over own per please same shall she should so some such than that the their theirs them then there
-these they this those through thus to too two three four five under until up upon us very via was we
-were what when where which while who whom why will with within without would yet you your yours
-""".split())
+from dispatch.common.text import STOPWORDS as ENGLISH_STOPWORDS, words
+
+# Numbers are spelled out in breakdowns ("three services") without saying what is built.
+STOPWORDS = ENGLISH_STOPWORDS | {"three", "four", "five"}
 
 # Verbs and nouns every breakdown uses: they say nothing about *what* is built.
 GENERIC = frozenset("""
@@ -35,8 +29,6 @@ ALIASES = {"pg": "postgres", "postgresql": "postgres", "psql": "postgres", "db":
            "repo": "repository", "config": "configuration", "env": "environment"}
 
 _SUFFIXES = ("ational", "ation", "ments", "ment", "ness", "ings", "ing", "ies", "ied", "ers", "er", "ed", "ly")
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 
 
 def stem(word: str) -> str:
@@ -53,29 +45,23 @@ def stem(word: str) -> str:
     return word
 
 
-def words(text: str) -> list[str]:
-    """Lower-cased words, camelCase split (``UserAuthentication`` -> user, authentication)."""
-    out = []
-    for token in _WORD.findall(text or ""):
-        if token.lower() in ALIASES:  # PostgreSQL is one name, not Postgre + SQL
-            out.append(token.lower())
-            continue
-        out.extend(part.lower() for part in _CAMEL.sub(" ", token).split())
-    return out
+def term_roots(text: str) -> dict[str, str]:
+    """Root -> the first word it came from (for messages), stop words and generic verbs removed.
 
-
-def key_terms(text: str) -> dict[str, str]:
-    """Stem -> the first word it came from (for messages), stopwords and generic verbs removed."""
-    terms: dict[str, str] = {}
-    for word in words(text):
+    Words are ``common.text.words`` split into camelCase parts
+    (``UserAuthentication`` -> user, authentication), known names kept whole
+    (PostgreSQL is one name, not Postgre + SQL) and mapped through ``ALIASES``.
+    """
+    roots: dict[str, str] = {}
+    for word in words(text, whole=False, unsplit=ALIASES):
         word = ALIASES.get(word, word)
-        if len(word) < 2 or word in STOPWORDS or word in GENERIC:
+        if len(word) < 2 or not word[0].isalpha() or word in STOPWORDS or word in GENERIC:
             continue
         root = stem(word)
         if root in STOPWORDS or root in GENERIC:
             continue
-        terms.setdefault(root, word)
-    return terms
+        roots.setdefault(root, word)
+    return roots
 
 
 def match(a: str, b: str) -> bool:

@@ -11,12 +11,20 @@ import time
 from contextlib import nullcontext
 from typing import Any, Optional, Protocol
 
+from celery import chain
+from celery.exceptions import TimeoutError as ResultTimeout
+from celery.utils import uuid
+
 from dispatch.config import Settings, redact_url
 from dispatch.errors import DispatchError
 from dispatch.models import ExecutionPhase, PhaseState
 from dispatch.pipeline import status
+from dispatch.runtime.app import create_app
 from dispatch.runtime.connection import connection_errors
+from dispatch.runtime.control import close_broken_chord
+from dispatch.runtime.embedded import embedded_worker
 from dispatch.store import Deployment, StateStore, make_store
+from dispatch.tasks import phase_signature
 
 
 class RunObserver(Protocol):
@@ -56,8 +64,6 @@ class Runner:
     @property
     def app(self) -> Any:
         if self._app is None:
-            from dispatch.runtime.app import create_app
-
             self._app = create_app(self.settings)
         return self._app
 
@@ -71,11 +77,6 @@ class Runner:
 
     def submit(self, state: PhaseState) -> list[Any]:
         """Chain exactly the selected phases; return one AsyncResult per phase, in order."""
-        from celery import chain
-        from celery.utils import uuid
-
-        from dispatch.tasks import phase_signature
-
         payload = state.model_dump(mode="json")
         signatures = [phase_signature(self.app, n) for n in state.selected_phases]
         signatures[0] = phase_signature(self.app, state.selected_phases[0], payload, immutable=True)
@@ -102,8 +103,6 @@ class Runner:
             raise DispatchError(f"cannot reach the state store {redact_url(self.settings.state_url)}: {exc}; "
                                 f"nothing was submitted") from None
         if self.settings.embedded:
-            from dispatch.runtime.embedded import embedded_worker
-
             context: Any = embedded_worker(self.app, self.settings.embedded_concurrency)
         else:
             self.observer.line(f"Submitting run {state.run_id} to {redact_url(self.settings.broker_url)}")
@@ -138,8 +137,6 @@ class Runner:
             self.observer.progress_finish()
 
     def _wait(self, result: Any, phase: ExecutionPhase, state: PhaseState) -> dict:
-        from celery.exceptions import TimeoutError as ResultTimeout
-
         lost = connection_errors()
         warned = False
         started = checked = time.monotonic()
@@ -222,8 +219,6 @@ class Runner:
 
     def close_broken_phase_4(self, state: PhaseState, exc: Exception) -> Optional[PhaseState]:
         """Phase 4's chord broke: its outcome from the scheduler's records (``runtime.control``)."""
-        from dispatch.runtime.control import close_broken_chord
-
         try:
             closed = close_broken_chord(state.run_id, self.deployment, exc)
         except Exception:  # noqa: BLE001 - the original error is the one to report
