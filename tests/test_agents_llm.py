@@ -9,8 +9,8 @@ import pytest
 from llm_server import ANTHROPIC_PATH, OPENAI_PATH, FakeLLMServer, Reply, answer_text, error_body
 
 from dispatch.agents import AgentInvocation, make_agent, run_agent
-from dispatch.agents.llm import parse_answer
 from dispatch.agents.schema_check import check_schema, validate
+from dispatch.common.text import extract_json_value
 from dispatch.config import DispatchConfig
 from dispatch.errors import ConfigError
 from dispatch.models import ContextItem, TaskContext, TaskSpec
@@ -192,12 +192,12 @@ def test_bad_llm_options_are_config_errors(options, message):
 
 
 # ---------------------------------------------------------- answer parsing
-def test_parse_answer_accepts_bare_fenced_and_embedded_json():
-    assert parse_answer('[1, 2]') == [1, 2]
-    assert parse_answer('```\n["a"]\n```') == ["a"]
-    assert parse_answer('Sure! {"a": {"b": 1}} Hope that helps.') == {"a": {"b": 1}}
+def test_answer_parsing_accepts_bare_fenced_and_embedded_json():
+    assert extract_json_value('[1, 2]') == [1, 2]
+    assert extract_json_value('```\n["a"]\n```') == ["a"]
+    assert extract_json_value('Sure! {"a": {"b": 1}} Hope that helps.') == {"a": {"b": 1}}
     with pytest.raises(ValueError):
-        parse_answer("no json here")
+        extract_json_value("no json here")
 
 
 # ------------------------------------------------------------ the checker

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from dispatch.config import ComponentConfig, ContextOptions, DispatchConfig
 from dispatch.context import ContextGatheringError, gather_context, summarize_context
 from dispatch.context.budget import fit_budget, fuse, merge_overlaps
-from dispatch.context.terms import derive_queries, fts_query, key_terms
+from dispatch.context.terms import derive_queries, fts_query, query_terms
 from dispatch.context.tokens import count_tokens, trim_to_tokens
 from dispatch.models import ContextItem, DispatchInput, TaskSpec
 
@@ -208,4 +208,4 @@ def test_fts_query_quotes_every_term() -> None:
     assert fts_query('say "hi" to col:x NEAR(y)') == '"say" OR "hi" OR "col" OR "near"'
     assert fts_query("circuit breaker") == '"circuit breaker" OR "circuit" OR "breaker"'
     assert fts_query("the of and") == '"the" OR "of" OR "and"'
-    assert key_terms("GlobalContext gather_context") == ["globalcontext", "global", "context", "gather"]
+    assert query_terms("GlobalContext gather_context") == ["globalcontext", "global", "context", "gather"]

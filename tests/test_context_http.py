@@ -12,7 +12,7 @@ import pytest
 
 from dispatch.config import ComponentConfig, DispatchConfig
 from dispatch.context import ContextGatheringError, gather_context
-from dispatch.context.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpen, reset_breakers
+from dispatch.common.breaker import BREAKERS, CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpen
 from dispatch.context.retrievers import HttpRetriever, RetrievalEnv, RetrievalServiceError, build_retriever
 from dispatch.models import DispatchInput, TaskSpec
 
@@ -83,9 +83,9 @@ def service() -> Iterator[tuple[Service, str]]:
 
 @pytest.fixture(autouse=True)
 def fresh_breakers() -> Iterator[None]:
-    reset_breakers()
+    BREAKERS.reset()
     yield
-    reset_breakers()
+    BREAKERS.reset()
 
 
 class FakeClock:
@@ -166,7 +166,7 @@ def test_bad_answers_are_not_retried(service, tmp_path, mode, message) -> None:
 def test_breaker_opens_then_half_open_trial_closes_it(service, tmp_path) -> None:
     state, url = service
     clock = FakeClock()
-    breaker = CircuitBreaker(failures=2, cooldown_s=30, clock=clock)
+    breaker = CircuitBreaker(failure_threshold=2, cooldown_s=30, clock=clock)
     retriever = make(url, tmp_path, breaker=breaker, retries=0)
     state.mode = "500"
     for _ in range(2):
@@ -187,7 +187,7 @@ def test_breaker_opens_then_half_open_trial_closes_it(service, tmp_path) -> None
 def test_failed_half_open_trial_reopens(service, tmp_path) -> None:
     state, url = service
     clock = FakeClock()
-    breaker = CircuitBreaker(failures=1, cooldown_s=10, clock=clock)
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=10, clock=clock)
     retriever = make(url, tmp_path, breaker=breaker, retries=0)
     state.mode = "500"
     with pytest.raises(RetrievalServiceError):
@@ -202,13 +202,13 @@ def test_failed_half_open_trial_reopens(service, tmp_path) -> None:
 
 def test_only_one_trial_call_while_half_open() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(failures=1, cooldown_s=5, clock=clock)
-    breaker.failure()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=5, clock=clock)
+    breaker.record_failure()
     clock.now += 6
     breaker.before_call()
     with pytest.raises(CircuitOpen, match="trial"):
         breaker.before_call()
-    breaker.success()
+    breaker.record_success()
     breaker.before_call()
 
 

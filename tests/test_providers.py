@@ -8,7 +8,8 @@ import pytest
 from llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply, answer_text, error_body, llm_server  # noqa: F401
 
 from dispatch.errors import ConfigError
-from dispatch.common.providers import ANTHROPIC_VERSION, ProviderError, extract_json, make_client
+from dispatch.common.providers import ANTHROPIC_VERSION, ProviderError, make_client
+from dispatch.common.text import extract_json
 
 SECRET = "sk-test-very-secret-4711"
 SCHEMA = {"title": "answer", "type": "object", "properties": {"ok": {"type": "boolean"}}}

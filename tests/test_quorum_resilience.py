@@ -10,7 +10,8 @@ from llm_server import OPENAI_PATH, Reply, answer_text, error_body, llm_server, 
 from dispatch.config import DispatchConfig
 from dispatch.errors import ConfigError
 from dispatch.models import DispatchInput
-from dispatch.quorum import BreakerBoard, MemoryCache, run_quorum
+from dispatch.common.breaker import BreakerBoard
+from dispatch.quorum import MemoryCache, run_quorum
 
 SECRET = "sk-quorum-secret-0042"
 PROMPT = "Build a postgres adapter with connection pooling"
@@ -185,7 +186,7 @@ def test_interactive_feedback_reaches_the_planner(llm_server):
 @pytest.mark.parametrize("answer,reason", [
     ({"tasks": [{"task_id": "a", "agent": "llm", "description": "x", "dependencies": ["b"]},
                 {"task_id": "b", "agent": "llm", "description": "y", "dependencies": ["a"]}]},
-     "dependency cycle: a -> b -> a"),
+     "tasks: dependency cycle (a -> b: a depends on b): a -> b -> a"),
     ({"tasks": [{"task_id": "a", "agent": "llm", "description": "x", "dependencies": ["ghost"]}]},
      "tasks[0].dependencies: unknown task 'ghost'"),
     ({"tasks": [{"task_id": "a", "description": "no agent"}]}, "tasks[0].agent: Field required"),

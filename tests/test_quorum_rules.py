@@ -8,7 +8,7 @@ from dispatch.errors import ConfigError
 from dispatch.models import DispatchInput, TaskSpec
 from dispatch.quorum import VALIDATORS, build_validators, graph_faults, run_quorum
 from dispatch.quorum.rules import RulesValidator
-from dispatch.quorum.text import key_terms, match, stem
+from dispatch.quorum.text import match, stem, term_roots
 
 
 def task(task_id, description, agent="llm", deps=(), **extra):
@@ -98,10 +98,10 @@ def test_structural_faults_fail_with_every_fault_named():
     assert verdict.recommendation == "FAIL"
     assert verdict.confidence == 0.95
     text = "\n".join(verdict.deficiencies)
-    assert "tasks[3].task_id: duplicate task id 'a' (first at tasks[0])" in text
+    assert "tasks[3].task_id: duplicate id 'a' (first at tasks[0])" in text
     assert "tasks[2].dependencies: task 'c' depends on itself" in text
     assert "tasks[2].dependencies: unknown task 'zzz'" in text
-    assert "dependency cycle: a -> b -> a" in text
+    assert "tasks: dependency cycle (a -> b: a depends on b): a -> b -> a" in text
 
 
 def test_empty_breakdown_fails():
@@ -114,14 +114,14 @@ def test_graph_faults_on_a_long_chain_and_a_clean_graph():
     assert graph_faults(chain) == []
     chain[0] = task("t0", "step", deps=["t2999"])
     [fault] = graph_faults(chain)
-    assert fault.startswith("dependency cycle: t0 -> t2999 -> t2998") and fault.endswith("t1 -> t0")
-    assert len(fault.split(" -> ")) == 3001
+    assert fault.startswith("tasks: dependency cycle (a -> b: a depends on b): t0 -> t2999 -> t2998") and fault.endswith("t1 -> t0")
+    assert len(fault.split(" -> ")) == 3002  # the legend "(a -> b: ...)" and 3001 members
 
 
 # ---------------------------------------------------------------- agents
 def test_unknown_agent_asks_for_a_retry():
-    verdict = rules().validate(request(POSTGRES_PROMPT, task("pool", "Implement postgres adapter pool",
-                                                             agent="wizard")))
+    verdict = rules(known_agents={"echo", "sleep"}).validate(
+        request(POSTGRES_PROMPT, task("pool", "Implement postgres adapter pool", agent="wizard")))
     assert verdict.recommendation == "RETRY"
     assert any("unknown agent 'wizard'" in d for d in verdict.deficiencies)
 
@@ -179,11 +179,11 @@ def test_all_zero_weights_refused():
 
 
 # -------------------------------------------------------------------- text
-def test_key_terms_split_names_and_drop_generic_words():
-    assert list(key_terms("Create UserAuthentication model")) == ["user", "authentic", "model"]
-    assert list(key_terms("build a postgres adapter")) == ["postgre", "adapt"]
-    assert "postgre" in key_terms("PostgreSQL")
-    assert key_terms("the and of to build implement") == {}
+def test_term_roots_split_names_and_drop_generic_words():
+    assert list(term_roots("Create UserAuthentication model")) == ["user", "authentic", "model"]
+    assert list(term_roots("build a postgres adapter")) == ["postgre", "adapt"]
+    assert "postgre" in term_roots("PostgreSQL")
+    assert term_roots("the and of to build implement") == {}
 
 
 @pytest.mark.parametrize("a,b", [("nodes", "node"), ("adapters", "adapter"), ("indexes", "index"),

@@ -15,7 +15,8 @@ from llm_server import OPENAI_PATH, Reply, answer_text, error_body, llm_server, 
 from dispatch.config import DispatchConfig
 from dispatch.errors import ConfigError
 from dispatch.models import DispatchInput
-from dispatch.quorum import VALIDATORS, BreakerBoard, Validator, Verdict, render_quorum_log, run_quorum
+from dispatch.common.breaker import BreakerBoard
+from dispatch.quorum import VALIDATORS, Validator, Verdict, render_quorum_log, run_quorum
 
 SECRET = "sk-quorum-secret-0042"
 PROMPT = "Build a postgres adapter with connection pooling"
@@ -276,6 +277,6 @@ def test_fail_stops_at_once(llm_server, run):
 def test_rules_only_retry_is_not_repeated_without_a_planner(run):
     request = DispatchInput.model_validate({"user_prompt": PROMPT, "tasks": [
         {"task_id": "pool", "agent": "wizard", "description": "Implement the postgres connection pool"}]})
-    result = run(DispatchConfig(), request).result
+    result = run(DispatchConfig(), request, known_agents={"echo", "sleep"}).result
     assert result.decision == "RETRY" and result.retry_count == 0 and run.sleeps == []
     assert result.warnings[0].startswith("Retries skipped: the quorum is deterministic")

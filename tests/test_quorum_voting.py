@@ -7,8 +7,8 @@ import pytest
 
 from dispatch.config import QuorumOptions
 from dispatch.models import DispatchInput, QuorumAttempt, QuorumResult, TaskSpec, ValidatorVote
-from dispatch.quorum import (AnswerError, CircuitBreaker, MemoryCache, backoff_delay, render_quorum_log, tally,
-                             vote_key)
+from dispatch.common.breaker import CircuitBreaker
+from dispatch.quorum import AnswerError, MemoryCache, render_quorum_log, retry_delay, tally, vote_key
 from dispatch.quorum.prompt import parse_verdict
 
 GUIDE_TRANSCRIPT = """\
@@ -100,14 +100,14 @@ def test_nobody_answering_is_a_retry_with_zero_confidence():
 # ------------------------------------------------------------------ backoff
 def test_backoff_doubles_up_to_the_cap():
     options = QuorumOptions(backoff_base_s=0.5, backoff_cap_s=3.0)
-    assert [backoff_delay(k, options, random.Random(0)) for k in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert [retry_delay(k, options, random.Random(0)) for k in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
 
 
 def test_backoff_jitter_takes_a_random_share_off():
     options = QuorumOptions(backoff_base_s=1.0, backoff_cap_s=10.0, backoff_jitter=0.5)
-    delays = [backoff_delay(3, options, random.Random(seed)) for seed in range(50)]
+    delays = [retry_delay(3, options, random.Random(seed)) for seed in range(50)]
     assert all(2.0 <= d <= 4.0 for d in delays) and len(set(delays)) > 10
-    assert backoff_delay(3, options, random.Random(7)) == backoff_delay(3, options, random.Random(7))
+    assert retry_delay(3, options, random.Random(7)) == retry_delay(3, options, random.Random(7))
 
 
 # ------------------------------------------------------------------ breaker

@@ -16,7 +16,8 @@ from dispatch.models import (ContextChoice, ContextItem, ExecutionPhase, GlobalC
                              QuorumAttempt, QuorumResult, TaskContext, TaskPlan, TaskResult, TaskSpec, ValidatorVote,
                              iso)
 from dispatch.report import render_html, render_text
-from dispatch.report.common import fmt_ms, one_line
+from dispatch.common.text import one_line
+from dispatch.report.common import fmt_ms
 from dispatch.report.svg import nice_step
 from dispatch.report.timeline import NOT_RUN, NOT_RUN_ROWS, phase_chart, task_chart
 

@@ -16,6 +16,7 @@ from dispatch.config import ComponentConfig, format_validation_error
 from dispatch.errors import ConfigError
 from dispatch.models import TaskContext, TaskSpec
 from dispatch.common.registry import Registry
+from dispatch.common.text import truncate
 from dispatch.agents.prompt import build_prompt
 
 AGENTS: Registry["Agent"] = Registry("agent")
@@ -117,16 +118,16 @@ def run_agent(agent: Agent, inv: AgentInvocation) -> AgentOutcome:
     try:
         outcome = agent.run(inv)
     except (Exception, SystemExit) as exc:
-        return AgentOutcome.fail(_clip(describe_exception(exc)), transient=bool(getattr(exc, "transient", False)))
+        return AgentOutcome.fail(truncate(describe_exception(exc), MAX_ERROR_CHARS), transient=bool(getattr(exc, "transient", False)))
     if not isinstance(outcome, AgentOutcome):
         return AgentOutcome.fail(f"agent '{agent.name}' returned {type(outcome).__name__}, not an AgentOutcome")
     try:
         json.dumps(outcome.output, allow_nan=False)
     except (TypeError, ValueError) as exc:
         return AgentOutcome.fail(f"agent output is not JSON-serializable: {exc}",
-                                 output=_clip(repr(outcome.output)))
+                                 output=truncate(repr(outcome.output), MAX_ERROR_CHARS))
     if outcome.error is not None:
-        outcome.error = _clip(str(outcome.error))
+        outcome.error = truncate(str(outcome.error), MAX_ERROR_CHARS)
     elif not outcome.success:
         outcome.error = "agent reported failure without a message"
     return outcome
@@ -136,6 +137,3 @@ def describe_exception(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
-
-def _clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"

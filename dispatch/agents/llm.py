@@ -1,4 +1,4 @@
-"""``llm``: one chat completion per task through ``dispatch.providers``.
+"""``llm``: one chat completion per task through ``dispatch.common.providers``.
 
 Config (TOML)::
 
@@ -27,15 +27,14 @@ resets) become transient outcomes so the runner retries with backoff; others
 """
 from __future__ import annotations
 
-import json
-import re
 from typing import Any, Optional
 
 from pydantic import Field
 
 from dispatch.config import ComponentConfig
 from dispatch.errors import ConfigError
-from dispatch.common.providers import ProviderError, extract_json, make_client
+from dispatch.common.providers import ProviderError, make_client
+from dispatch.common.text import extract_json_value
 from dispatch.agents.base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
 from dispatch.agents.schema_check import check_schema, validate
 
@@ -44,7 +43,6 @@ DEFAULT_SYSTEM_PROMPT = (
     "using the context and the outputs of earlier tasks you are given, and answer with the result only."
 )
 CLIENT_KEYS = ("provider", "model", "base_url", "api_key_env", "temperature", "max_tokens", "json_mode", "headers")
-_FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
 
 
 class LlmOptions(AgentOptions):
@@ -114,25 +112,13 @@ class LlmAgent(Agent):
 def _faults(text: str, schema: dict, output: dict[str, Any]) -> list[str]:
     """Parse and check an answer; on success the value is stored in ``output['json']``."""
     try:
-        value = parse_answer(text)
+        value = extract_json_value(text)
     except ValueError as exc:
         return [f"not JSON ({exc})"]
     errors = validate(value, schema)
     if not errors:
         output["json"] = value
     return errors
-
-
-def parse_answer(text: str) -> Any:
-    """A JSON value from a model's answer: bare or in a code fence (any JSON type),
-    else an object embedded in prose."""
-    stripped = text.strip()
-    for candidate in [stripped] + [m.group(1).strip() for m in _FENCE.finditer(stripped)]:
-        try:
-            return json.loads(candidate)
-        except ValueError:
-            continue
-    return extract_json(text)
 
 
 def _repair_request(faults: list[str]) -> str:

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import IO, Optional
 
+from dispatch.common.text import as_text
+
 _CHUNK = 64 * 1024
 _POLL_S = 0.02
 
@@ -78,11 +80,11 @@ class _CappedReader(threading.Thread):
         with self.lock:
             tail = bytes(self.tail[-self.tail_cap:]) if self.tail_cap else b""
             dropped = self.total - len(self.head) - len(tail)
-            head = self.head.decode("utf-8", "replace")
+            head = as_text(self.head)
         if dropped <= 0:
-            return Captured(head + tail.decode("utf-8", "replace"), self.total, False)
+            return Captured(head + as_text(tail), self.total, False)
         marker = f"\n... [{dropped} bytes truncated] ...\n"
-        return Captured(head + marker + tail.decode("utf-8", "replace"), self.total, True)
+        return Captured(head + marker + as_text(tail), self.total, True)
 
 
 def _feed(stream: IO[bytes], data: bytes) -> None:

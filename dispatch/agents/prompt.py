@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from dispatch.common.text import truncate
 from dispatch.models import TaskContext, TaskSpec
 
 # Dependencies' outputs can be large (a shell agent's stdout, an LLM's essay);
@@ -53,7 +54,7 @@ def _dependency_section(outputs: dict[str, Any]) -> str:
     lines = ["## Outputs of dependencies"]
     for task_id in sorted(outputs):
         text = dependency_text(outputs[task_id])
-        lines.append(f"### {task_id}\n\n{fenced(truncate(text, per_dependency))}")
+        lines.append(f"### {task_id}\n\n{fenced(truncate(text, per_dependency, keep_tail=True))}")
     return "\n\n".join(lines)
 
 
@@ -82,15 +83,6 @@ def dependency_text(value: Any) -> str:
 
 def to_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
-
-
-def truncate(text: str, limit: int) -> str:
-    """Keep the head and the tail (results and errors tend to sit at the end)."""
-    if len(text) <= limit:
-        return text
-    head = limit * 2 // 3
-    tail = limit - head
-    return f"{text[:head]}\n... [{len(text) - limit} chars truncated] ...\n{text[-tail:]}"
 
 
 def fenced(text: str, language: str = "") -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dispatch.common.text import clip
 from dispatch.errors import ConfigError
 
 _TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
@@ -55,9 +56,9 @@ def _check(value: Any, schema: Any, path: str, errors: list[str]) -> None:
             errors.append(f"{path}: expected {' or '.join(allowed)}, got {_type_name(value)}")
             return
     if "enum" in schema and not any(_equal(value, option) for option in schema["enum"]):
-        errors.append(f"{path}: {_short(value)} is not one of {_short(schema['enum'])}")
+        errors.append(f"{path}: {clip(repr(value), 80)} is not one of {clip(repr(schema['enum']), 80)}")
     if "const" in schema and not _equal(value, schema["const"]):
-        errors.append(f"{path}: must be {_short(schema['const'])}")
+        errors.append(f"{path}: must be {clip(repr(schema['const']), 80)}")
     for keyword, options in (("anyOf", 1), ("oneOf", 1)):
         if keyword in schema:
             passing = sum(1 for sub in schema[keyword] if not validate(value, sub))
@@ -140,11 +141,6 @@ def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     return a == b
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _walk(schema: Any, path: str):

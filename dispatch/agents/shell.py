@@ -44,6 +44,7 @@ from pydantic import Field, model_validator
 
 from dispatch.config import ComponentConfig
 from dispatch.errors import ConfigError
+from dispatch.common.text import as_text
 from dispatch.agents.base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
 from dispatch.agents.process import ProcessResult, run_process
 from dispatch.agents.template import Template, TemplateError
@@ -233,7 +234,7 @@ def collect_files(root: str, patterns: list[str], max_file_bytes: int,
             content = None
             if b"\0" not in raw:
                 try:
-                    content = raw.decode("utf-8")
+                    content = as_text(raw, errors="strict")
                     budget -= len(raw)
                 except UnicodeDecodeError:
                     pass

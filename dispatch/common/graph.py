@@ -16,7 +16,7 @@ Node = tuple[str, Sequence[str]]
 
 @dataclass(frozen=True)
 class GraphFault:
-    """One fault: ``path`` names where it is (``tasks[2].dependencies``; None for a cycle,
+    """One fault: ``path`` names where it is (``tasks[2].dependencies``; ``tasks`` for a cycle,
     which is nowhere in particular), ``members`` the task ids involved (a cycle's in order)."""
 
     kind: FaultKind
@@ -49,8 +49,8 @@ def graph_faults(nodes: Iterable[Node]) -> list[GraphFault]:
                 faults.append(GraphFault("unknown_dependency", f"tasks[{i}].dependencies",
                                          f"unknown task '{dep}'", (dep,)))
     for cycle in find_cycles(nodes):
-        faults.append(GraphFault("cycle", None, "dependency cycle: " + " -> ".join(cycle + [cycle[0]]),
-                                 tuple(cycle)))
+        faults.append(GraphFault("cycle", "tasks", "dependency cycle (a -> b: a depends on b): "
+                                 + " -> ".join(cycle + [cycle[0]]), tuple(cycle)))
     return faults
 
 

@@ -20,21 +20,21 @@ Conventions, as the providers' own SDKs have them:
   it is given and the variable is unset, the call fails with a clear error.
 
 Errors are ``ProviderError`` with ``transient=True`` for what a later attempt may
-cure (429, 408, 5xx, timeouts, connection failures) and ``False`` otherwise
-(401, 400, a body that is not the protocol).  The client does not retry by
-itself: callers own their retry and circuit-breaker policy.
+cure and ``False`` otherwise (401, 400, a body that is not the protocol): which
+is which, key reading and error texts are ``common.http``'s policy, shared with
+every other JSON-over-HTTP call.  The client does not retry by itself: callers
+own their retry and circuit-breaker policy (``common.backoff``, ``common.breaker``).
 """
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 import httpx
 
+from dispatch.common.http import HTTPCallError, MissingKey, auth_headers, post_json, read_key, secret_header
 from dispatch.errors import ConfigError
 
 PROVIDERS = ("openai", "anthropic")
@@ -42,18 +42,10 @@ DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https:
 DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 ANTHROPIC_VERSION = "2023-06-01"
 JSON_MODES = ("schema", "object", "off")
-_ERROR_TEXT_LIMIT = 300
 
 
-class ProviderError(Exception):
+class ProviderError(HTTPCallError):
     """A model call that did not produce a reply."""
-
-    def __init__(self, message: str, *, status: Optional[int] = None, transient: bool = False,
-                 retry_after: Optional[float] = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.transient = transient
-        self.retry_after = retry_after
 
 
 @dataclass
@@ -101,7 +93,7 @@ class ClientOptions:
         headers = options.get("headers") or {}
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise ConfigError("headers: must be a table of strings")
-        if any(k.lower() in ("authorization", "x-api-key") for k in headers):
+        if secret_header(headers) is not None:
             raise ConfigError("headers: credentials are read from the environment (api_key_env), not headers")
         json_mode = options.get("json_mode", "schema")
         if json_mode not in JSON_MODES:
@@ -174,39 +166,22 @@ class HTTPChatClient:
 
     # -- shared
     def _api_key(self) -> Optional[str]:
-        name = self.options.api_key_env
-        value = os.environ.get(name) if name else None
-        if not value and self.options.api_key_required:
-            raise ProviderError(f"{self.options.provider}: environment variable {name} is not set")
-        return value or None
+        try:
+            return read_key(self.options.api_key_env, required=self.options.api_key_required)
+        except MissingKey as exc:
+            raise ProviderError(f"{self.options.provider}: {exc}") from None
 
     def _post(self, body: dict, key: Optional[str]) -> tuple[dict, float]:
-        url = self.options.base_url + self.path
         headers = {"content-type": "application/json", **dict(self.options.headers), **self._auth_headers(key)}
-        name = self.options.provider
-        started = time.perf_counter()
         try:
-            response = self._http.post(url, json=body, headers=headers)
-        except httpx.TimeoutException:
-            raise ProviderError(f"{name}: timed out after {self.options.timeout_s:g}s", transient=True) from None
-        except httpx.TransportError as exc:
-            raise ProviderError(f"{name}: connection failed ({type(exc).__name__}: {_redact(str(exc), key)})",
-                                transient=True) from None
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        if response.status_code >= 400:
-            raise ProviderError(
-                f"{name}: HTTP {response.status_code}: {_redact(_error_text(response), key)}",
-                status=response.status_code,
-                transient=response.status_code in (408, 409, 429) or response.status_code >= 500,
-                retry_after=_retry_after(response))
-        try:
-            raw = response.json()
-        except ValueError:
-            raise ProviderError(f"{name}: response body is not JSON: {_redact(_snippet(response.text), key)}",
-                                status=response.status_code) from None
-        if not isinstance(raw, dict):
-            raise ProviderError(f"{name}: response body is not a JSON object", status=response.status_code)
-        return raw, latency_ms
+            reply = post_json(self._http, self.options.base_url + self.path, body, label=self.options.provider,
+                              headers=headers, key=key)
+        except HTTPCallError as exc:
+            raise ProviderError(exc.what, exc.detail, status=exc.status, transient=exc.transient,
+                                retry_after=exc.retry_after) from None
+        if not isinstance(reply.value, dict):
+            raise ProviderError(f"{self.options.provider}: response body is not a JSON object", status=reply.status)
+        return reply.value, reply.latency_ms
 
 
 class OpenAIClient(HTTPChatClient):
@@ -215,7 +190,7 @@ class OpenAIClient(HTTPChatClient):
     path = "/chat/completions"
 
     def _auth_headers(self, key: Optional[str]) -> dict[str, str]:
-        return {"authorization": f"Bearer {key}"} if key else {}
+        return auth_headers(key)
 
     def _body(self, system: str, messages: list[dict], json_schema: Optional[dict]) -> dict:
         body: dict[str, Any] = {"model": self.options.model,
@@ -250,10 +225,7 @@ class AnthropicClient(HTTPChatClient):
     path = "/v1/messages"
 
     def _auth_headers(self, key: Optional[str]) -> dict[str, str]:
-        headers = {"anthropic-version": ANTHROPIC_VERSION}
-        if key:
-            headers["x-api-key"] = key
-        return headers
+        return {"anthropic-version": ANTHROPIC_VERSION, **auth_headers(key, "x-api-key", prefix="")}
 
     def _body(self, system: str, messages: list[dict], json_schema: Optional[dict]) -> dict:
         body: dict[str, Any] = {"model": self.options.model, "max_tokens": self.options.max_tokens,
@@ -283,68 +255,3 @@ def make_client(options: dict[str, Any], *, transport: Optional[httpx.BaseTransp
     """
     parsed = ClientOptions.parse(options)
     return _CLIENTS[parsed.provider](parsed, transport=transport)
-
-
-# ------------------------------------------------------------ answer parsing
-_FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-
-
-def extract_json(text: str) -> dict:
-    """The JSON object in a model's answer: bare, in a code fence, or wrapped in prose.
-
-    Raises ``ValueError`` (with a short reason) when there is none.  Reasoning
-    blocks (``<think>...</think>``) some local models emit are ignored.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("empty answer")
-    text = _THINK.sub("", text).strip()
-    for candidate in [text] + [m.group(1).strip() for m in _FENCE.finditer(text)]:
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    decoder = json.JSONDecoder()
-    starts = [m.start() for m in re.finditer(r"\{", text)][:200]
-    for start in starts:
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    raise ValueError(f"no JSON object in answer: {_snippet(text)}")
-
-
-# ----------------------------------------------------------------- helpers
-def _snippet(text: str, limit: int = 120) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _error_text(response: httpx.Response) -> str:
-    """The provider's own error message when the body has one (both protocols nest it under ``error``)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return _snippet(response.text, _ERROR_TEXT_LIMIT) or response.reason_phrase
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return _snippet(err["message"], _ERROR_TEXT_LIMIT)
-        if isinstance(err, str):
-            return _snippet(err, _ERROR_TEXT_LIMIT)
-    return _snippet(json.dumps(body), _ERROR_TEXT_LIMIT)
-
-
-def _retry_after(response: httpx.Response) -> Optional[float]:
-    try:
-        return float(response.headers["retry-after"])
-    except (KeyError, ValueError):
-        return None
-
-
-def _redact(text: str, key: Optional[str]) -> str:
-    return text.replace(key, "***") if key else text

@@ -64,7 +64,8 @@ def truncate(text: str, limit: int, *, keep_tail: bool = False) -> str:
     if not keep_tail:
         return f"{text[:limit]}... [{cut} more chars]"
     head = limit * 2 // 3
-    return f"{text[:head]}\n... [{cut} chars truncated] ...\n{text[head - limit:] if limit > head else ''}"
+    tail = text[len(text) - (limit - head):]
+    return f"{text[:head]}\n... [{cut} chars truncated] ...\n{tail}"
 
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Iterable[int] = (),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Iterable
 
+from dispatch.common.graph import graph_faults
 from dispatch.models import TaskPlan, TaskSpec
 
 
@@ -16,54 +17,10 @@ class GraphError(ValueError):
 
 
 def check_graph(tasks: list[TaskSpec]) -> None:
-    """Duplicate ids, unknown or self dependencies, and cycles (with their members)."""
-    seen: dict[str, int] = {}
-    for i, task in enumerate(tasks):
-        if task.task_id in seen:
-            raise GraphError(f"tasks[{i}].task_id: duplicate id '{task.task_id}' (first at tasks[{seen[task.task_id]}])")
-        seen[task.task_id] = i
-    for i, task in enumerate(tasks):
-        for dep in task.dependencies:
-            if dep == task.task_id:
-                raise GraphError(f"tasks[{i}].dependencies: task '{dep}' depends on itself")
-            if dep not in seen:
-                raise GraphError(f"tasks[{i}].dependencies: unknown task '{dep}'")
-    cycle = find_cycle(tasks)
-    if cycle:
-        raise GraphError("tasks: dependency cycle (a -> b: a depends on b): " + " -> ".join(cycle + [cycle[0]]))
-
-
-def find_cycle(tasks: list[TaskSpec]) -> list[str]:
-    """One cycle's members in order, or [] (iterative DFS: deep chains must not hit recursion limits)."""
-    deps = {t.task_id: [d for d in t.dependencies] for t in tasks}
-    WHITE, GREY, BLACK = 0, 1, 2
-    colour = {tid: WHITE for tid in deps}
-    for root in deps:
-        if colour[root] != WHITE:
-            continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        path: list[str] = []
-        colour[root] = GREY
-        path.append(root)
-        while stack:
-            node, idx = stack[-1]
-            children = deps.get(node, [])
-            if idx < len(children):
-                stack[-1] = (node, idx + 1)
-                child = children[idx]
-                if child not in colour:
-                    continue
-                if colour[child] == GREY:
-                    return path[path.index(child):]
-                if colour[child] == WHITE:
-                    colour[child] = GREY
-                    path.append(child)
-                    stack.append((child, 0))
-            else:
-                colour[node] = BLACK
-                path.pop()
-                stack.pop()
-    return []
+    """Duplicate ids, unknown or self dependencies, and cycles (with their members): the first fault."""
+    faults = graph_faults((t.task_id, t.dependencies) for t in tasks)
+    if faults:
+        raise GraphError(str(faults[0]))
 
 
 def topological_levels(tasks: list[TaskSpec]) -> list[list[str]]:

@@ -7,19 +7,17 @@ votes, retries with backoff, lets a planner revise the breakdown, and returns a
 guide's transcript from a result.
 """
 from dispatch.quorum import llm_validators, rules  # noqa: F401 - registers the built-in kinds
-from dispatch.quorum.base import BUILTIN_AGENT_KINDS, VALIDATORS, AnswerError, Validator, Verdict, build_validators
-from dispatch.quorum.breaker import BREAKERS, BreakerBoard, CircuitBreaker
+from dispatch.quorum.base import VALIDATORS, AnswerError, Validator, Verdict, build_validators
 from dispatch.quorum.cache import KeyValueCache, MemoryCache, vote_key
 from dispatch.quorum.graph import graph_faults
 from dispatch.quorum.planner import Planner, PlannerError
 from dispatch.quorum.report import render_quorum_log
 from dispatch.quorum.rules import check_breakdown
-from dispatch.quorum.runner import QuorumOutcome, backoff_delay, run_quorum
+from dispatch.quorum.runner import QuorumOutcome, retry_delay, run_quorum
 from dispatch.quorum.voting import Tally, tally
 
 __all__ = [
-    "BREAKERS", "BUILTIN_AGENT_KINDS", "VALIDATORS", "AnswerError", "BreakerBoard", "CircuitBreaker",
-    "KeyValueCache", "MemoryCache", "Planner", "PlannerError", "QuorumOutcome", "Tally", "Validator", "Verdict",
-    "backoff_delay", "build_validators", "check_breakdown", "graph_faults", "render_quorum_log", "run_quorum",
-    "tally", "vote_key",
+    "VALIDATORS", "AnswerError", "KeyValueCache", "MemoryCache", "Planner",
+    "PlannerError", "QuorumOutcome", "Tally", "Validator", "Verdict", "build_validators", "check_breakdown",
+    "graph_faults", "render_quorum_log", "retry_delay", "run_quorum", "tally", "vote_key",
 ]

@@ -16,8 +16,6 @@ from dispatch.errors import ConfigError
 from dispatch.models import DispatchInput, Recommendation
 from dispatch.common.registry import Registry
 
-# Agent kinds every deployment has, whatever the config file says.
-BUILTIN_AGENT_KINDS = frozenset({"echo", "sleep", "shell", "python", "llm"})
 DEFAULT_VALIDATORS = {"rules": ComponentConfig(kind="rules")}
 
 

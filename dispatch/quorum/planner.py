@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field, ValidationError
 from dispatch.config import ComponentConfig, format_validation_error
 from dispatch.errors import ConfigError
 from dispatch.models import DispatchInput, TaskSpec
-from dispatch.common.providers import extract_json, make_client
-from dispatch.quorum.base import BUILTIN_AGENT_KINDS
+from dispatch.common.providers import make_client
+from dispatch.common.text import extract_json
 from dispatch.quorum.graph import graph_faults
 from dispatch.quorum.prompt import breakdown_json
 
@@ -86,7 +86,7 @@ class Planner:
 
     def agent_names(self, request: DispatchInput) -> list[str]:
         names = set(self.known_agents) if self.known_agents is not None else set(self.configured_agents)
-        names |= BUILTIN_AGENT_KINDS | {t.agent for t in request.tasks}
+        names |= {t.agent for t in request.tasks}
         return sorted(names)
 
     def regenerate(self, request: DispatchInput, deficiencies: Sequence[str]) -> list[TaskSpec]:

@@ -11,7 +11,7 @@ import json
 from typing import Any, Optional
 
 from dispatch.models import DispatchInput
-from dispatch.common.providers import extract_json
+from dispatch.common.text import extract_json
 from dispatch.quorum.base import AnswerError, Verdict
 
 PROMPT_VERSION = 1  # part of the cache key: a changed question invalidates cached answers

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from dispatch.errors import ConfigError
 from dispatch.models import DispatchInput, TaskSpec
-from dispatch.quorum.base import BUILTIN_AGENT_KINDS, VALIDATORS, Validator, Verdict
+from dispatch.quorum.base import VALIDATORS, Validator, Verdict
 from dispatch.quorum.graph import graph_faults
 from dispatch.quorum.text import matches_any, term_roots
 
@@ -159,10 +159,10 @@ class RulesValidator(Validator):
         return float(value)
 
     def agent_names(self) -> Optional[set[str]]:
-        if not self.check_agents:
+        # the names come from whoever runs the quorum (dispatch.agents owns them); none given: no check
+        if not self.check_agents or self.known_agents is None:
             return None
-        names = set(self.known_agents) if self.known_agents is not None else set(self.config.agents)
-        return names | BUILTIN_AGENT_KINDS | self.extra_agents
+        return set(self.known_agents) | self.extra_agents
 
     def validate(self, request: DispatchInput) -> Verdict:
         report = check_breakdown(request.user_prompt, request.tasks, self.agent_names(), self.min_words)

@@ -5,8 +5,8 @@ slowest bounds the attempt) and counts the votes (``voting``).  Then:
 
 - PASS: done.  FAIL: done; the caller aborts the run (exit 1).
 - RETRY: wait ``min(backoff_cap_s, backoff_base_s * 2**(k-1))`` before retry k,
-  less a random share of up to ``backoff_jitter`` (a fraction, 0..1) of it, and
-  ask again, up to ``max_retries`` times.  With a ``planner`` configured, the
+  less a random share of up to ``backoff_jitter`` (a fraction, 0..1) of it
+  (``common.backoff``, the formula every retry in dispatch uses), and ask again, up to ``max_retries`` times.  With a ``planner`` configured, the
   deficiencies first go to it and its revised breakdown (if it passes the graph
   checks) is what the retry validates.  Retries exhausted: the decision stays
   RETRY with the warning "Max retries exceeded"; the caller warns and goes on.
@@ -27,8 +27,8 @@ has ``quorum_reached=False`` and a "Quorum not reached" warning, and
   as phase 0 does when context cannot be gathered.
 - ``"fail"``: the attempt's decision is FAIL and the run aborts.
 
-Breakers are per provider endpoint, from the process-wide ``BREAKERS`` board
-unless one is passed; they open after ``quorum.breaker_failures`` (3)
+Breakers (``common.breaker``) are per provider endpoint, from the process-wide
+``BREAKERS`` board unless one is passed; they open after ``quorum.breaker_failures`` (3)
 consecutive failures and let a trial call through after
 ``quorum.breaker_cooldown_s`` (30).  Votes are cached (``cache``, TTL
 ``quorum.cache_ttl_s``); the cache is read on the first attempt only, since a
@@ -48,9 +48,10 @@ from pydantic import ValidationError
 from dispatch.config import DispatchConfig, QuorumOptions
 from dispatch.errors import ConfigError
 from dispatch.models import DispatchInput, QuorumAttempt, QuorumResult, TaskSpec, ValidatorVote
+from dispatch.common.backoff import backoff_delay
+from dispatch.common.breaker import BREAKERS, DEFAULT_COOLDOWN_S, DEFAULT_FAILURE_THRESHOLD, BreakerBoard
 from dispatch.common.providers import ProviderError
 from dispatch.quorum.base import AnswerError, Validator, build_validators
-from dispatch.quorum.breaker import BREAKERS, DEFAULT_COOLDOWN_S, DEFAULT_FAILURE_THRESHOLD, BreakerBoard
 from dispatch.quorum.cache import KeyValueCache, vote_key
 from dispatch.quorum.planner import Planner, PlannerError, describe_change
 from dispatch.quorum.report import VALIDATING, attempt_body, retry_header, warning_lines
@@ -65,13 +66,9 @@ class QuorumOutcome:
     tasks: list[TaskSpec]  # the breakdown to run: the input's, or the planner's last valid revision
 
 
-def backoff_delay(retry: int, options: QuorumOptions, rng: random.Random) -> float:
-    """Seconds to wait before retry number ``retry`` (1-based)."""
-    delay = min(options.backoff_cap_s, options.backoff_base_s * 2 ** (retry - 1))
-    jitter = min(max(options.backoff_jitter, 0.0), 1.0)
-    if jitter and delay:
-        delay -= rng.uniform(0.0, jitter) * delay
-    return round(delay, 6)
+def retry_delay(retry: int, options: QuorumOptions, rng: random.Random) -> float:
+    """Seconds to wait before retry number ``retry`` (1-based), by ``quorum.backoff_*``."""
+    return backoff_delay(retry - 1, options.backoff_base_s, options.backoff_cap_s, options.backoff_jitter, rng)
 
 
 def breaker_settings(options: QuorumOptions) -> tuple[int, float]:
@@ -147,7 +144,7 @@ class QuorumSession:
             number += 1
             backoff = 0.0
             if number > 1:
-                backoff = backoff_delay(number - 1, self.options, self.rng)
+                backoff = retry_delay(number - 1, self.options, self.rng)
                 self._say(*retry_header(number, max_retries))
                 if backoff > 0:
                     self.sleep(backoff)

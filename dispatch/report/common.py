@@ -5,14 +5,12 @@ Kept apart so the HTML page and the terminal table can never disagree on what
 """
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Optional
 
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, TaskResult
 
 SUCCESS, FAILED, SKIPPED = "success", "failed", "skipped"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def parse_ts(value: Optional[str]) -> Optional[datetime]:
@@ -50,24 +48,6 @@ def fmt_ms(ms: Optional[float]) -> str:
         return f"{minutes}m {seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m"
-
-
-def one_line(text: Optional[str], limit: int = 120) -> str:
-    """First line of ``text``, control characters removed, cut to ``limit``.
-
-    Errors and descriptions come from agents and users: a table cell must not
-    carry a newline or a terminal escape sequence.
-    """
-    lines = str(text or "").strip().splitlines()
-    if not lines:
-        return ""
-    line = _CONTROL.sub("", lines[0]) + (" …" if len(lines) > 1 else "")
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def clean(text: Optional[str]) -> str:
-    """``text`` without control characters (newlines and tabs kept)."""
-    return _CONTROL.sub("", str(text)) if text else ""
 
 
 def task_counts(state: PhaseState) -> dict[str, int]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from html import escape
 from typing import Iterable, Optional
 
+from dispatch.common.text import one_line
 from dispatch.models import ExecutionPhase, PhaseState, QuorumResult, TaskContext, ValidatorVote
 from dispatch.report.assets import CONTENT_SECURITY_POLICY, CSS, JS, SVG_DEFS
-from dispatch.report.common import (FAILED, SKIPPED, SUCCESS, critical_ids, descriptions, execution_origin, fmt_ms, offset_text,
-                     one_line, phase_status, run_span_ms, task_counts, task_status)
+from dispatch.report.common import (FAILED, SKIPPED, SUCCESS, critical_ids, descriptions, execution_origin, fmt_ms,
+                                    offset_text, phase_status, run_span_ms, task_counts, task_status)
 from dispatch.report.svg import render_chart
 from dispatch.report.timeline import phase_chart, task_chart
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from html import escape
 from math import floor, log10
 
+from dispatch.common.text import clip
 from dispatch.report.common import fmt_ms
 from dispatch.report.timeline import Bar, Chart
 
@@ -35,10 +36,6 @@ def nice_step(span_ms: float, target: int = 8) -> float:
     return 10 * power
 
 
-def _truncate(text: str, chars: int) -> str:
-    return text if len(text) <= chars else text[: max(chars - 1, 1)] + "…"
-
-
 def render_chart(chart: Chart, chart_id: str, aria_label: str) -> str:
     """The chart as an ``<svg>`` element; empty charts say so instead of drawing an axis."""
     if not chart.rows:
@@ -54,7 +51,7 @@ def render_chart(chart: Chart, chart_id: str, aria_label: str) -> str:
     for i, row in enumerate(chart.rows):
         y = AXIS_H + i * ROW_H
         if row.label:
-            label = _e(_truncate(row.label, int((LABEL_W - 16) / (CHAR_W + 0.6))))
+            label = _e(clip(row.label, int((LABEL_W - 16) / (CHAR_W + 0.6))))
             tip = f"<title>{_e(row.label_tip or row.label)}</title>"
             out.append(f'<text class="row-label" x="8" y="{y + ROW_H / 2 + 4:.1f}">{tip}{label}</text>')
         if row.note and not row.bars:
@@ -106,7 +103,7 @@ def _bar(bar: Bar, y: float, scale: float) -> str:
     fits = int((w - 8) / CHAR_W)
     if bar.label and fits >= min(len(bar.label), 4):
         parts.append(f'<text class="bar-label" x="{x + 4:.1f}" y="{by + BAR_H - 4:.1f}">'
-                     f"{_e(_truncate(bar.label, fits))}</text>")
+                     f"{_e(clip(bar.label, fits))}</text>")
     if bar.note:
         parts.append(f'<text class="bar-note" x="{x + w + 5:.1f}" y="{by + BAR_H - 4:.1f}">{_e(bar.note)}</text>')
     parts.append("</g>")

@@ -6,24 +6,14 @@ break the table or send escape sequences to the terminal.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
+from dispatch.common.text import one_line, text_table
 from dispatch.models import PhaseState, ValidatorVote
-from dispatch.report.common import (FAILED, SKIPPED, SUCCESS, critical_ids, execution_origin, fmt_ms, offset_text, one_line,
-                     phase_status, run_span_ms, task_counts, task_status)
+from dispatch.report.common import (FAILED, SKIPPED, SUCCESS, critical_ids, execution_origin, fmt_ms, offset_text,
+                                    phase_status, run_span_ms, task_counts, task_status)
 
 MARKS = {SUCCESS: "✓ ok", FAILED: "✗ failed", SKIPPED: "⚠ skipped"}
-
-
-def columns(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = (),
-            indent: str = "  ") -> list[str]:
-    """Rows aligned under ``headers``; ``right`` holds the indexes of numeric columns."""
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    lines = []
-    for row in [list(headers), *rows]:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
-        lines.append((indent + "  ".join(cells)).rstrip())
-    return lines
 
 
 def _pct(value: Optional[float]) -> str:
@@ -40,7 +30,7 @@ def _phases(state: PhaseState) -> list[str]:
                      "-" if r.skipped else fmt_ms(r.duration_ms), str(r.retry_count) if r.retry_count else "",
                      one_line(note, 70)])
     total = sum(r.duration_ms for r in state.phases_executed)
-    return ["PHASES"] + columns(["#", "phase", "status", "duration", "retries", "error / reason"], rows,
+    return ["PHASES"] + text_table(["#", "phase", "status", "duration", "retries", "error / reason"], rows,
                                 right=(3, 4)) + [f"  total phase time {fmt_ms(total)}"]
 
 
@@ -59,7 +49,7 @@ def _tasks(state: PhaseState) -> list[str]:
                      MARKS[task_status(r)], one_line(r.error, 60)])
     head = (f"TASKS  {counts[SUCCESS]} ok, {counts[FAILED]} failed, {counts[SKIPPED]} skipped "
             f"on {len(workers)} worker{'s' if len(workers) != 1 else ''}")
-    lines = [head] + columns(["  task", "agent", "worker", "start", "duration", "status", "error"], rows,
+    lines = [head] + text_table(["  task", "agent", "worker", "start", "duration", "status", "error"], rows,
                              right=(3, 4))
     if critical:
         lines.append("  * on the critical path")
@@ -80,7 +70,7 @@ def _quorum(state: PhaseState) -> list[str]:
     lines = [f"QUORUM  {q.decision} · confidence {_pct(q.confidence)} · answered {_pct(q.answered_share)}"
              f"{'' if q.quorum_reached else ' · no quorum'}{retries}"]
     if q.votes:
-        lines += columns(["validator", "kind", "vote", "confidence", "latency", "deficiencies / error"],
+        lines += text_table(["validator", "kind", "vote", "confidence", "latency", "deficiencies / error"],
                          [_vote_row(v) for v in q.votes], right=(3, 4))
     lines += [f"  deficiency: {one_line(d, 100)}" for d in q.deficiencies]
     lines += [f"  warning: {one_line(w, 100)}" for w in q.warnings]

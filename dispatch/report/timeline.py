@@ -11,7 +11,8 @@ from datetime import datetime
 from typing import Optional
 
 from dispatch.models import ExecutionPhase, PhaseState, TaskResult
-from dispatch.report.common import SKIPPED, descriptions, execution_origin, fmt_ms, one_line, parse_ts, phase_status, task_status
+from dispatch.common.text import one_line
+from dispatch.report.common import SKIPPED, descriptions, execution_origin, fmt_ms, parse_ts, phase_status, task_status
 
 NOT_RUN_ROWS = 20  # beyond this, tasks that never ran are summed up in one row
 UNKNOWN_WORKER = "(unknown worker)"

@@ -9,32 +9,17 @@ from __future__ import annotations
 import textwrap
 from typing import Any, Optional, Sequence
 
+from dispatch.common.text import clip, text_table
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState
 
 RULE = "─"
-
-
 DEFAULT_WIDTH = 100
+CELL_LIMIT = 40  # columns before the last; the last takes what the width leaves
 
 
-def clip(value: Any, limit: int) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: max(1, limit - 1)] + "…"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], total_width: int = DEFAULT_WIDTH,
-          limit: int = 40) -> list[str]:
-    """Left-aligned columns; the last column takes what the width leaves, earlier ones are capped."""
-    cells = [[clip(c, limit) for c in row[:-1]] + [clip(row[-1], 10_000)] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    used = sum(widths[:-1]) + 2 * (len(headers) - 1) + 2
-    widths[-1] = max(len(headers[-1]), min(widths[-1], total_width - used))
-    cells = [r[:-1] + [clip(r[-1], widths[-1])] for r in cells]
-
-    def line(values: Sequence[str]) -> str:
-        return "  " + "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells]
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], total_width: int = DEFAULT_WIDTH) -> list[str]:
+    """A checkpoint table ``total_width`` columns wide, with a rule under the headers."""
+    return text_table(headers, rows, rule=True, width=total_width, cell_limit=CELL_LIMIT)
 
 
 def heading(title: str, w: int) -> str:
