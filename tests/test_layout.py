@@ -10,12 +10,12 @@ PACKAGE = ROOT / "dispatch"
 
 # top to bottom; a module may import from its own layer's package and from layers below it
 LAYERS = [
-    {"cli"},
+    {"cli", "mcp_server"},
     {"runtime"},
     {"tasks"},
     {"store"},
     {"pipeline"},
-    {"context", "quorum", "planning", "agents"},
+    {"context", "quorum", "planning", "agents", "workspace"},
     {"report"},
     {"common"},
     {"models", "errors", "config"},

@@ -113,6 +113,27 @@ class Runner:
                 return None
             return self.follow(state, results)
 
+    def attach(self, run_id: str) -> Optional[tuple[PhaseState, list[Any]]]:
+        """A run submitted elsewhere (``--no-wait``, another machine): the state it was submitted with and
+        one result per selected phase, to ``follow`` like a run of this process.  None: no such run.
+
+        The phases' Celery ids come from the run's ledger (recorded before they were sent).
+        """
+        if self.settings.embedded:
+            raise DispatchError("following a run needs a broker (DISPATCH_BROKER_URL): an embedded run lives "
+                                "only in the process that started it")
+        stored = self.store.load(run_id)
+        if stored is None:
+            return None
+        by_phase = {label: celery_id for celery_id, label in self.deployment.ledger(run_id).tasks().items()
+                    if label.startswith("phase_")}
+        results = [self.app.AsyncResult(by_phase[f"phase_{n}"]) for n in stored.selected_phases
+                   if f"phase_{n}" in by_phase]
+        if len(results) != len(stored.selected_phases):
+            raise DispatchError(f"run {run_id}: its phase tasks are no longer recorded (the ledger expired "
+                                f"after {self.settings.state_ttl_s}s); 'dispatch show {run_id}' has its state")
+        return stored, results
+
     def follow(self, state: PhaseState, results: list[Any]) -> PhaseState:
         """Wait for each phase in turn, telling the observer as each starts and ends."""
         current = state
