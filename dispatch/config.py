@@ -2,7 +2,7 @@
 
 ``Settings`` is the deployment (where the broker, backend and state live) and is
 read from the environment on every process.  ``DispatchConfig`` is the optional
-file (JSON or TOML) naming agents, validators and retrievers; it travels inside
+file (TOML, YAML or JSON) naming agents, validators and retrievers; it travels inside
 the run's state so that workers on other machines see the same configuration.
 Secrets never go in it: components name the environment variable that holds
 them (``api_key_env``), and each worker reads its own environment.
@@ -96,10 +96,7 @@ class DispatchConfig(BaseModel):
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"config file {path}: cannot read ({exc.strerror or exc})") from None
-        try:
-            raw = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
-        except (ValueError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
+        raw = parse_config_text(text, file)
         try:
             config = cls.model_validate(raw)
         except ValidationError as exc:
@@ -120,6 +117,33 @@ class DispatchConfig(BaseModel):
                     raise ConfigError(
                         f"config file {path}: {where}.{key}: secrets are read from the environment; "
                         f"use {key}_env = \"NAME_OF_VARIABLE\" instead")
+
+
+def parse_config_text(text: str, file: Path) -> Any:
+    """The config file's document, by its suffix: ``.toml``, ``.yaml``/``.yml`` (PyYAML's safe loader:
+    no tags, no objects), anything else JSON.  A fault names the file, the format and where."""
+    suffix = file.suffix.lower()
+    if suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: invalid TOML: {exc}") from None
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"config file {file}: reading YAML needs PyYAML (pip install pyyaml); "
+                              f"or write the config as TOML or JSON") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file}: invalid YAML: {' '.join(str(exc).split())}") from None
+        return {} if raw is None else raw
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        hint = "" if suffix == ".json" else " (a config file is TOML (.toml), YAML (.yaml, .yml) or JSON)"
+        raise ConfigError(f"config file {file}: invalid JSON: {exc}{hint}") from None
 
 
 def format_validation_error(exc: ValidationError) -> str:

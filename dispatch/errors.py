@@ -22,3 +22,14 @@ class ConfigError(UsageError):
 class StateFileError(UsageError):
     """A state or session file that is corrupt, truncated, foreign or of another version."""
 
+
+
+class RunInterrupted(DispatchError):
+    """SIGINT or SIGTERM stopped a run in this process: its state was saved (finished results kept, the run
+    marked cancelled) and it can be resumed.  Exit 130 (SIGINT) or 143 (SIGTERM), the shell's convention."""
+
+    def __init__(self, message: str, state: object, signum: int) -> None:
+        super().__init__(message)
+        self.state = state
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -10,7 +10,7 @@ import enum
 from datetime import datetime, timezone
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from dispatch.config import ComponentConfig, DispatchConfig
 
@@ -44,6 +44,8 @@ class TaskSpec(BaseModel):
     dependencies: list[str] = Field(default_factory=list)
     # A hint for the scheduler: tasks on the longest remaining path start first.
     estimated_duration_ms: Optional[float] = Field(default=None, ge=0)
+    # gitignore-style globs (relative to workspace_path) of the files the task means to change
+    writes: list[str] = Field(default_factory=list)
 
 
 class RunConfig(BaseModel):
@@ -174,10 +176,31 @@ class TaskContext(BaseModel):
 Recommendation = Literal["PASS", "RETRY", "FAIL"]
 
 
+class Escalation(BaseModel):
+    """Why an attempt asked a higher tier of validators."""
+
+    tier: int
+    reason: Literal["disagreement", "abstentions", "low_confidence"] | str
+    detail: str = ""
+
+
+class ValidatorWeight(BaseModel):
+    """The weight a validator voted with in a run, and where it came from."""
+
+    weight: float
+    source: Literal["configured", "learned"] = "configured"
+    samples: int = 0
+    accuracy: Optional[float] = None
+
+
 class ValidatorVote(BaseModel):
     validator: str
     kind: str
     weight: float = 1.0
+    tier: int = 0
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    json_mode: Optional[str] = None  # the structured-output form the endpoint accepted
     recommendation: Optional[Recommendation] = None  # None: abstained
     alignment_score: Optional[float] = None
     confidence: Optional[float] = None
@@ -199,6 +222,9 @@ class QuorumAttempt(BaseModel):
     votes: list[ValidatorVote] = Field(default_factory=list)
     answered_share: float = 1.0
     backoff_s: float = 0.0
+    tiers: list[int] = Field(default_factory=list)  # the tiers this attempt asked
+    escalations: list[Escalation] = Field(default_factory=list)
+    not_asked: list[str] = Field(default_factory=list)  # validators of higher tiers it did not need
 
 
 class QuorumResult(BaseModel):
@@ -211,6 +237,39 @@ class QuorumResult(BaseModel):
     answered_share: float = 1.0
     quorum_reached: bool = True
     warnings: list[str] = Field(default_factory=list)
+    calls_saved: int = 0  # validator calls escalation did not need
+    weights: Literal["configured", "learned"] = "configured"
+    weights_used: dict[str, ValidatorWeight] = Field(default_factory=dict)
+
+
+class ValidatorStats(BaseModel):
+    """One validator's record over the saved runs (``dispatch quorum stats``)."""
+
+    validator: str
+    kind: str
+    tier: int = 0
+    votes: int = 0
+    abstentions: int = 0
+    pass_votes: int = 0
+    retry_votes: int = 0
+    fail_votes: int = 0
+    agreed: int = 0
+    agreement: Optional[float] = None
+    passes_scored: int = 0
+    passes_then_failed: int = 0
+    pass_then_failed_rate: Optional[float] = None
+    edited_after: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    mean_latency_ms: Optional[float] = None
+
+
+class QuorumStats(BaseModel):
+    runs: int = 0
+    runs_with_outcome: int = 0
+    runs_failed: int = 0
+    runs_edited: int = 0
+    validators: list[ValidatorStats] = Field(default_factory=list)
 
 
 # ------------------------------------------------------------------ planning
@@ -241,14 +300,25 @@ class TaskResult(BaseModel):
     completed_at: Optional[str] = None
     skipped: bool = False
     prompt: Optional[str] = None
+    # what the task changed in its own git checkout (workspace isolation "git" only)
+    changes: Optional["TaskChanges"] = None
 
 
 # --------------------------------------------------------------------- state
+class StateRef(BaseModel):
+    """What a phase task's message carries and returns: the run's state lives in the store, so messages stay
+    small at any number of tasks.  ``version``: the state's version when the message was sent."""
+
+    run_id: str
+    version: int
+
+
 class PhaseState(BaseModel):
     """Everything a run knows; snapshotted after every phase."""
 
     schema_version: int = SCHEMA_VERSION
     run_id: str
+    version: int = 0  # raised by every save to the store: a phase task knows whether it already ran
     phases_executed: list[PhaseResult] = Field(default_factory=list)
     current_phase: int = -1
     global_context: Optional[GlobalContext] = None
@@ -269,6 +339,8 @@ class PhaseState(BaseModel):
     task_results: list[TaskResult] = Field(default_factory=list)
     status: RunStatus = "pending"
     started_at: Optional[str] = None
+    # the git base the run recorded at submission (workspace isolation "git" only)
+    workspace: Optional["WorkspaceInfo"] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -297,6 +369,9 @@ class PhaseState(BaseModel):
         self.phases_executed.sort(key=lambda r: r.phase.number)
         if not result.skipped:
             self.current_phase = max(self.current_phase, result.phase.number)
+
+    def ref(self) -> "StateRef":
+        return StateRef(run_id=self.run_id, version=self.version)
 
     def request(self) -> DispatchInput:
         """The input as the phases now see it (edits and re-plans applied)."""
@@ -331,6 +406,31 @@ class DispatchOutput(BaseModel):
     context_summary: Optional[dict[str, Any]] = None
     error: Optional[str] = None
     state_file: Optional[str] = None
+    # the integration branch phase 4 ended with (workspace isolation "git" only)
+    integration: Optional["Integration"] = None
+
+
+# ------------------------------------------------------------- coding agents
+class CodingReport(BaseModel):
+    """What a coding agent reported, the same shape for every CLI.  ``None`` means
+    the CLI does not report that figure (never a guessed zero)."""
+
+    agent: str
+    cli: str
+    success: bool
+    final_message: Optional[str] = None
+    turns: Optional[int] = None
+    tokens_in: Optional[int] = None
+    tokens_out: Optional[int] = None
+    cost_usd: Optional[float] = None
+    session_id: Optional[str] = None
+    error: Optional[str] = None
+    exit_code: Optional[int] = None
+    timed_out: bool = False
+    duration_ms: float = 0.0
+    command: list[str] = Field(default_factory=list)
+    stderr: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
 
 
 # ------------------------------------------------------------ agent payload
@@ -346,3 +446,72 @@ class AgentPayload(BaseModel):
     progress_every: int = 1
     # unknown top-level input keys; the reviewer's note for the quorum planner is not one
     request_extras: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- workspace
+# The git side of a run (dispatch.workspace): the base recorded at submission, what each task
+# changed, and the one integration branch.  Commits are full hex object names.
+class WorkspaceInfo(BaseModel):
+    """What a run records at submission: where its tasks' checkouts start from."""
+
+    isolation: Literal["git", "shared"]
+    run_id: str
+    repo: Optional[str] = None  # the user's work tree (top level), on the submitting machine
+    subdir: str = ""  # workspace_path relative to the top level ("" when it is the top level)
+    base: Optional[str] = None  # the base commit
+    base_ref: Optional[str] = None  # refs/dispatch/<run_id>/base
+    head: Optional[str] = None  # the user's HEAD at submission (None on an unborn branch)
+    snapshot: bool = False  # True: base holds uncommitted/untracked files on top of head
+    source: Optional[str] = None  # "worktree" (HEAD plus what the user sees) or the base_ref given
+    remote: Optional[str] = None  # where workers fetch from and push to (None: the repo itself)
+
+
+class FileChange(BaseModel):
+    path: str  # relative to the repository's top level
+    added: int = 0
+    deleted: int = 0
+    binary: bool = False  # counted 0/0
+
+
+class TaskChanges(BaseModel):
+    """One task's change: the single commit ``commit`` on ``ref``, whose parent is ``base``."""
+
+    base: str  # the task's start commit: the run's base plus its dependencies' changes
+    commit: str
+    ref: str
+    files: list[FileChange] = Field(default_factory=list)
+    patch: str = ""  # unified diff base..commit, cut at a line end to the configured cap
+    patch_bytes: int = 0  # the full patch's size in bytes (> len(patch) when cut)
+    outside_scope: list[str] = Field(default_factory=list)  # changed files outside the task's writes
+    kept_checkout: Optional[str] = None  # the checkout's path when [workspace] keep is set
+
+
+class IntegrationConflict(BaseModel):
+    """A task left out of the integration: the files, and the merged tasks (``with``) it collides with."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    task_id: str
+    files: list[str] = Field(default_factory=list)
+    with_: list[str] = Field(default_factory=list, alias="with")  # ``with`` is a Python keyword
+    reason: str = ""
+
+    @model_serializer(mode="wrap")
+    def _dump_with(self, handler: Any) -> dict[str, Any]:
+        return {("with" if key == "with_" else key): value for key, value in handler(self).items()}
+
+
+class Integration(BaseModel):
+    """The integration branch: every merged task's change on top of the base, in topological order."""
+
+    ref: str  # refs/heads/dispatch/<run_id>
+    commit: str
+    base: Optional[str] = None
+    merged: list[str] = Field(default_factory=list)
+    resolved: list[str] = Field(default_factory=list)  # merged through the resolver
+    conflicts: list[IntegrationConflict] = Field(default_factory=list)
+
+
+TaskResult.model_rebuild()
+PhaseState.model_rebuild()
+DispatchOutput.model_rebuild()

@@ -63,11 +63,16 @@ class WorkerPool:
         self.cwd = cwd or logdir
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, *extra: str, queues: str = "dispatch.phases,dispatch.agents",
+    def queue_names(self, roles: str) -> str:
+        """``"phases,agents"`` -> the deployment's queue names (``<DISPATCH_KEY_PREFIX>.phases`` ...)."""
+        prefix = self.env.get("DISPATCH_KEY_PREFIX") or "dispatch"
+        return ",".join(f"{prefix}.{role.strip()}" for role in roles.split(","))
+
+    def start(self, name: str, *extra: str, queues: str = "phases,agents",
               pool: str = "threads", concurrency: int = 4, app: str = "dispatch.runtime.worker") -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "w")
         proc = subprocess.Popen(
-            [PYTHON, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h", "-Q", queues, "-P", pool,
+            [PYTHON, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h", "-Q", self.queue_names(queues), "-P", pool,
              "-c", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra],
             cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc

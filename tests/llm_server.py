@@ -24,6 +24,11 @@ When a queue is empty the server answers ``fallback`` (a ``Reply``, or a callabl
 taking the ``Recorded`` request) if set, else HTTP 599 "no scripted reply" so a
 missing script shows up as a clear provider error.  The ``llm_server`` pytest
 fixture yields a started server; import it into a test module to use it.
+
+``server.dialect = DIALECTS["lmstudio"]`` makes the OpenAI path answer
+``response_format`` as that server documents (or, for llama-cpp-python, as the
+real server answers): a form it refuses gets its error, without using up a
+scripted reply; a form it takes is served from the queues as usual.
 """
 from __future__ import annotations
 
@@ -106,10 +111,95 @@ def anthropic_envelope(text: str, model: str, usage: tuple[int, int]) -> dict:
             "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
 
 
+# ------------------------------------------------ how real servers answer response_format
+def response_format_type(body: Any) -> Optional[str]:
+    rf = body.get("response_format") if isinstance(body, dict) else None
+    return rf.get("type") if isinstance(rf, dict) else None
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One server's documented answer to each ``response_format`` type.
+
+    ``accepts`` lists the types it serves; any other type gets ``refusal(type)``,
+    or is ignored when ``refusal`` is None (Ollama).  ``needs_schema``: the types
+    for which it requires the schema (vLLM refuses a ``json_schema`` without one).
+    """
+
+    name: str
+    accepts: frozenset
+    refusal: Optional[Callable[[str], Reply]]
+    needs_schema: frozenset = frozenset()
+
+    def answer(self, body: Any) -> Optional[Reply]:
+        """The error this server gives ``body``, or None when it serves it."""
+        kind = response_format_type(body)
+        if kind is None or self.refusal is None:
+            return None
+        if kind not in self.accepts:
+            return self.refusal(kind)
+        if kind in self.needs_schema and not (body["response_format"].get("json_schema") or {}).get("schema"):
+            return self.refusal(kind)
+        return None
+
+
+def _llama_cpp_python(kind: str) -> Reply:
+    # llama-cpp-python 0.3.36's server, as it answered in tests/test_real_model.py: its error handler turns
+    # the request's validation error into a 500 with the OpenAI envelope (the issue's "HTTP 500 Input ...")
+    message = ("1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+               f"'msg': \"Input should be 'text' or 'json_object'\", 'input': '{kind}', "
+               "'ctx': {'expected': \"'text' or 'json_object'\"}}\n\n  File \"llama_cpp/server/app.py\", "
+               "line 376, in create_chat_completion\n    POST /v1/chat/completions")
+    return Reply(body={"error": {"message": message, "type": "internal_server_error", "param": None,
+                                 "code": None}}, status=500)
+
+
+def _lmstudio(kind: str) -> Reply:
+    # LM Studio: {"error": "'response_format.type' must be 'json_schema' or 'text'"}, HTTP 400
+    return Reply(body={"error": "'response_format.type' must be 'json_schema' or 'text'"}, status=400)
+
+
+def _vllm(kind: str) -> Reply:
+    # vLLM's ErrorResponse for a request it cannot take (a json_schema without its schema)
+    return Reply(body={"error": {"message": "response_format.json_schema: the JSON schema is required",
+                                 "type": "BadRequestError", "param": "response_format", "code": 400}},
+                 status=400)
+
+
+def _vllm_legacy(kind: str) -> Reply:
+    # vLLM before json_schema (0.5.x): FastAPI's validation error as its top-level ErrorResponse
+    message = (f"[{{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+               f"'msg': \"Input should be 'text' or 'json_object'\", 'input': '{kind}'}}]")
+    return Reply(body={"object": "error", "message": message, "type": "BadRequestError", "param": None,
+                       "code": 400}, status=400)
+
+
+def _no_response_format(kind: str) -> Reply:
+    # a proxy (or old Azure API version) that knows no response_format at all
+    return Reply(body={"error": {"message": "Unrecognized request argument supplied: response_format",
+                                 "type": "invalid_request_error", "param": None, "code": None}}, status=400)
+
+
+DIALECTS = {
+    # llama-cpp-python[server]: text and json_object (with an optional "schema" it constrains to)
+    "llama-cpp-python": Dialect("llama-cpp-python", frozenset({"text", "json_object"}), _llama_cpp_python),
+    # LM Studio (docs: "Structured Output"): json_schema and text, never json_object
+    "lmstudio": Dialect("lmstudio", frozenset({"text", "json_schema"}), _lmstudio),
+    # vLLM (docs: "Structured Outputs"): json_schema, json_object, structural_tag
+    "vllm": Dialect("vllm", frozenset({"text", "json_schema", "json_object", "structural_tag"}), _vllm,
+                    needs_schema=frozenset({"json_schema"})),
+    "vllm-0.5": Dialect("vllm-0.5", frozenset({"text", "json_object"}), _vllm_legacy),
+    # Ollama (docs: "OpenAI compatibility"): json_object and json_schema; an unknown type is ignored
+    "ollama": Dialect("ollama", frozenset({"text", "json_schema", "json_object"}), None),
+    "no-response-format": Dialect("no-response-format", frozenset(), _no_response_format),
+}
+
+
 class FakeLLMServer:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.fallback: Optional[Responder] = None
+        self.dialect: Optional[Dialect] = None  # how the OpenAI path answers response_format
         self._queues: dict[str, deque[Responder]] = defaultdict(deque)
         self._model_queues: dict[str, deque[Responder]] = defaultdict(deque)
         self._lock = threading.Lock()
@@ -215,10 +305,11 @@ class FakeLLMServer:
                             body=body, at=time.monotonic())
         with self._lock:
             self.requests.append(recorded)
+        refused = self.dialect.answer(body) if self.dialect and handler.path == OPENAI_PATH else None
         if handler.path not in (OPENAI_PATH, ANTHROPIC_PATH):
             reply = Reply(body={"error": {"message": f"unknown path {handler.path}"}}, status=404)
         else:
-            reply = self._next(recorded)
+            reply = refused or self._next(recorded)
         if reply.delay_s and self._stopping.wait(reply.delay_s):
             return
         if reply.disconnect:

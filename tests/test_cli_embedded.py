@@ -107,7 +107,10 @@ def test_failed_task_exits_1_and_skips_its_dependents(cli, tmp_path):
     results = {r["task_id"]: r for r in run.json["results"]}
     assert results["writer"]["success"] and not results["reader"]["success"]
     assert results["tests"]["skipped"] and "dependency 'reader' failed" in results["tests"]["error"]
-    assert run.json["success"] is False and "✗ reader:" in run.stderr
+    assert run.json["success"] is False and "✗ reader echo " in run.stderr
+    assert "⊘ tests echo skipped: dependency 'reader' failed" in run.stderr  # one line per task
+    assert [line.split("] ")[1][:1] for line in run.stderr.splitlines()
+            if line.split("] ")[-1][:2] in ("✓ ", "✗ ", "⊘ ") and " echo " in line] == ["✓", "✓", "✗", "⊘"]
 
 
 def test_help_documents_every_flag(cli):
@@ -185,10 +188,12 @@ def test_bundled_example_does_real_work(cli):
 
 def test_runs_and_show_list_the_embedded_history(cli, tasks_json):
     run = cli("--skip-phases", "0,1", stdin=tasks_json)
-    listed = cli("runs")
+    listed = cli("runs", "--json")
     assert listed.returncode == 0 and listed.json["runs"][0]["run_id"] == run.json["run_id"]
-    shown = cli("show", run.json["run_id"])
+    shown = cli("show", run.json["run_id"], "--json")
     assert shown.returncode == 0 and shown.json["status"] == "succeeded"
+    table = cli("show", run.json["run_id"])
+    assert table.returncode == 0 and table.stdout.startswith(f"dispatch run {run.json['run_id']} · succeeded")
     missing = cli("show", "nope")
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
 

@@ -68,8 +68,8 @@ def test_no_wait_returns_the_run_id_and_the_run_finishes(distributed, tmp_path):
 
 
 def test_only_agents_queue_workers_run_agents(distributed, tmp_path):
-    distributed["workers"].start("phases", queues="dispatch.phases")
-    distributed["workers"].start("agents", queues="dispatch.agents")
+    distributed["workers"].start("phases", queues="phases")
+    distributed["workers"].start("agents", queues="agents")
     run = cli(distributed, "--skip-phases", "0,1", stdin=breakdown(make_workspace(tmp_path / "ws"), n_extra=4))
     assert run.returncode == 0, run.stderr
     assert {r["worker"].split("@")[0] for r in run.json["results"]} == {"agents"}

@@ -122,7 +122,7 @@ def test_kill_9_of_a_whole_worker_node_its_tasks_finish_on_the_survivor(distribu
     config = write_config(tmp_path, effects, 1.0)
     pool = distributed["workers"]
     env["NODE"] = "doomed"  # the pool's workers share this env: each node stamps its side effects
-    pool.start("doomed", queues="dispatch.agents", concurrency=2)
+    pool.start("doomed", queues="agents", concurrency=2)
     cli = start_cli(env, ["--config", str(config)], breakdown(8, max_workers=4))
     env["NODE"] = "survivor"
     pool.start("survivor", concurrency=2)  # phases run here; agents spread over both
@@ -230,8 +230,8 @@ def run_on_one_slot(distributed, tmp_path: Path, stuck: str, tasks: list[dict]) 
     config.write_text(json.dumps({"agents": {
         stuck: {"kind": "python", "callable": f"stuck_agent:{stuck}"},
         "quick": {"kind": "python", "callable": "stuck_agent:quick"}}}))
-    distributed["workers"].start("phases", queues="dispatch.phases")
-    distributed["workers"].start("one-slot", queues="dispatch.agents", pool="prefork", concurrency=1)
+    distributed["workers"].start("phases", queues="phases")
+    distributed["workers"].start("one-slot", queues="agents", pool="prefork", concurrency=1)
     document = json.dumps({"tasks": tasks, "config": {"max_workers": 2, "timeout_seconds": 1}})
     return run_cli(["--config", str(config)], stdin=document, env=env, timeout=60)
 
@@ -285,16 +285,16 @@ def test_a_node_dying_in_the_middle_of_a_completion(distributed, tmp_path, point
              {"task_id": "d", "agent": "step", "description": "join", "dependencies": ["b", "c"]}]
     marker = tmp_path / "crashed"
     pool = distributed["workers"]
-    pool.start("phases", queues="dispatch.phases", concurrency=2)
+    pool.start("phases", queues="phases", concurrency=2)
     env.update(PYTHONPATH=str(ROOT / "tests"), CRASH_AFTER_TASK="a", CRASH_MARKER=str(marker),
                CRASH_POINT=point, NODE="doomed")
     # one thread: the node cannot fetch b or c while a runs, so what it dies with is a's completion alone
     # (a second thread could start b, and a task whose own worker dies runs again: at least once)
-    pool.start("doomed", queues="dispatch.agents", concurrency=1, app="crash_worker")
+    pool.start("doomed", queues="agents", concurrency=1, app="crash_worker")
     cli = start_cli(env, ["--config", str(config)], json.dumps({"tasks": tasks, "config": {"max_workers": 4}}))
     wait_for(lambda: marker.exists(), what=f"the node to die in a's completion ({point})")
     env["NODE"] = "rescuer"
-    pool.start("rescuer", queues="dispatch.agents", concurrency=2)
+    pool.start("rescuer", queues="agents", concurrency=2)
     run = finish(cli)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)

@@ -88,7 +88,7 @@ def test_each_stretch_is_one_submission_on_redis_with_one_run_id(pty_cli: PtyCli
     assert out["success"] is True and {r["worker"].split("@")[0] for r in out["results"]} == {"alpha"}
     # three chain submissions (phases 2, 3 and 4), one run id
     assert pty_cli.transcript.getvalue().count(f"Submitting run {out['run_id']} to redis://") == 3
-    shown = run_plain(pty_cli, "show", out["run_id"])
+    shown = run_plain(pty_cli, "show", out["run_id"], "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "succeeded"
 
 

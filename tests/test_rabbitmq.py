@@ -31,9 +31,9 @@ def diamond(n_extra: int) -> str:
 
 
 def test_a_run_on_rabbitmq_with_phase_and_agent_only_workers(amqp):
-    amqp["workers"].start("phases", queues="dispatch.phases")
-    amqp["workers"].start("agents-a", queues="dispatch.agents", pool="prefork", concurrency=2)
-    amqp["workers"].start("agents-b", queues="dispatch.agents", pool="threads", concurrency=4)
+    amqp["workers"].start("phases", queues="phases")
+    amqp["workers"].start("agents-a", queues="agents", pool="prefork", concurrency=2)
+    amqp["workers"].start("agents-b", queues="agents", pool="threads", concurrency=4)
     run = run_cli(["--enable-context"], stdin=diamond(10), env=amqp["env"])
     assert run.returncode == 0, run.stderr
     out = run.json
@@ -50,7 +50,7 @@ def test_kill_9_of_a_node_on_rabbitmq_redelivers_at_once(amqp, tmp_path):
     effects = tmp_path / "effects.log"
     config = write_config(tmp_path, effects, 1.0)
     env["NODE"] = "doomed"
-    pool.start("doomed", queues="dispatch.agents", concurrency=2)
+    pool.start("doomed", queues="agents", concurrency=2)
     env["NODE"] = "survivor"
     pool.start("survivor", concurrency=2)
     tasks = json.dumps({"tasks": [{"task_id": f"t{i}", "agent": "step", "description": "s"} for i in range(6)],

@@ -273,3 +273,50 @@ def test_text_columns_line_up_and_carry_no_control_characters():
 def test_text_of_an_empty_state():
     text = render_text(PhaseState(run_id="r0"))
     assert "no phase has run" in text and "no agent task has run" in text and "did not run" in text
+
+
+# ------------------------------------------------------------ issue 16 fixes
+def test_alignment_is_a_percentage_once():
+    state = sample_state()
+    state.quorum_result.votes[0].alignment_score = 81.0  # validators score alignment on 0..100
+    quorum = re.search(r'<section id="quorum">(.*?)</section>', render_html(state), re.S).group(1)
+    assert "81%" in quorum and "8100%" not in quorum and "10000%" not in quorum
+
+
+def test_critical_path_of_one_task_is_singular():
+    state = sample_state()
+    state.plan.critical_path = ["fetch-schema"]
+    page = render_html(state)
+    assert ">1 task<" in page and "1 tasks" not in page
+
+
+def test_wall_time_runs_from_the_runs_start_and_the_lead_in_is_labelled():
+    state = sample_state()
+    state.started_at = at(-800)  # prepared 0.8 s before phase 0 began (submit, queue, worker start-up)
+    chart = phase_chart(state)
+    assert chart.lead_in_ms == pytest.approx(800) and chart.axis_label == "since the run started"
+    assert chart.rows[0].bars[0].start_ms == pytest.approx(800)
+    page = render_html(state)
+    assert "5.9 s" in re.search(r'<header>(.*?)</header>', page, re.S).group(1)  # 5.1 s of phases + 0.8 s
+    assert '<g class="lead-in"><title>800 ms from the run&#x27;s start' in page and ">start-up 800 ms<" in page
+    assert 'class="axis-label" x="8" y="17">since the run started<' in page
+    assert ">since phase 4 started<" in page
+    assert render_text(state).startswith("dispatch run run-7f3a · failed · wall time 5.9 s")
+    state.started_at = at(0)
+    assert phase_chart(state).lead_in_ms == 0 and 'class="lead-in"' not in render_html(state)
+
+
+def test_each_tasks_output_is_readable_and_capped():
+    state = sample_state()
+    big = "line of output\n" * 2000
+    state.task_results[0].output = {"exit_code": 0, "stdout": "fetched 12 tables\n" + big, "stderr": "warning: slow"}
+    state.task_results[1].output = {"task_id": "gen-db-writer", "description": "Do the gen db writer step"}
+    page = render_html(state)
+    row = re.search(r'<tr id="task-0".*?</tr>', page, re.S).group(0)
+    assert '<details class="out"><summary>fetched 12 tables</summary>' in row
+    assert "<h4>stdout</h4>" in row and "<h4>stderr</h4><pre>warning: slow</pre>" in row
+    assert "chars truncated" in row and len(row) < 6000
+    row = re.search(r'<tr id="task-1".*?</tr>', page, re.S).group(0)
+    assert "<summary>Do the gen db writer step</summary><h4>output</h4>" in row
+    failed = re.search(r'<tr id="task-6".*?</tr>', page, re.S).group(0)
+    assert '<td class="out err"><details class="out"><summary>CalledProcessError: migrate.sh exited 3' in failed

@@ -68,4 +68,4 @@ def test_the_real_entry_point(tmp_path):
     bad = run_cli(["report", "no-such-run", "--format", "text"], env=env)
     assert bad.returncode == 2 and bad.stdout == "" and "neither a state file nor a run id" in bad.stderr
     usage = run_cli(["report", "--format", "pdf", "x"], env=env)
-    assert usage.returncode == 2 and "invalid choice" in usage.stderr
+    assert usage.returncode == 2 and "'pdf' is not one of 'html', 'text'" in usage.stderr

@@ -234,3 +234,33 @@ def test_a_task_sent_twice_is_claimed_by_one_celery_task_only():
         sched.prepare("a", celery_id="second")
     assert sched.prepare("a").payload == "{}"  # no claim asked: no check
     assert 0 < client.ttl(sched.key("claims")) <= 600
+
+
+def test_phase_4_records_what_it_sent_and_closes_only_when_quiet_and_once():
+    """What a redelivered phase 4 re-sends, and the closing rule two chords over one scheduler obey."""
+    sched = DagScheduler(fakeredis.FakeRedis(), "t", "run", ttl_s=600)
+    first = sched.start(make_state(DIAMOND, max_workers=1), {t: {} for t in DIAMOND}, started=0.0)
+    assert first == ["a"] and sched.started_tasks() == ["a"] and sched.exists()
+    assert not sched.quiet()  # "a" is in flight
+    taken = sched.finish(TaskResult(task_id="a", agent="echo", success=True)).task_ids
+    assert len(taken) == 1 and not sched.quiet()  # one slot: the other of b, c still waits
+    while taken:
+        tid = taken.pop(0)
+        assert not sched.quiet()
+        taken += sched.finish(TaskResult(task_id=tid, agent="echo", success=True)).task_ids
+    assert sched.quiet()
+    assert sched.claim_close() and not sched.claim_close()
+    sched.reset(keep_closed=True)
+    assert not sched.exists() and not sched.claim_close()  # a late chord cannot close it again
+    sched.start(make_state(DIAMOND), {t: {} for t in DIAMOND}, started=0.0)  # a resume starts afresh
+    assert sched.claim_close()
+
+
+def test_an_agent_message_for_a_run_without_phase_4_writes_nothing():
+    from dispatch.store import NoSuchRun
+
+    client = fakeredis.FakeRedis()
+    sched = DagScheduler(client, "t", "ghost")
+    with pytest.raises(NoSuchRun):
+        sched.prepare("t1", "cancel", celery_id="c1")
+    assert client.keys("*") == []

@@ -12,6 +12,7 @@ from dispatch.agents.prompt import build_prompt
 
 # Importing a kind's module registers it.
 from dispatch.agents import echo, llm, python_callable, shell, sleep  # noqa: E402,F401  isort: skip
+from dispatch.agents import coding  # noqa: E402,F401  isort: skip
 
 __all__ = ["AGENTS", "BUILTIN_AGENT_NAMES", "Agent", "AgentInvocation", "AgentOutcome", "build_agent", "build_prompt",
            "known_agent_names", "make_agent", "resolve_agent", "resolve_agents", "run_agent", "task_timeout"]

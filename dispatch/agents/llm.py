@@ -16,7 +16,9 @@ Config (TOML)::
 
 The user message is the prompt from ``build_prompt`` (request, task, input data,
 filtered context, dependencies' outputs), so what the model saw is in the saved
-state.  With ``output_schema`` the client asks for JSON, the answer is parsed
+state.  With ``output_schema`` the client asks for JSON in the strongest form the
+endpoint accepts (``json_mode = "auto"``, negotiated once per endpoint and process
+by ``common.providers``; the output's ``json_mode`` says which), the answer is parsed
 (code fences and surrounding prose tolerated) and checked by ``schema_check``;
 an answer that does not conform is sent back once with the faults listed, since
 models usually fix a named mistake, and fails the task if it still does not.
@@ -95,6 +97,8 @@ class LlmAgent(Agent):
                     usage[key] += reply.usage.get(key) or 0
                 output = {"text": reply.text, "model": str(opts.model), "provider": str(opts.provider),
                           "usage": usage, "latency_ms": round(latency_ms, 1), "repairs": repair}
+                if schema is not None:
+                    output["json_mode"] = reply.json_mode
                 if schema is None:
                     if not reply.text.strip():
                         return AgentOutcome.fail("model returned an empty answer", output)

@@ -20,12 +20,33 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Optional
+from typing import IO, Callable, Optional
 
 from dispatch.common.text import as_text
 
 _CHUNK = 64 * 1024
 _POLL_S = 0.02
+
+# Every agent process group this process started and that still runs, with its kill grace: an embedded run
+# stopped by SIGINT/SIGTERM stops them all (``stop_all``), so no agent outlives the CLI.
+_LIVE: dict[int, float] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def stop_all(hurry: Callable[[], bool] = lambda: False) -> int:
+    """SIGTERM every live agent process group, SIGKILL what is left after its grace (at once when
+    ``hurry()`` turns true, e.g. a second Ctrl-C).  Returns how many groups were signalled."""
+    with _LIVE_LOCK:
+        groups = dict(_LIVE)
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + max(groups.values(), default=0.0)
+    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline and not hurry():
+        time.sleep(_POLL_S)
+    for pgid in groups:
+        if _group_alive(pgid):
+            _signal_group(pgid, signal.SIGKILL)
+    return len(groups)
 
 
 @dataclass
@@ -108,6 +129,17 @@ def run_process(argv: list[str], *, cwd: str, env: dict[str, str], stdin: Option
                             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     pgid = proc.pid  # a new session's leader is its process group's leader
+    with _LIVE_LOCK:
+        _LIVE[pgid] = kill_grace_s
+    try:
+        return _supervise(proc, pgid, started, stdin, timeout_s, kill_grace_s, max_output_bytes)
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.pop(pgid, None)
+
+
+def _supervise(proc: subprocess.Popen, pgid: int, started: float, stdin: Optional[bytes], timeout_s: float,
+               kill_grace_s: float, max_output_bytes: int) -> ProcessResult:
     readers = [_CappedReader(proc.stdout, max_output_bytes), _CappedReader(proc.stderr, max_output_bytes)]
     for reader in readers:
         reader.start()

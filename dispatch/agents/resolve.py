@@ -33,11 +33,17 @@ def resolve_agent(name: str, config: DispatchConfig) -> ComponentConfig:
 
 
 def unknown_agents_message(names: Iterable[str], config: DispatchConfig) -> str:
-    """Which names are unknown, and which are known."""
+    """Which names are unknown, which are known, and how to define the missing ones (a config file
+    given by flag or variable, with an ``[agents.NAME]`` entry per missing name)."""
     missing = sorted(set(names))
     known = ", ".join(sorted(known_agent_names(config)))
     quoted = ", ".join(f"'{n}'" for n in missing)
-    return f"unknown agent{'s' if len(missing) > 1 else ''} {quoted} (known: {known})"
+    snippet = "\n\n".join(f'[agents.{n if n.replace("-", "").replace("_", "").isalnum() else repr(n)}]\n'
+                          f'kind = "shell"                 # or "llm", "python", "echo"\n'
+                          f'command = ["my-agent", "{{prompt}}"]' for n in missing[:3])
+    return (f"unknown agent{'s' if len(missing) > 1 else ''} {quoted} (known: {known}). Define "
+            f"{'it' if len(missing) == 1 else 'them'} in a config file given with --config FILE or "
+            f"DISPATCH_CONFIG=FILE (TOML, JSON or YAML), for example:\n\n{snippet}\n")
 
 
 def make_agent(name: str, config: DispatchConfig) -> Agent:

@@ -1,157 +1,141 @@
-"""A small JSON Schema checker for the ``llm`` kind's ``output_schema``.
+"""The ``llm`` kind's ``output_schema``, checked with the ``jsonschema`` library.
 
-``jsonschema`` is not a dependency, and structured output needs only the common
-core: ``type``, ``enum``, ``const``, ``required``, ``properties``,
-``additionalProperties``, ``items``, ``minItems``/``maxItems``,
-``minLength``/``maxLength``, ``pattern``, ``minimum``/``maximum``,
-``exclusiveMinimum``/``exclusiveMaximum``, ``anyOf``, ``oneOf``, ``allOf``.
-Other keywords (``$ref``, ``format``, ...) are ignored, never guessed at.
-Errors name the path of each fault (``$.files[2].path: expected string, got integer``)
-so a repair request to the model can say exactly what to fix.
+The whole of JSON Schema is the library's (``$ref`` into ``$defs``, as pydantic
+writes its schemas, ``not``, ``uniqueItems``, ``minProperties``, ...), under the
+draft the schema names in ``$schema`` (2020-12 when it names none).  What is
+dispatch's own is only what the library cannot decide for us:
+
+- what it would not check is refused by name at config time, never ignored: a
+  ``$ref`` to another document (nothing is fetched) and a ``format`` that no
+  installed checker implements;
+- each fault is phrased with its path (``$.files[2].path: expected string, got
+  integer``), because the text goes back to the model in a repair request and a
+  named mistake is one a model fixes.
 """
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Any, Iterator
+
+from jsonschema import Draft202012Validator, exceptions, validators
+from referencing import Registry
+from referencing.exceptions import NoSuchResource
 
 from dispatch.common.text import clip
 from dispatch.errors import ConfigError
 
-_TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 MAX_ERRORS = 20
+DATA_KEYWORDS = ("enum", "const", "default", "examples")  # values here are data, not sub-schemas
+
+
+def _no_retrieval(uri: str) -> Any:
+    raise NoSuchResource(ref=uri)
+
+
+REGISTRY: Registry = Registry(retrieve=_no_retrieval)  # type: ignore[call-arg]
+
+
+def _validator_class(schema: dict) -> Any:
+    return validators.validator_for(schema, default=Draft202012Validator)
 
 
 def check_schema(schema: Any, where: str) -> None:
-    """Refuse a schema this checker would misread (at config time)."""
+    """Refuse, at config time, a schema that is invalid or holds something that would go unchecked."""
     if not isinstance(schema, dict):
         raise ConfigError(f"{where}: must be a JSON Schema object")
-    for path, node in _walk(schema, "$"):
-        types = node.get("type")
-        for name in (types if isinstance(types, list) else [types] if types is not None else []):
-            if name not in _TYPES:
-                raise ConfigError(f"{where}: {path}.type: unknown type {name!r}")
-        if "pattern" in node:
-            try:
-                re.compile(node["pattern"])
-            except (re.error, TypeError) as exc:
-                raise ConfigError(f"{where}: {path}.pattern: {exc}") from None
+    cls = _validator_class(schema)
+    try:
+        cls.check_schema(schema)
+    except exceptions.SchemaError as exc:
+        raise ConfigError(f"{where}: {_schema_fault(exc)}") from None
+    checkable = set(cls.FORMAT_CHECKER.checkers)
+    for path, key, value in _keywords(schema, "$"):
+        if key == "$ref" and not value.startswith("#"):
+            raise ConfigError(f"{where}: {path}.$ref: {value!r} points outside this schema and is not fetched; "
+                              f"put it under $defs and refer to it as '#/$defs/NAME'")
+        if key == "format" and value not in checkable:
+            raise ConfigError(f"{where}: {path}.format: {value!r} cannot be checked here (checked formats: "
+                              f"{', '.join(sorted(checkable))}); drop it or use a pattern")
 
 
 def validate(value: Any, schema: dict) -> list[str]:
-    """Every fault of ``value`` against ``schema`` (empty when it conforms)."""
-    errors: list[str] = []
-    _check(value, schema, "$", errors)
-    return errors[:MAX_ERRORS]
+    """Every fault of ``value`` against ``schema`` (empty when it conforms), shallowest first."""
+    cls = _validator_class(schema)
+    checker = cls(schema, format_checker=cls.FORMAT_CHECKER, registry=REGISTRY)
+    try:
+        errors = sorted(checker.iter_errors(value), key=lambda e: len(e.absolute_path))
+    except exceptions.SchemaError as exc:
+        return [f"$: the schema is invalid ({_schema_fault(exc)})"]
+    except Exception as exc:  # noqa: BLE001 - an unresolvable $ref: check_schema refuses them, old states may not
+        return [f"$: cannot check against this schema ({type(exc).__name__}: {clip(exc, 200)})"]
+    return [_fault(checker, e) for e in errors][:MAX_ERRORS]
 
 
-def _check(value: Any, schema: Any, path: str, errors: list[str]) -> None:
-    if not isinstance(schema, dict):
-        if schema is False:
-            errors.append(f"{path}: not allowed")
+def _fault(checker: Any, error: exceptions.ValidationError) -> str:
+    """One fault in the form a model reads best: the path, then what is wrong."""
+    path, kind, want, got = error.json_path, error.validator, error.validator_value, error.instance
+    if kind == "type":
+        names = want if isinstance(want, list) else [want]
+        return f"{path}: expected {' or '.join(names)}, got {_type_name(got)}"
+    if kind == "enum":
+        return f"{path}: {clip(repr(got), 80)} is not one of {clip(repr(want), 80)}"
+    if kind == "const":
+        return f"{path}: must be {clip(repr(want), 80)}"
+    if kind == "required":  # one error per missing property; the message names it as its repr
+        return f"{path}: missing required property {error.message.removesuffix(' is a required property')}"
+    if kind == "additionalProperties" and want is False and isinstance(got, dict):
+        extra = [k for k in got if k not in error.schema.get("properties", {})]
+        return f"{path}: unexpected propert{'y' if len(extra) == 1 else 'ies'} " + ", ".join(f"'{k}'" for k in extra)
+    simple = {"minItems": f"fewer than {want} items", "maxItems": f"more than {want} items",
+              "minLength": f"shorter than {want} characters", "maxLength": f"longer than {want} characters",
+              "minProperties": f"fewer than {want} properties", "maxProperties": f"more than {want} properties",
+              "pattern": f"does not match pattern {want!r}", "minimum": f"{got} is less than {want}",
+              "maximum": f"{got} is greater than {want}", "exclusiveMinimum": f"{got} must be greater than {want}",
+              "exclusiveMaximum": f"{got} must be less than {want}", "uniqueItems": "items are not unique",
+              "not": "must not match the schema under 'not'", "multipleOf": f"{got} is not a multiple of {want}",
+              "format": f"{clip(repr(got), 80)} is not a valid {want!r}", "False schema": "not allowed"}
+    if kind in simple:
+        return f"{path}: {simple[kind]}"
+    if kind in ("anyOf", "oneOf"):
+        passing = sum(1 for sub in want if checker.evolve(schema=sub).is_valid(got))
+        return f"{path}: matches {passing} of the {kind} alternatives"
+    return f"{path}: {clip(error.message, 200)}"
+
+
+def _schema_fault(exc: exceptions.SchemaError) -> str:
+    path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+    if exc.path and exc.path[-1] == "type" and isinstance(exc.instance, (str, list)):
+        names = exc.instance if isinstance(exc.instance, list) else [exc.instance]
+        unknown = [n for n in names if n not in ("object", "array", "string", "number", "integer", "boolean",
+                                                 "null")]
+        if unknown:
+            return f"{path}: unknown type {unknown[0]!r}"
+    if exc.validator == "format" and exc.validator_value == "regex":
+        return f"{path}: invalid regular expression {exc.instance!r}"
+    return f"{path}: {clip(exc.message, 200)}"
+
+
+def _keywords(node: Any, path: str) -> Iterator[tuple[str, str, str]]:
+    """``(path, keyword, value)`` for every string-valued ``$ref`` and ``format`` in the schema."""
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _keywords(item, f"{path}[{index}]")
         return
-    types = schema.get("type")
-    if types is not None:
-        allowed = types if isinstance(types, list) else [types]
-        if not any(_is_type(value, t) for t in allowed):
-            errors.append(f"{path}: expected {' or '.join(allowed)}, got {_type_name(value)}")
-            return
-    if "enum" in schema and not any(_equal(value, option) for option in schema["enum"]):
-        errors.append(f"{path}: {clip(repr(value), 80)} is not one of {clip(repr(schema['enum']), 80)}")
-    if "const" in schema and not _equal(value, schema["const"]):
-        errors.append(f"{path}: must be {clip(repr(schema['const']), 80)}")
-    for keyword, options in (("anyOf", 1), ("oneOf", 1)):
-        if keyword in schema:
-            passing = sum(1 for sub in schema[keyword] if not validate(value, sub))
-            if passing < options or (keyword == "oneOf" and passing > 1):
-                errors.append(f"{path}: matches {passing} of the {keyword} alternatives")
-    for sub in schema.get("allOf", []):
-        _check(value, sub, path, errors)
-    if isinstance(value, dict):
-        _check_object(value, schema, path, errors)
-    elif isinstance(value, list):
-        _check_array(value, schema, path, errors)
-    elif isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            errors.append(f"{path}: shorter than {schema['minLength']} characters")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append(f"{path}: longer than {schema['maxLength']} characters")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"{path}: does not match pattern {schema['pattern']!r}")
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        _check_number(value, schema, path, errors)
-
-
-def _check_object(value: dict, schema: dict, path: str, errors: list[str]) -> None:
-    properties = schema.get("properties", {})
-    for key in schema.get("required", []):
-        if key not in value:
-            errors.append(f"{path}: missing required property '{key}'")
-    extra = schema.get("additionalProperties", True)
-    for key, item in value.items():
-        child = f"{path}.{key}"
-        if key in properties:
-            _check(item, properties[key], child, errors)
-        elif extra is False:
-            errors.append(f"{path}: unexpected property '{key}'")
-        elif isinstance(extra, dict):
-            _check(item, extra, child, errors)
-
-
-def _check_array(value: list, schema: dict, path: str, errors: list[str]) -> None:
-    if len(value) < schema.get("minItems", 0):
-        errors.append(f"{path}: fewer than {schema['minItems']} items")
-    if "maxItems" in schema and len(value) > schema["maxItems"]:
-        errors.append(f"{path}: more than {schema['maxItems']} items")
-    items = schema.get("items")
-    if isinstance(items, (dict, bool)):
-        for index, item in enumerate(value):
-            _check(item, items, f"{path}[{index}]", errors)
-
-
-def _check_number(value: float, schema: dict, path: str, errors: list[str]) -> None:
-    if "minimum" in schema and value < schema["minimum"]:
-        errors.append(f"{path}: {value} is less than {schema['minimum']}")
-    if "maximum" in schema and value > schema["maximum"]:
-        errors.append(f"{path}: {value} is greater than {schema['maximum']}")
-    if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
-        errors.append(f"{path}: {value} must be greater than {schema['exclusiveMinimum']}")
-    if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
-        errors.append(f"{path}: {value} must be less than {schema['exclusiveMaximum']}")
-
-
-def _is_type(value: Any, name: str) -> bool:
-    if name == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
-    if name == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return {"object": dict, "array": list, "string": str, "boolean": bool,
-            "null": type(None)}.get(name) is type(value)
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key in ("$ref", "format") and isinstance(value, str):
+            yield path, key, value
+        elif key not in DATA_KEYWORDS:
+            yield from _keywords(value, f"{path}.{key}")
 
 
 def _type_name(value: Any) -> str:
-    for name in ("null", "boolean", "integer", "number", "string", "array", "object"):
-        if _is_type(value, name):
-            return name
-    return type(value).__name__
-
-
-def _equal(a: Any, b: Any) -> bool:
-    """JSON equality: ``1 == True`` in Python but not in JSON."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return a == b
-
-
-def _walk(schema: Any, path: str):
-    """Every sub-schema with its path, for ``check_schema``."""
-    if not isinstance(schema, dict):
-        return
-    yield path, schema
-    for key, sub in schema.get("properties", {}).items() if isinstance(schema.get("properties"), dict) else []:
-        yield from _walk(sub, f"{path}.properties.{key}")
-    for keyword in ("items", "additionalProperties"):
-        yield from _walk(schema.get(keyword), f"{path}.{keyword}")
-    for keyword in ("anyOf", "oneOf", "allOf"):
-        for index, sub in enumerate(schema.get(keyword) or []):
-            yield from _walk(sub, f"{path}.{keyword}[{index}]")
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if value.is_integer() else "number"
+    return {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, TextIO
 
-from dispatch.models import ExecutionPhase, PhaseResult, PhaseState
+from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, TaskResult
 
 PREFIX = "[DispatchRunner]"
 SEPARATOR = "=" * 80
@@ -98,19 +98,45 @@ def _phase_lines(result: PhaseResult, state: PhaseState, max_retries: int) -> li
     return []
 
 
+SKIP = "⊘"
+TASK_LINES = 20  # after phase 4, one line per task up to this many; failures are listed first beyond it
+
+
+def task_line(task: TaskResult) -> str:
+    """``✓ scan-tree echo 12 ms — <first line of output>``, ``✗ ... — <error>``, ``⊘ ... skipped: ...``."""
+    from dispatch.common.text import one_line
+    from dispatch.report.common import fmt_ms, output_summary
+
+    head = f"{one_line(task.task_id, 60)} {one_line(task.agent, 30)}"
+    if task.skipped:
+        why = task.error or "skipped"
+        return f"{SKIP} {head} {one_line(why if why.startswith('skipped') else 'skipped: ' + why, 160)}"
+    said = one_line(task.error if not task.success else output_summary(task.output), 160)
+    return f"{OK if task.success else FAIL} {head} {fmt_ms(task.duration_ms)}" + (f" — {said}" if said else "")
+
+
+def task_lines(state: PhaseState, limit: int = TASK_LINES) -> list[str]:
+    """One line per task in run order; a large run shows its failures first, then a count of the rest."""
+    tasks = state.task_results
+    if len(tasks) <= limit:
+        return [task_line(t) for t in tasks]
+    worst = sorted(tasks, key=lambda t: 0 if not t.success and not t.skipped else 1 if t.skipped else 2)
+    lines = [task_line(t) for t in worst[:limit]]
+    rest = worst[limit:]
+    ok = sum(1 for t in rest if t.success)
+    counts = ", ".join(part for part in (f"{ok} succeeded" if ok else "",
+                                         f"{len(rest) - ok} failed or skipped" if len(rest) > ok else "") if part)
+    return lines + [f"… and {len(rest)} more tasks ({counts}): dispatch show {state.run_id}"]
+
+
 def execution_lines(result: PhaseResult, state: PhaseState) -> list[str]:
     out = result.output_data
-    lines = []
-    for task in state.task_results:
-        if task.skipped:
-            lines.append(f"{WARN} {task.task_id}: {task.error}")
-        elif not task.success:
-            lines.append(f"{FAIL} {task.task_id}: {task.error}")
     mark = OK if result.success else FAIL
     counts = f"{out.get('succeeded', 0)} succeeded, {out.get('failed', 0)} failed"
     if out.get("skipped"):
         counts += f", {out['skipped']} skipped"
-    return lines + [f"{mark} Phase 4 completed in {result.duration_ms:.0f}ms ({counts})"] + threshold_lines(result)
+    return task_lines(state) + [f"{mark} Phase 4 completed in {result.duration_ms:.0f}ms ({counts})"] \
+        + threshold_lines(result)
 
 
 def _quorum_lines(state: PhaseState, max_retries: int) -> list[str]:

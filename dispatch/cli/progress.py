@@ -2,13 +2,18 @@
 
 Two renderings of the same updates.  On a terminal, one live line redrawn in
 place (``\\r`` and erase-to-end) and erased before the next log line, so the
-guide's log reads the same with or without it.  Anywhere else (a file, a CI
-log) a redrawn line would be noise, so plain ``[DispatchRunner]`` lines are
-written instead, at most one per ``interval_s`` and only once a phase has run
-that long: short phases print nothing extra.  stdout is never touched.
+guide's log reads the same with or without it.  The live line always fits the
+terminal's width (read at every redraw, so a resize is followed): a line that
+wrapped could not be erased by ``\\r``, and each redraw would leave a stale
+copy.  Anywhere else (a file, a CI log) a redrawn line would be noise, so plain
+``[DispatchRunner]`` lines are written instead, at most one per
+``interval_s`` and only once a phase has run that long: short phases print
+nothing extra.  stdout is never touched.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from typing import Callable, Optional, TextIO
@@ -22,8 +27,10 @@ LIVE_DELAY_S = 1.0  # a phase that ends within a second never draws a live line
 
 class Progress:
     def __init__(self, stream: Optional[TextIO] = None, *, live: Optional[bool] = None, quiet: bool = False,
-                 interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 width: Optional[int] = None) -> None:
         self.stream = stream or sys.stderr
+        self.width = width  # None: the terminal's, at each redraw
         self.live = self._isatty() if live is None else live
         self.quiet = quiet
         self.interval_s = interval_s
@@ -60,7 +67,7 @@ class Progress:
         counts = (done, total) if done is not None and total else None
         if self.live:
             if elapsed >= LIVE_DELAY_S:
-                self._draw(self.render(self._phase, elapsed, counts, bar=True))
+                self._draw(self.fit(self._phase, elapsed, counts, self.columns()))
             return
         if elapsed >= self.interval_s and now - self._last_plain >= self.interval_s:
             if counts is None or counts != self._last_counts or now - self._last_plain >= 3 * self.interval_s:
@@ -80,10 +87,42 @@ class Progress:
         self.clear()
         self._phase = None
 
+    def columns(self) -> int:
+        if self.width:
+            return self.width
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            return shutil.get_terminal_size().columns
+
     def _draw(self, text: str) -> None:
-        self.stream.write(f"\r\x1b[K{PREFIX} {text}")
+        self.stream.write(f"\r\x1b[K{text}")
         self.stream.flush()
         self._drawn = True
+
+    @classmethod
+    def fit(cls, phase: ExecutionPhase, elapsed: float, counts: Optional[tuple[int, int]], columns: int) -> str:
+        """The fullest live line shorter than the terminal (the last column would wrap on some terminals)."""
+        room = max(columns - 1, 10)
+        full = f"{PREFIX} {cls.render(phase, elapsed, counts, bar=True)}"
+        if len(full) <= room:
+            return full
+        if counts is None:
+            variants = [f"{PREFIX} Phase {phase.number} running, {elapsed:.0f}s",
+                        f"Phase {phase.number} running, {elapsed:.0f}s"]
+        else:
+            done, total = counts
+            share = min(1.0, done / total)
+            variants = [f"{PREFIX} Phase {phase.number} {cls.gauge(share, BAR_WIDTH)} {done}/{total} tasks "
+                        f"({share:.0%}), {elapsed:.0f}s",
+                        f"Phase {phase.number} {cls.gauge(share, 10)} {done}/{total} ({share:.0%}) {elapsed:.0f}s",
+                        f"P{phase.number} {done}/{total} {elapsed:.0f}s"]
+        return next((v for v in variants if len(v) <= room), variants[-1][:room])
+
+    @staticmethod
+    def gauge(share: float, width: int) -> str:
+        filled = round(share * width)
+        return "[" + "#" * filled + "-" * (width - filled) + "]"
 
     @staticmethod
     def render(phase: ExecutionPhase, elapsed: float, counts: Optional[tuple[int, int]], bar: bool) -> str:
@@ -92,8 +131,5 @@ class Progress:
             return f"{head} running, {elapsed:.0f}s elapsed"
         done, total = counts
         share = min(1.0, done / total)
-        gauge = ""
-        if bar:
-            filled = round(share * BAR_WIDTH)
-            gauge = "[" + "#" * filled + "-" * (BAR_WIDTH - filled) + "] "
+        gauge = Progress.gauge(share, BAR_WIDTH) + " " if bar else ""
         return f"{head} {gauge}{done}/{total} tasks finished ({share:.0%}), {elapsed:.0f}s elapsed"

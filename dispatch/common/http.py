@@ -12,7 +12,13 @@ different key handling, one retry loop capped and one not.  Here:
 - :func:`post_json` retries transient failures through ``common.backoff``,
   never sooner than a ``Retry-After`` asked, and every error it raises is an
   :class:`HTTPCallError` whose message has the server's own words (a short
-  snippet) with the key redacted.
+  snippet) with the key redacted;
+- an error whose body names a request field the caller marked as optional
+  (``config_fields``, e.g. ``response_format``) is a *configuration answer*:
+  the server is up and says it does not take that field, whatever the status
+  (llama-cpp-python answers 500 to a ``json_schema`` it does not know).  It is
+  never transient, so nothing backs off or trips a breaker on it, and
+  ``config_field`` says which field it was, so the caller can ask differently.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from dispatch.common.backoff import DEFAULT_CAP_S, backoff_delay, parse_retry_af
 from dispatch.common.text import clip
 
 ERROR_TEXT_LIMIT = 300
+ERROR_BODY_LIMIT = 4000  # how much of an error body is kept to recognise a configuration answer
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 _SECRET_WORDS = ("token", "secret", "key")
 
@@ -46,12 +53,19 @@ class HTTPCallError(Exception):
     """
 
     def __init__(self, what: str, detail: str = "", *, status: Optional[int] = None, transient: bool = False,
-                 retry_after: Optional[float] = None, attempts: int = 1) -> None:
+                 retry_after: Optional[float] = None, attempts: int = 1,
+                 config_field: Optional[str] = None) -> None:
         self.what, self.detail, self.attempts = what, detail, attempts
         self.status = status
         self.transient = transient
         self.retry_after = retry_after
+        self.config_field = config_field  # the request field the server refused (a configuration answer)
         super().__init__(self._message())
+
+    @property
+    def configuration(self) -> bool:
+        """The server answered that it does not take part of the request: asking again will not help."""
+        return self.config_field is not None
 
     def _message(self) -> str:
         tried = f" (after {self.attempts} attempts)" if self.attempts > 1 else ""
@@ -107,7 +121,20 @@ def error_text(response: httpx.Response, limit: int = ERROR_TEXT_LIMIT) -> str:
             return clip(err["message"], limit)
         if isinstance(err, str):
             return clip(err, limit)
+        if isinstance(body.get("message"), str) and body["message"]:  # vLLM's {"object": "error", ...}
+            return clip(body["message"], limit)
+        if isinstance(body.get("detail"), str):  # FastAPI's HTTPException
+            return clip(body["detail"], limit)
     return clip(json.dumps(body), limit)
+
+
+def named_field(response: httpx.Response, fields: tuple[str, ...]) -> Optional[str]:
+    """The first of ``fields`` an error body names (its message, its ``param``, a validation
+    error's ``loc``): all are somewhere in the body's text."""
+    if not fields:
+        return None
+    text = response.text[:ERROR_BODY_LIMIT]
+    return next((name for name in fields if name in text), None)
 
 
 def retry_after(response: httpx.Response) -> Optional[float]:
@@ -137,16 +164,17 @@ class JSONReply:
 
 
 def post_json(client: httpx.Client, url: str, body: Any, *, label: str, headers: Optional[Mapping[str, str]] = None,
-              key: Optional[str] = None, retry: Retry = Retry()) -> JSONReply:
+              key: Optional[str] = None, retry: Retry = Retry(), config_fields: tuple[str, ...] = ()) -> JSONReply:
     """POST ``body`` as JSON and parse the answer; :class:`HTTPCallError` when there is none.
 
     ``label`` starts every error message (``"openai"``, ``"POST http://..."``);
-    ``key`` is redacted from them.  Non-transient failures are never retried.
+    ``key`` is redacted from them.  Non-transient failures are never retried;
+    an error naming one of ``config_fields`` is a configuration answer (see above).
     """
     attempt = 0
     while True:
         try:
-            return _post_once(client, url, body, label, headers, key, attempt + 1)
+            return _post_once(client, url, body, label, headers, key, attempt + 1, config_fields)
         except HTTPCallError as exc:
             if not exc.transient or attempt >= retry.retries:
                 raise exc.after(attempt + 1)
@@ -155,7 +183,7 @@ def post_json(client: httpx.Client, url: str, body: Any, *, label: str, headers:
 
 
 def _post_once(client: httpx.Client, url: str, body: Any, label: str, headers: Optional[Mapping[str, str]],
-               key: Optional[str], attempt: int) -> JSONReply:
+               key: Optional[str], attempt: int, config_fields: tuple[str, ...] = ()) -> JSONReply:
     started = time.perf_counter()
     try:
         response = client.post(url, json=body, headers=dict(headers) if headers else None)
@@ -171,8 +199,10 @@ def _post_once(client: httpx.Client, url: str, body: Any, label: str, headers: O
     latency_ms = (time.perf_counter() - started) * 1000.0
     status = response.status_code
     if status >= 400:
+        field = named_field(response, config_fields)
         raise HTTPCallError(f"{label}: HTTP {status}", redact(error_text(response), key), status=status,
-                            transient=is_transient_status(status), retry_after=retry_after(response))
+                            transient=field is None and is_transient_status(status),
+                            retry_after=retry_after(response), config_field=field)
     try:
         value = response.json()
     except ValueError as exc:  # JSONDecodeError, or bytes that are not text

@@ -24,11 +24,36 @@ cure and ``False`` otherwise (401, 400, a body that is not the protocol): which
 is which, key reading and error texts are ``common.http``'s policy, shared with
 every other JSON-over-HTTP call.  The client does not retry by itself: callers
 own their retry and circuit-breaker policy (``common.backoff``, ``common.breaker``).
+
+Structured output (``json_mode``, OpenAI protocol).  "Compatible" servers accept
+different ``response_format`` forms, and a refused form is an error, not a
+degraded answer: llama-cpp-python answers 500 to ``json_schema``, LM Studio 400
+to ``json_object``.  ``json_mode = "auto"`` (the default) therefore negotiates,
+strongest form first (``FORMS``):
+
+- ``schema``: ``{"type": "json_schema", "json_schema": {"name", "schema"}}`` (OpenAI,
+  Ollama, vLLM, LM Studio);
+- ``object_schema``: ``{"type": "json_object", "schema": {...}}`` (llama.cpp, which
+  then constrains the output to the schema);
+- ``object``: ``{"type": "json_object"}``;
+- ``off``: no ``response_format``; the schema is stated in the prompt only.
+
+An error whose body names ``response_format`` is a configuration answer
+(``common.http``): the next form is tried at once, with no backoff, and a weaker
+form that worked is remembered per endpoint (provider, base URL and model: OpenAI
+takes ``json_schema`` for some models only) for the life of the process, and in
+``shared_cache`` (any ``get``/``set(key, value, ttl_s)`` store, the quorum's
+Redis cache on workers) for a cluster, so each endpoint is negotiated once.  A
+fixed ``json_mode`` that the endpoint refuses fails at once (not transient), with
+a message pointing at ``"auto"``.  The schema is always stated in the prompt as
+well: servers that ignore ``response_format`` exist, and small models follow it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -41,7 +66,11 @@ PROVIDERS = ("openai", "anthropic")
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 ANTHROPIC_VERSION = "2023-06-01"
-JSON_MODES = ("schema", "object", "off")
+FORMS = ("schema", "object_schema", "object", "off")  # strongest first
+JSON_MODES = ("auto",) + FORMS
+NEGOTIATION_KEY_PREFIX = "structured-output:"
+NEGOTIATION_TTL_S = 24 * 3600  # a server upgrade may accept a stronger form: ask again daily
+REJECTABLE_FIELD = "response_format"
 
 
 class ProviderError(HTTPCallError):
@@ -54,11 +83,75 @@ class ChatReply:
     latency_ms: float
     raw: dict = field(default_factory=dict)
     usage: dict = field(default_factory=dict)  # {"input_tokens": n, "output_tokens": m} when known
+    json_mode: Optional[str] = None  # the structured-output form the answer was asked with (``FORMS``)
+
+    @property
+    def input_tokens(self) -> Optional[int]:
+        return _count(self.usage.get("input_tokens"))
+
+    @property
+    def output_tokens(self) -> Optional[int]:
+        return _count(self.usage.get("output_tokens"))
+
+
+def _count(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 class ChatClient(Protocol):
     def complete(self, system: str, messages: list[dict], *,
                  json_schema: Optional[dict] = None) -> ChatReply: ...
+
+
+class SharedCache(Protocol):
+    """A key-value store shared by a cluster (the quorum's ``KeyValueCache``)."""
+
+    def get(self, key: str) -> Optional[dict]: ...
+
+    def set(self, key: str, value: dict, ttl_s: int) -> None: ...
+
+
+class FormMemory:
+    """The structured-output form each endpoint accepted, for this process (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._forms: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def recall(self, endpoint: str, shared: Optional[SharedCache]) -> Optional[str]:
+        with self._lock:
+            form = self._forms.get(endpoint)
+        if form is None and shared is not None:
+            try:
+                entry = shared.get(negotiation_key(endpoint))
+            except Exception:  # noqa: BLE001 - a cache outage costs a negotiation, never the call
+                entry = None
+            form = entry.get("json_mode") if isinstance(entry, dict) else None
+            if form in FORMS:
+                with self._lock:
+                    self._forms[endpoint] = form
+        return form if form in FORMS else None
+
+    def learn(self, endpoint: str, form: str, shared: Optional[SharedCache]) -> None:
+        with self._lock:
+            self._forms[endpoint] = form
+        if shared is not None:
+            try:
+                shared.set(negotiation_key(endpoint), {"json_mode": form, "endpoint": endpoint}, NEGOTIATION_TTL_S)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def forget(self) -> None:
+        """Forget every endpoint (tests, or after a server changed)."""
+        with self._lock:
+            self._forms.clear()
+
+
+NEGOTIATED = FormMemory()
+
+
+def negotiation_key(endpoint: str) -> str:
+    return NEGOTIATION_KEY_PREFIX + hashlib.sha256(endpoint.encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -73,8 +166,13 @@ class ClientOptions:
     timeout_s: float = 30.0
     temperature: Optional[float] = None
     max_tokens: Optional[int] = None
-    json_mode: str = "schema"
+    json_mode: str = "auto"
     headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def endpoint(self) -> str:
+        """What a negotiated form is remembered by (no secret in it)."""
+        return f"{self.provider} {self.base_url} {self.model}"
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> "ClientOptions":
@@ -95,7 +193,7 @@ class ClientOptions:
             raise ConfigError("headers: must be a table of strings")
         if secret_header(headers) is not None:
             raise ConfigError("headers: credentials are read from the environment (api_key_env), not headers")
-        json_mode = options.get("json_mode", "schema")
+        json_mode = options.get("json_mode", "auto")
         if json_mode not in JSON_MODES:
             raise ConfigError(f"json_mode: must be one of {', '.join(JSON_MODES)} (got {json_mode!r})")
         return cls(
@@ -127,12 +225,16 @@ def _integer(options: dict, key: str, default: Optional[int]) -> Optional[int]:
 
 
 class HTTPChatClient:
-    """Shared plumbing: one pooled ``httpx.Client``, timing, error classification."""
+    """Shared plumbing: one pooled ``httpx.Client``, timing, error classification, form negotiation."""
 
     path = ""
+    takes_response_format = False  # the protocol has OpenAI's ``response_format``
 
-    def __init__(self, options: ClientOptions, transport: Optional[httpx.BaseTransport] = None) -> None:
+    def __init__(self, options: ClientOptions, transport: Optional[httpx.BaseTransport] = None,
+                 shared_cache: Optional[SharedCache] = None, memory: FormMemory = NEGOTIATED) -> None:
         self.options = options
+        self.shared_cache = shared_cache  # may be set later (the quorum attaches its cache)
+        self.memory = memory
         self._http = httpx.Client(timeout=httpx.Timeout(options.timeout_s), transport=transport)
 
     def __repr__(self) -> str:
@@ -149,13 +251,42 @@ class HTTPChatClient:
             system = (system + "\n\n" if system else "") + (
                 "Respond with a single JSON object that matches this JSON Schema:\n"
                 + json.dumps(json_schema, separators=(",", ":")))
-        body = self._body(system, messages, json_schema)
-        raw, latency_ms = self._post(body, key)
-        text, usage = self._parse(raw)
-        return ChatReply(text=text, latency_ms=latency_ms, raw=raw, usage=usage)
+        negotiating = json_schema is not None and self.takes_response_format and self.options.json_mode == "auto"
+        known = self.memory.recall(self.options.endpoint, self.shared_cache) if negotiating else None
+        forms = self.forms_to_try(known) if json_schema is not None else [None]
+        for index, form in enumerate(forms):
+            try:
+                raw, latency_ms = self._post(self._body(system, messages, json_schema, form), key,
+                                             config_fields=(REJECTABLE_FIELD,) if form not in (None, "off") else ())
+            except ProviderError as exc:
+                if not exc.configuration:
+                    raise
+                if negotiating and index + 1 < len(forms):
+                    continue  # a configuration answer: the next form, at once
+                raise self._refused(exc, form) from None
+            if negotiating and form != (known or FORMS[0]):  # the strongest form needs no memory
+                self.memory.learn(self.options.endpoint, form, self.shared_cache)
+            text, usage = self._parse(raw)
+            return ChatReply(text=text, latency_ms=latency_ms, raw=raw, usage=usage, json_mode=form)
+        raise AssertionError("unreachable: the last form sends no response_format")
+
+    def forms_to_try(self, known: Optional[str] = None) -> list[str]:
+        """The structured-output forms to ask with, in order: from the one the endpoint is known to
+        accept (``known``) downwards, else all of them (see the module docstring)."""
+        if not self.takes_response_format:
+            return ["off"]
+        if self.options.json_mode != "auto":
+            return [self.options.json_mode]
+        return list(FORMS[FORMS.index(known):]) if known in FORMS else list(FORMS)
+
+    def _refused(self, exc: ProviderError, form: Optional[str]) -> ProviderError:
+        hint = (f"json_mode = \"{form}\" is refused by this endpoint; json_mode = \"auto\" finds a form it accepts"
+                if self.options.json_mode != "auto" else "no structured-output form was accepted")
+        return ProviderError(exc.what, (exc.detail + f" ({hint})").strip(), status=exc.status,
+                             config_field=exc.config_field)
 
     # -- per protocol
-    def _body(self, system: str, messages: list[dict], json_schema: Optional[dict]) -> dict:
+    def _body(self, system: str, messages: list[dict], json_schema: Optional[dict], form: Optional[str]) -> dict:
         raise NotImplementedError
 
     def _auth_headers(self, key: Optional[str]) -> dict[str, str]:
@@ -171,14 +302,14 @@ class HTTPChatClient:
         except MissingKey as exc:
             raise ProviderError(f"{self.options.provider}: {exc}") from None
 
-    def _post(self, body: dict, key: Optional[str]) -> tuple[dict, float]:
+    def _post(self, body: dict, key: Optional[str], config_fields: tuple[str, ...] = ()) -> tuple[dict, float]:
         headers = {"content-type": "application/json", **dict(self.options.headers), **self._auth_headers(key)}
         try:
             reply = post_json(self._http, self.options.base_url + self.path, body, label=self.options.provider,
-                              headers=headers, key=key)
+                              headers=headers, key=key, config_fields=config_fields)
         except HTTPCallError as exc:
             raise ProviderError(exc.what, exc.detail, status=exc.status, transient=exc.transient,
-                                retry_after=exc.retry_after) from None
+                                retry_after=exc.retry_after, config_field=exc.config_field) from None
         if not isinstance(reply.value, dict):
             raise ProviderError(f"{self.options.provider}: response body is not a JSON object", status=reply.status)
         return reply.value, reply.latency_ms
@@ -188,21 +319,24 @@ class OpenAIClient(HTTPChatClient):
     """OpenAI-compatible ``POST {base_url}/chat/completions``."""
 
     path = "/chat/completions"
+    takes_response_format = True
 
     def _auth_headers(self, key: Optional[str]) -> dict[str, str]:
         return auth_headers(key)
 
-    def _body(self, system: str, messages: list[dict], json_schema: Optional[dict]) -> dict:
+    def _body(self, system: str, messages: list[dict], json_schema: Optional[dict], form: Optional[str]) -> dict:
         body: dict[str, Any] = {"model": self.options.model,
                                 "messages": ([{"role": "system", "content": system}] if system else []) + messages}
         if self.options.temperature is not None:
             body["temperature"] = self.options.temperature
         if self.options.max_tokens is not None:
             body["max_tokens"] = self.options.max_tokens
-        if json_schema is not None and self.options.json_mode == "schema":
+        if json_schema is not None and form == "schema":
             name = re.sub(r"[^A-Za-z0-9_-]", "_", str(json_schema.get("title") or "answer"))[:64]
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema}}
-        elif json_schema is not None and self.options.json_mode == "object":
+        elif json_schema is not None and form == "object_schema":
+            body["response_format"] = {"type": "json_object", "schema": json_schema}
+        elif json_schema is not None and form == "object":
             body["response_format"] = {"type": "json_object"}
         return body
 
@@ -227,7 +361,7 @@ class AnthropicClient(HTTPChatClient):
     def _auth_headers(self, key: Optional[str]) -> dict[str, str]:
         return {"anthropic-version": ANTHROPIC_VERSION, **auth_headers(key, "x-api-key", prefix="")}
 
-    def _body(self, system: str, messages: list[dict], json_schema: Optional[dict]) -> dict:
+    def _body(self, system: str, messages: list[dict], json_schema: Optional[dict], form: Optional[str]) -> dict:
         body: dict[str, Any] = {"model": self.options.model, "max_tokens": self.options.max_tokens,
                                 "messages": messages}
         if system:
@@ -248,10 +382,12 @@ class AnthropicClient(HTTPChatClient):
 _CLIENTS: dict[str, type[HTTPChatClient]] = {"openai": OpenAIClient, "anthropic": AnthropicClient}
 
 
-def make_client(options: dict[str, Any], *, transport: Optional[httpx.BaseTransport] = None) -> HTTPChatClient:
+def make_client(options: dict[str, Any], *, transport: Optional[httpx.BaseTransport] = None,
+                shared_cache: Optional[SharedCache] = None) -> HTTPChatClient:
     """A client for ``options['provider']``; unknown keys are ignored (they belong to the caller).
 
-    Raises ``ConfigError`` for bad options.  ``transport`` is for tests (``httpx.MockTransport``).
+    Raises ``ConfigError`` for bad options.  ``transport`` is for tests (``httpx.MockTransport``);
+    ``shared_cache`` shares negotiated structured-output forms across processes.
     """
     parsed = ClientOptions.parse(options)
-    return _CLIENTS[parsed.provider](parsed, transport=transport)
+    return _CLIENTS[parsed.provider](parsed, transport=transport, shared_cache=shared_cache)

@@ -5,8 +5,12 @@ context package counts through :func:`count_tokens` and trims through
 :func:`trim_to_tokens`.
 
 When ``tiktoken`` is importable *and* its ``cl100k_base`` encoding loads without
-the network (its files already cached), it is used.  Otherwise a documented
-estimate stands in, built to err on the high side so a budget it enforces is
+the network (its file already in tiktoken's cache, ``TIKTOKEN_CACHE_DIR``), it
+is used.  tiktoken would download a missing file, so its loader is given a
+reader that refuses URLs for that one call: dispatch never touches the network
+to count tokens, and nothing is loaded before the first count (or the first
+read of ``TOKENIZER``, kept for the modules that import it).  Otherwise a
+documented estimate stands in, built to err on the high side so a budget it enforces is
 not exceeded by a real tokenizer either:
 
 * a word piece (``[A-Z]?[a-z]+`` or an upper-case run, so ``assertEqual`` is two
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import Callable, Optional
 
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
@@ -54,21 +59,58 @@ def _load_tiktoken() -> tuple[str, Optional[Callable[[str], int]]]:
         return "estimate", None
     try:
         import tiktoken  # type: ignore[import-not-found]
-
-        encoding = tiktoken.get_encoding("cl100k_base")
-    except Exception:  # not installed, or its files cannot be fetched offline
+        import tiktoken.load as loader  # type: ignore[import-not-found]
+    except Exception:  # not installed (or broken): the estimate
         return "estimate", None
+    read_file = loader.read_file
+
+    def offline(blobpath: str) -> bytes:  # a cache miss would download: refuse it
+        if "://" in blobpath:
+            raise OSError(f"not fetching {blobpath}: dispatch counts tokens offline")
+        return read_file(blobpath)
+
+    loader.read_file = offline
+    try:
+        encoding = tiktoken.get_encoding("cl100k_base")
+    except Exception:  # its file is not cached (or is corrupt)
+        return "estimate", None
+    finally:
+        loader.read_file = read_file
     return "tiktoken:cl100k_base", lambda text: len(encoding.encode(text, disallowed_special=()))
 
 
-TOKENIZER, _encode_len = _load_tiktoken()
+_LOCK = threading.Lock()
+_ACTIVE: Optional[tuple[str, Optional[Callable[[str], int]]]] = None
+
+
+def _active() -> tuple[str, Optional[Callable[[str], int]]]:
+    """The tokenizer, chosen at the first count (not at import: importing must stay cheap and offline)."""
+    global _ACTIVE
+    if _ACTIVE is None:
+        with _LOCK:
+            if _ACTIVE is None:
+                _ACTIVE = _load_tiktoken()
+    return _ACTIVE
+
+
+def tokenizer_name() -> str:
+    """``tiktoken:cl100k_base`` or ``estimate``: what ``count_tokens`` uses in this process."""
+    return _active()[0]
+
+
+def __getattr__(name: str) -> str:
+    """``TOKENIZER``, the former module constant, computed on first use."""
+    if name == "TOKENIZER":
+        return tokenizer_name()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def count_tokens(text: str) -> int:
-    """Tokens in ``text`` by the active tokenizer (see :data:`TOKENIZER`)."""
+    """Tokens in ``text`` by the active tokenizer (see :func:`tokenizer_name`)."""
     if not text:
         return 0
-    return _encode_len(text) if _encode_len else estimate_tokens(text)
+    encode_len = _active()[1]
+    return encode_len(text) if encode_len else estimate_tokens(text)
 
 
 def trim_to_tokens(text: str, max_tokens: int) -> tuple[str, int, int]:

@@ -4,7 +4,11 @@ A validator judges one breakdown and returns a ``Verdict``, or raises: any
 exception makes it abstain (the runner records why), because a validator that
 could not answer has no opinion on the breakdown.  New kinds register with
 ``@VALIDATORS.register("kind")`` and are configured as
-``[validators.<name>] kind = "...", weight = ..., <options>``.
+``[validators.<name>] kind = "...", weight = ..., tier = ..., <options>``.
+
+``tier`` (an integer, default 0) is the validator's escalation tier: tier 0
+(``rules``, cheap models) votes first, higher tiers (strong models) only when the
+lower ones are not decisive (``quorum.tiers``).
 """
 from __future__ import annotations
 
@@ -29,6 +33,10 @@ class Verdict:
     alignment_score: Optional[float]  # 0..100
     confidence: float  # 0..1
     deficiencies: list[str] = field(default_factory=list)
+    # what the model call cost and how it was asked (model validators; recorded on the vote)
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    json_mode: Optional[str] = None
 
 
 class Validator:
@@ -41,10 +49,14 @@ class Validator:
     def __init__(self, name: str, component: ComponentConfig, config: DispatchConfig,
                  known_agents: Optional[set[str]] = None) -> None:
         self.name = name
-        self.weight = float(component.weight)
+        self.weight = float(component.weight)  # learned weights replace it for one run
+        self.configured_weight = self.weight
         if self.weight < 0:
             raise ConfigError(f"validators.{name}.weight: must not be negative")
         self.options: dict[str, Any] = component.options
+        self.tier = self.options.get("tier", 0)
+        if isinstance(self.tier, bool) or not isinstance(self.tier, int) or self.tier < 0:
+            raise ConfigError(f"validators.{name}.tier: must be a whole number from 0 (got {self.tier!r})")
         self.config = config
         self.known_agents = known_agents
 
@@ -63,7 +75,11 @@ class Validator:
 
     def fingerprint(self) -> dict[str, Any]:
         """What the verdict depends on besides the breakdown (the cache key's half)."""
-        return {"name": self.name, "kind": self.kind, "weight": self.weight, "options": self.options}
+        return {"name": self.name, "kind": self.kind, "weight": self.configured_weight, "options": self.options}
+
+    def share_cache(self, cache: Any) -> None:
+        """The cluster's key-value cache (the vote cache's store), for what a validator learns about its
+        endpoint (model validators: the structured-output form it accepts).  Default: nothing to share."""
 
     def close(self) -> None:
         """Release connections; called once the quorum is over."""

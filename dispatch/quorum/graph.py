@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from dispatch.common import graph
+import dispatch.common.graph as graph
 from dispatch.models import TaskSpec
 
 

@@ -4,7 +4,11 @@ Both ask the same question (``prompt``) through the shared provider client; they
 differ only in the wire protocol.  Options are the client's (``base_url``,
 ``model``, ``api_key_env``, ``timeout_s``, ``temperature`` default 0,
 ``max_tokens``, ``json_mode``, ``headers``) plus ``pass_score`` / ``retry_score``,
-used only when an answer carries a score but no recommendation.
+used only when an answer carries a score but no recommendation.  ``json_mode``
+defaults to ``"auto"``: the verdict schema goes in the strongest form the endpoint
+accepts (a llama.cpp server gets it inside ``json_object``), learnt once per
+endpoint and shared through the quorum's cache; the vote records the form and
+the tokens the call used.
 """
 from __future__ import annotations
 
@@ -53,7 +57,13 @@ class LLMValidator(Validator):
     def validate(self, request: DispatchInput) -> Verdict:
         reply = self.client.complete(system_prompt(request), [{"role": "user", "content": user_prompt(request)}],
                                      json_schema=VERDICT_SCHEMA)
-        return parse_verdict(reply.text, self.pass_score, self.retry_score)
+        verdict = parse_verdict(reply.text, self.pass_score, self.retry_score)
+        verdict.input_tokens, verdict.output_tokens = reply.input_tokens, reply.output_tokens
+        verdict.json_mode = reply.json_mode
+        return verdict
+
+    def share_cache(self, cache: Any) -> None:
+        self.client.shared_cache = cache
 
     def close(self) -> None:
         self.client.close()

@@ -10,7 +10,7 @@ caller keeps the previous breakdown and records why.
 from __future__ import annotations
 
 import json
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -74,11 +74,12 @@ def parse_breakdown(text: str) -> list[TaskSpec]:
 
 class Planner:
     def __init__(self, component: ComponentConfig, known_agents: Optional[set[str]] = None,
-                 configured_agents: Sequence[str] = ()) -> None:
+                 configured_agents: Sequence[str] = (), shared_cache: Any = None) -> None:
         options = component.options
         provider = options.get("provider") or component.kind
         try:
-            self.client = make_client({"temperature": 0.2, **options, "provider": provider})
+            self.client = make_client({"temperature": 0.2, **options, "provider": provider},
+                                      shared_cache=shared_cache)
         except ConfigError as exc:
             raise ConfigError(f"planner.{exc}") from None
         self.known_agents = known_agents

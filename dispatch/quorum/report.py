@@ -26,6 +26,10 @@ def attempt_body(attempt: QuorumAttempt) -> list[str]:
     """What follows ``Validating ...`` once the votes of one attempt are in."""
     lines = [f"{WARN} Validator '{v.validator}' abstained: {v.error or 'no answer'}"
              for v in attempt.votes if v.abstained]
+    lines.extend(f"Escalated to tier {e.tier}: {e.reason.replace('_', ' ')} ({e.detail})"
+                 for e in attempt.escalations)
+    if attempt.not_asked:
+        lines.append(f"Not asked ({len(attempt.not_asked)} calls saved): {', '.join(attempt.not_asked)}")
     lines.append(f"Quorum decision: {attempt.decision} (confidence: {percent(attempt.confidence)})")
     if attempt.decision != "PASS" and attempt.deficiencies:
         lines.append(f"Deficiencies found: {len(attempt.deficiencies)}")

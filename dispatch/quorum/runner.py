@@ -30,9 +30,20 @@ has ``quorum_reached=False`` and a "Quorum not reached" warning, and
 Breakers (``common.breaker``) are per provider endpoint, from the process-wide
 ``BREAKERS`` board unless one is passed; they open after ``quorum.breaker_failures`` (3)
 consecutive failures and let a trial call through after
-``quorum.breaker_cooldown_s`` (30).  Votes are cached (``cache``, TTL
-``quorum.cache_ttl_s``); the cache is read on the first attempt only, since a
-retry exists to get a fresh judgement, and every fresh answer is written.
+``quorum.breaker_cooldown_s`` (30).  An endpoint that answers it does not take
+part of the request (a ``response_format`` it refuses: a configuration answer)
+is up: its validator abstains, saying so, and the breaker counts a success.
+Votes are cached (``cache``, TTL ``quorum.cache_ttl_s``); the cache is read on the
+first attempt only, since a retry exists to get a fresh judgement, and every
+fresh answer is written.  The same cache carries what model validators learn
+about their endpoints (the structured-output form each accepts).
+
+Tiers (``tiers``): each attempt asks the deterministic checks first (their FAIL
+is final), then the lowest tier, and higher tiers only when the votes so far are
+not decisive; the attempt records the tiers that voted, why each higher one was
+asked, and who was not asked.  Weights (``records``): ``quorum.weights =
+"learned"`` with ``history`` (recent saved runs) weighs each validator by how
+often the runs' outcomes bore its votes out; ``weights_used`` says which.
 """
 from __future__ import annotations
 
@@ -41,21 +52,25 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from pydantic import ValidationError
 
 from dispatch.config import DispatchConfig, QuorumOptions
 from dispatch.errors import ConfigError
-from dispatch.models import DispatchInput, QuorumAttempt, QuorumResult, TaskSpec, ValidatorVote
+from dispatch.models import (DispatchInput, Escalation, PhaseState, QuorumAttempt, QuorumResult, TaskSpec,
+                             ValidatorVote, ValidatorWeight)
 from dispatch.common.backoff import backoff_delay
-from dispatch.common.breaker import BREAKERS, DEFAULT_COOLDOWN_S, DEFAULT_FAILURE_THRESHOLD, BreakerBoard
+from dispatch.common.breaker import BREAKERS, BreakerBoard
 from dispatch.common.providers import ProviderError
 from dispatch.quorum.base import AnswerError, Validator, build_validators
 from dispatch.quorum.cache import KeyValueCache, vote_key
 from dispatch.quorum.planner import Planner, PlannerError, describe_change
+from dispatch.quorum.records import breakdown_digest, configured_weights, learned_weights, vote_records
 from dispatch.quorum.report import VALIDATING, attempt_body, retry_header, warning_lines
-from dispatch.quorum.voting import tally
+from dispatch.quorum.settings import QuorumSettings
+from dispatch.quorum.tiers import base_tier, deterministic_fail, escalation, model_tiers
+from dispatch.quorum.voting import Tally, tally
 
 NO_QUORUM_POLICIES = ("warn", "fail")
 
@@ -71,42 +86,37 @@ def retry_delay(retry: int, options: QuorumOptions, rng: random.Random) -> float
     return backoff_delay(retry - 1, options.backoff_base_s, options.backoff_cap_s, options.backoff_jitter, rng)
 
 
-def breaker_settings(options: QuorumOptions) -> tuple[int, float]:
-    """``quorum.breaker_failures`` (>= 1) and ``quorum.breaker_cooldown_s`` (>= 0) from the config's extras."""
-    extra = options.model_extra or {}
-    failures = extra.get("breaker_failures", DEFAULT_FAILURE_THRESHOLD)
-    cooldown = extra.get("breaker_cooldown_s", DEFAULT_COOLDOWN_S)
-    if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
-        raise ConfigError(f"quorum.breaker_failures: must be a positive integer (got {failures!r})")
-    if isinstance(cooldown, bool) or not isinstance(cooldown, (int, float)) or cooldown < 0:
-        raise ConfigError(f"quorum.breaker_cooldown_s: must be a number of seconds (got {cooldown!r})")
-    return failures, float(cooldown)
-
-
 def run_quorum(request: DispatchInput, config: DispatchConfig, *, cache: Optional[KeyValueCache] = None,
                on_event: Optional[Callable[[str], None]] = None, sleep: Callable[[float], None] = time.sleep,
                rng: Optional[random.Random] = None, known_agents: Optional[set[str]] = None,
-               breakers: Optional[BreakerBoard] = None) -> QuorumOutcome:
+               breakers: Optional[BreakerBoard] = None,
+               history: Optional[Sequence[PhaseState]] = None) -> QuorumOutcome:
     """Validate ``request``'s breakdown with the configured quorum (see the module docstring).
 
     ``on_event`` receives log lines as they happen (without the ``[DispatchRunner] ``
     prefix).  ``known_agents`` names the agents the run can resolve (default: the
-    config's agents); the built-in kinds are always known.  Raises ``ConfigError``
+    config's agents); the built-in kinds are always known.  ``history`` is the
+    recent saved runs (the store's ``list_runs``) that ``quorum.weights = "learned"``
+    learns from; without it the configured weights are used.  Raises ``ConfigError``
     for a bad validator or planner configuration.
     """
     options = config.quorum
     if options.on_no_quorum not in NO_QUORUM_POLICIES:
         raise ConfigError(f"quorum.on_no_quorum: must be one of {', '.join(NO_QUORUM_POLICIES)} "
                           f"(got {options.on_no_quorum!r})")
-    breaker_settings(options)  # refuse bad settings before any validator is built
+    settings = QuorumSettings.of(options)  # refuse bad settings before any validator is built
     validators = build_validators(config, known_agents)
     planner = None
     try:
+        for validator in validators:
+            validator.share_cache(cache)
+        weights = choose_weights(validators, settings, history)
         if config.planner is not None:
-            planner = Planner(config.planner, known_agents, list(config.agents))
+            planner = Planner(config.planner, known_agents, list(config.agents), shared_cache=cache)
         session = QuorumSession(validators, options, planner=planner, cache=cache,
                                 breakers=breakers if breakers is not None else BREAKERS,
-                                emit=on_event or (lambda line: None), sleep=sleep, rng=rng or random.Random())
+                                emit=on_event or (lambda line: None), sleep=sleep, rng=rng or random.Random(),
+                                settings=settings, weights=weights)
         return session.run(request)
     finally:
         for validator in validators:
@@ -115,12 +125,37 @@ def run_quorum(request: DispatchInput, config: DispatchConfig, *, cache: Optiona
             planner.close()
 
 
+def choose_weights(validators: list[Validator], settings: QuorumSettings,
+                   history: Optional[Sequence[PhaseState]]) -> dict[str, ValidatorWeight]:
+    """The weight each validator votes with (set on it), configured or learnt from ``history``."""
+    if settings.weights != "learned" or history is None:
+        return configured_weights(validators)
+    weights = learned_weights(validators, vote_records(history), floor=settings.learned_floor,
+                              min_samples=settings.learned_min_samples)
+    for validator in validators:
+        validator.weight = weights[validator.name].weight
+    return weights
+
+
+@dataclass
+class AttemptVotes:
+    """What one attempt asked and heard."""
+
+    votes: list[ValidatorVote]
+    counted: Tally
+    tiers: list[int]
+    escalations: list[Escalation]
+    not_asked: list[str]
+
+
 class QuorumSession:
     """One phase 1 run: attempts, votes, the planner loop, and the warnings collected on the way."""
 
     def __init__(self, validators: list[Validator], options: QuorumOptions, *, planner: Optional[Planner],
                  cache: Optional[KeyValueCache], breakers: BreakerBoard, emit: Callable[[str], None],
-                 sleep: Callable[[float], None], rng: random.Random) -> None:
+                 sleep: Callable[[float], None], rng: random.Random,
+                 settings: Optional[QuorumSettings] = None,
+                 weights: Optional[dict[str, ValidatorWeight]] = None) -> None:
         self.validators = validators
         self.options = options
         self.planner = planner
@@ -129,7 +164,8 @@ class QuorumSession:
         self.emit = emit
         self.sleep = sleep
         self.rng = rng
-        self.breaker_failures, self.breaker_cooldown_s = breaker_settings(options)
+        self.settings = settings or QuorumSettings.of(options)
+        self.weights = weights or configured_weights(validators)
         self.warnings: list[str] = []
         self._said: set[str] = set()  # warnings already in the live log
         self._lock = threading.Lock()  # cache warnings come from voting threads
@@ -149,11 +185,12 @@ class QuorumSession:
                 if backoff > 0:
                     self.sleep(backoff)
             self._say(VALIDATING)
-            votes = self.cast_votes(current, read_cache=number == 1)
-            counted = tally(votes, self.options)
+            asked = self.cast_votes(current, read_cache=number == 1)
+            counted = asked.counted
             attempt = QuorumAttempt(attempt=number, decision=counted.decision, confidence=counted.confidence,
-                                    deficiencies=counted.deficiencies, votes=votes,
-                                    answered_share=counted.answered_share, backoff_s=backoff)
+                                    deficiencies=counted.deficiencies, votes=asked.votes,
+                                    answered_share=counted.answered_share, backoff_s=backoff, tiers=asked.tiers,
+                                    escalations=asked.escalations, not_asked=asked.not_asked)
             attempts.append(attempt)
             self._say(*attempt_body(attempt))
             if counted.decision != "RETRY":
@@ -169,12 +206,15 @@ class QuorumSession:
                 break
 
         last = attempts[-1]
-        final = tally(last.votes, self.options)  # recount for the final attempt's quorum facts
+        final = self.count(last.votes)  # recount for the final attempt's quorum facts
         warnings = final.warnings + self.warnings
+        learned = any(w.source == "learned" for w in self.weights.values())
         result = QuorumResult(decision=last.decision, confidence=last.confidence, deficiencies=last.deficiencies,
                               votes=last.votes, attempts=attempts, retry_count=len(attempts) - 1,
                               answered_share=last.answered_share, quorum_reached=final.quorum_reached,
-                              warnings=warnings)
+                              warnings=warnings, calls_saved=sum(len(a.not_asked) for a in attempts),
+                              weights="learned" if learned else "configured", weights_used=self.weights,
+                              breakdown_digest=breakdown_digest(current.tasks))
         # Warnings said live (planner notes) are not repeated; the rest close the log.
         self.emit_lines(warning_lines(final.warnings + [w for w in self.warnings if w not in self._said]))
         return QuorumOutcome(result=result, tasks=list(current.tasks))
@@ -193,19 +233,59 @@ class QuorumSession:
         return request.model_copy(update={"tasks": tasks})
 
     # ------------------------------------------------------------- voting
-    def cast_votes(self, request: DispatchInput, read_cache: bool) -> list[ValidatorVote]:
-        """Every validator's vote, in configuration order; one past its own deadline abstains."""
-        pool = ThreadPoolExecutor(max_workers=len(self.validators), thread_name_prefix="quorum")
+    def count(self, votes: list[ValidatorVote]) -> Tally:
+        """``tally``, with a deterministic FAIL final whatever the models said."""
+        counted = tally(votes, self.options)
+        vetoes = deterministic_fail(votes, self.validators)
+        if vetoes and counted.decision != "FAIL":
+            total = sum(max(v.weight, 0.0) for v in votes)
+            counted.decision = "FAIL"
+            counted.confidence = round(sum(v.weight * (v.confidence or 0.0) for v in vetoes) / total, 4) \
+                if total > 0 else 0.0
+        return counted
+
+    def cast_votes(self, request: DispatchInput, read_cache: bool) -> AttemptVotes:
+        """The votes of one attempt, tier by tier (see ``tiers``), in configuration order."""
+        order = {v.name: i for i, v in enumerate(self.validators)}
+        checks = [v for v in self.validators if v.deterministic]
+        votes = self.ask(checks, request, read_cache)
+        escalations: list[Escalation] = []
+        not_asked: list[str] = []
+        tiers_left = model_tiers(self.validators)
+        if deterministic_fail(votes, self.validators):
+            not_asked = [v.name for _, group in tiers_left for v in group]
+            tiers_left = []
+        lowest = base_tier(self.validators)
+        for index, (tier, group) in enumerate(tiers_left):
+            if tier > lowest:
+                reason = escalation(votes, self.count(votes), tier, self.options.min_answered_share,
+                                    self.settings.escalate_below)
+                if reason is None:
+                    not_asked = [v.name for _, later in tiers_left[index:] for v in later]
+                    break
+                escalations.append(reason)
+            votes += self.ask(group, request, read_cache)
+        votes.sort(key=lambda vote: order[vote.validator])
+        asked = {vote.validator for vote in votes}
+        tiers = sorted({v.tier for v in self.validators if v.name in asked})
+        return AttemptVotes(votes=votes, counted=self.count(votes), tiers=tiers, escalations=escalations,
+                            not_asked=not_asked)
+
+    def ask(self, validators: list[Validator], request: DispatchInput, read_cache: bool) -> list[ValidatorVote]:
+        """The votes of ``validators``, asked at once; one past its own deadline abstains."""
+        if not validators:
+            return []
+        pool = ThreadPoolExecutor(max_workers=len(validators), thread_name_prefix="quorum")
         started = time.perf_counter()
         try:
-            futures = [pool.submit(self.cast_one, v, request, read_cache) for v in self.validators]
-            for validator, future in sorted(zip(self.validators, futures), key=lambda pair: pair[0].deadline_s):
+            futures = [pool.submit(self.cast_one, v, request, read_cache) for v in validators]
+            for validator, future in sorted(zip(validators, futures), key=lambda pair: pair[0].deadline_s):
                 remaining = started + validator.deadline_s - time.perf_counter()
                 wait([future], timeout=max(remaining, 0.0))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)  # a stuck call must not hold the phase
         votes = []
-        for validator, future in zip(self.validators, futures):
+        for validator, future in zip(validators, futures):
             if future.done():
                 votes.append(future.result())
             else:
@@ -223,31 +303,36 @@ class QuorumSession:
             if hit is not None:
                 try:
                     return ValidatorVote.model_validate({**hit, "validator": validator.name, "kind": validator.kind,
-                                                         "weight": validator.weight, "cached": True,
-                                                         "latency_ms": elapsed(), "error": None})
+                                                         "weight": validator.weight, "tier": validator.tier,
+                                                         "cached": True, "latency_ms": elapsed(), "error": None,
+                                                         # a cached vote costs no call
+                                                         "input_tokens": 0, "output_tokens": 0})
                 except ValidationError:
                     pass  # a foreign or stale entry: ask again
-        breaker = (self.breakers.get(validator.breaker_key, self.breaker_failures, self.breaker_cooldown_s)
+        breaker = (self.breakers.get(validator.breaker_key, self.settings.breaker_failures,
+                                     self.settings.breaker_cooldown_s)
                    if validator.breaker_key else None)
         if breaker is not None and not breaker.allow():
             return self._vote(validator, error="circuit open", latency_ms=elapsed())
         try:
             verdict = validator.validate(request)
-        except AnswerError as exc:  # the provider answered: it is healthy
+        except (AnswerError, ProviderError) as exc:
+            healthy = isinstance(exc, AnswerError) or exc.configuration  # it answered: its endpoint is up
             if breaker is not None:
-                breaker.record_success()
+                breaker.record_success() if healthy else breaker.record_failure()
             return self._vote(validator, error=str(exc), latency_ms=elapsed())
         except Exception as exc:  # noqa: BLE001 - any failure is an abstention, recorded
             if breaker is not None:
                 breaker.record_failure()
-            message = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
-            return self._vote(validator, error=message, latency_ms=elapsed())
+            return self._vote(validator, error=f"{type(exc).__name__}: {exc}", latency_ms=elapsed())
         if breaker is not None:
             breaker.record_success()
         vote = ValidatorVote(validator=validator.name, kind=validator.kind, weight=validator.weight,
                              recommendation=verdict.recommendation, alignment_score=verdict.alignment_score,
                              confidence=verdict.confidence, deficiencies=verdict.deficiencies,
-                             latency_ms=round(elapsed(), 3))
+                             latency_ms=round(elapsed(), 3), tier=validator.tier,
+                             input_tokens=verdict.input_tokens, output_tokens=verdict.output_tokens,
+                             json_mode=verdict.json_mode)
         if key:
             self._cache_set(key, vote.model_dump(mode="json", exclude={"cached", "latency_ms", "error"}))
         return vote
@@ -255,7 +340,7 @@ class QuorumSession:
     @staticmethod
     def _vote(validator: Validator, *, error: str, latency_ms: float) -> ValidatorVote:
         return ValidatorVote(validator=validator.name, kind=validator.kind, weight=validator.weight,
-                             recommendation=None, error=error, latency_ms=round(latency_ms, 3))
+                             recommendation=None, error=error, latency_ms=round(latency_ms, 3), tier=validator.tier)
 
     # ------------------------------------------------------------ helpers
     def _cache_get(self, key: str) -> Optional[dict]:

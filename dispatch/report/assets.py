@@ -49,6 +49,11 @@ svg.gantt { display: block; width: 100%; height: auto; min-width: 900px;
 .gantt .band { fill: transparent; } .gantt .band.odd { fill: var(--band); }
 .gantt .grid { stroke: #eaeef2; } .gantt .divider { stroke: var(--line); }
 .gantt .tick { fill: var(--muted); text-anchor: middle; }
+.gantt .axis-label { fill: var(--muted); font-style: italic; }
+.gantt .lead-in rect { fill: url(#hatch); opacity: .45; } .gantt .lead-in text { fill: var(--muted); }
+.out summary { color: var(--ink); } .out pre { max-height: 320px; overflow: auto; background: var(--band);
+  padding: 6px 8px; border-radius: 4px; } .out h4 { margin: 6px 0 0; font-size: 12px; color: var(--muted); }
+td.out { max-width: 420px; overflow-wrap: anywhere; }
 .gantt .row-label { fill: var(--ink); font-size: 12px; font-weight: 500; }
 .gantt .row-note { fill: var(--muted); font-style: italic; }
 .gantt .bar rect { stroke-width: 1; }

@@ -5,6 +5,7 @@ Kept apart so the HTML page and the terminal table can never disagree on what
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Optional
 
@@ -91,3 +92,52 @@ def descriptions(state: PhaseState) -> dict[str, str]:
 
 def critical_ids(state: PhaseState) -> list[str]:
     return list(state.plan.critical_path) if state.plan else []
+
+
+def run_wall_ms(state: PhaseState) -> Optional[float]:
+    """The run's wall time: from its start (``state.started_at``, set when it was prepared) to its last
+    recorded end.  This is what ``timing_summary.total_duration_ms`` measures from the client, less the
+    client's own start-up; ``run_span_ms`` would leave out the wait before the first phase began."""
+    start = parse_ts(state.started_at)
+    ends = [parse_ts(r.completed_at) for r in [*state.phases_executed, *state.task_results]]
+    ends = [e for e in ends if e]
+    if start is None or not ends:
+        return run_span_ms(state)
+    return max(0.0, (max(ends) - start).total_seconds() * 1000)
+
+
+def output_streams(output: object) -> tuple[str, str]:
+    """``(stdout, stderr)`` of a task's output as a person reads them.
+
+    A shell agent's streams as they are (with its parsed JSON, if any, preferred
+    only when stdout is empty); an ``llm`` answer's text; anything else (echo,
+    python callables) as indented JSON.  No agent is imported: this reads the
+    output's shape, which is all a saved state has.
+    """
+    if output is None:
+        return "", ""
+    if isinstance(output, str):
+        return output, ""
+    if isinstance(output, dict):
+        if "exit_code" in output and isinstance(output.get("stdout"), str):
+            stdout = output["stdout"]
+            if not stdout.strip() and "json" in output:
+                stdout = json.dumps(output["json"], indent=2, ensure_ascii=False, default=str)
+            return stdout, str(output.get("stderr") or "")
+        if isinstance(output.get("text"), str) and "model" in output:
+            return output["text"], ""
+    return json.dumps(output, indent=2, ensure_ascii=False, sort_keys=True, default=str), ""
+
+
+def output_summary(output: object) -> str:
+    """The first line worth showing of a task's output (``show``, the log after phase 4)."""
+    if isinstance(output, dict) and "exit_code" not in output and "model" not in output:
+        for key in ("summary", "message", "result", "description"):  # echo and most callables say it here
+            if isinstance(output.get(key), str) and output[key].strip():
+                return output[key]
+    stdout, stderr = output_streams(output)
+    for text in (stdout, stderr):
+        for line in text.splitlines():
+            if line.strip() not in ("", "{", "["):
+                return line.strip()
+    return ""

@@ -9,11 +9,12 @@ from __future__ import annotations
 from html import escape
 from typing import Iterable, Optional
 
-from dispatch.common.text import one_line
-from dispatch.models import ExecutionPhase, PhaseState, QuorumResult, TaskContext, ValidatorVote
+from dispatch.common.text import one_line, truncate
+from dispatch.models import ExecutionPhase, PhaseState, QuorumResult, TaskContext, TaskResult, ValidatorVote
 from dispatch.report.assets import CONTENT_SECURITY_POLICY, CSS, JS, SVG_DEFS
 from dispatch.report.common import (FAILED, SKIPPED, SUCCESS, critical_ids, descriptions, execution_origin, fmt_ms,
-                                    offset_text, phase_status, run_span_ms, task_counts, task_status)
+                                    offset_text, output_streams, output_summary, phase_status, run_wall_ms,
+                                    task_counts, task_status)
 from dispatch.report.svg import render_chart
 from dispatch.report.timeline import phase_chart, task_chart
 
@@ -34,7 +35,17 @@ def _table(headers: Iterable[str], rows: Iterable[str], numeric: Iterable[int] =
 
 
 def _pct(value: Optional[float]) -> str:
+    """A share in 0..1 (confidence, answered weight) as a percentage."""
     return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def _score(value: Optional[float]) -> str:
+    """An alignment score, which validators give on 0..100 already."""
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _legend(with_critical: bool = False) -> str:
@@ -58,17 +69,17 @@ def _long_text(text: Optional[str], limit: int = 160) -> str:
 # ------------------------------------------------------------------ sections
 def _header(state: PhaseState) -> str:
     counts = task_counts(state)
-    span = run_span_ms(state)
+    span = run_wall_ms(state)
     phase_total = sum(r.duration_ms for r in state.phases_executed)
     workers = {r.worker for r in state.task_results if r.worker}
     facts = [("status", _badge(state.status)),
              ("started", _e((state.started_at or "-").replace("T", " ").replace("Z", " UTC"))),
-             ("wall time", _e(fmt_ms(span))),
+             ("wall time", f'<span title="from the run\'s start to its last recorded end">{_e(fmt_ms(span))}</span>'),
              ("phase time", _e(fmt_ms(phase_total))),
              ("tasks", f"{counts[SUCCESS]} ok · {counts[FAILED]} failed · {counts[SKIPPED]} skipped"),
              ("workers", str(len(workers)))]
     if state.plan and state.plan.critical_path:
-        facts.append(("critical path", f"{len(state.plan.critical_path)} tasks"))
+        facts.append(("critical path", _plural(len(state.plan.critical_path), "task")))
     items = "".join(f'<li><span class="k">{k}</span><span class="v">{v}</span></li>' for k, v in facts)
     prompt = f'<p class="sub">{_e(one_line(state.user_prompt, 400))}</p>' if state.user_prompt.strip() else ""
     return (f'<header><h1>dispatch run <code>{_e(state.run_id)}</code></h1>{prompt}'
@@ -136,7 +147,7 @@ def _vote_rows(votes: list[ValidatorVote]) -> list[str]:
         defs = "".join(f"<li>{_e(d)}</li>" for d in v.deficiencies)
         rows.append(f"<tr><td>{_e(v.validator)}</td><td>{_e(v.kind)}</td><td class=\"num\">{v.weight:g}</td>"
                     f'<td>{vote}</td><td class="num">{_pct(v.confidence)}</td>'
-                    f'<td class="num">{_pct(v.alignment_score)}</td><td class="num">{_e(fmt_ms(v.latency_ms))}'
+                    f'<td class="num">{_score(v.alignment_score)}</td><td class="num">{_e(fmt_ms(v.latency_ms))}'
                     f'{" (cached)" if v.cached else ""}</td>'
                     f'<td>{f"<ul class=plain>{defs}</ul>" if defs else ""}</td>'
                     f'<td class="err">{_long_text(v.error)}</td></tr>')
@@ -175,11 +186,29 @@ def _quorum(state: PhaseState) -> str:
     return "".join(out)
 
 
+OUTPUT_CHARS = 4000          # of each stream of one task, at most
+OUTPUT_PAGE_CHARS = 2_000_000  # of all tasks' output together: a 10k-task run still opens
+
+
+def _output_cell(r: TaskResult, cap: int) -> str:
+    """The task's error and output: the first line, the streams (capped) one click away."""
+    stdout, stderr = output_streams(r.output)
+    shell = isinstance(r.output, dict) and "exit_code" in r.output
+    parts = [(name, text) for name, text in (("error", r.error or ""), ("stdout" if shell else "output", stdout),
+                                             ("stderr", stderr)) if text.strip()]
+    if not parts:
+        return ""
+    first = one_line(r.error, 160) if r.error else one_line(output_summary(r.output), 160)
+    body = "".join(f"<h4>{name}</h4><pre>{_e(truncate(text, cap, keep_tail=True))}</pre>" for name, text in parts)
+    return f'<details class="out"><summary>{_e(first or parts[0][0])}</summary>{body}</details>'
+
+
 def _task_table(state: PhaseState) -> str:
     if not state.task_results and not state.tasks_data:
         return ""
     descs, critical = descriptions(state), set(critical_ids(state))
     origin = execution_origin(state)
+    cap = max(300, min(OUTPUT_CHARS, OUTPUT_PAGE_CHARS // max(1, 2 * len(state.task_results))))
     rows = []
     for i, r in enumerate(state.task_results):
         offset = offset_text(r, origin)
@@ -189,13 +218,15 @@ def _task_table(state: PhaseState) -> str:
                     f'<td class="num">{_e(fmt_ms(r.duration_ms) if not r.skipped else "-")}</td>'
                     f'<td class="num">{r.attempts}</td><td>{_badge(task_status(r))}</td>'
                     f'<td class="desc">{_e(one_line(descs.get(r.task_id, ""), 200))}</td>'
-                    f'<td class="err">{_long_text(r.error)}</td></tr>')
+                    f'<td class="out{" err" if r.error else ""}">{_output_cell(r, cap)}</td></tr>')
     if not rows:  # planned but not executed: list the breakdown itself
         rows = [f'<tr><td class="mono">{_e(t.task_id)}</td><td>{_e(t.agent)}</td><td>-</td><td class="num">-</td>'
                 f'<td class="num">-</td><td class="num">0</td><td>{_badge("pending")}</td>'
                 f'<td class="desc">{_e(one_line(t.description, 200))}</td><td></td></tr>' for t in state.tasks_data]
-    headers = ["task", "agent", "worker", "start", "duration", "attempts", "status", "description", "error"]
-    return f'<section id="tasks"><h2>Tasks</h2>{_table(headers, rows, numeric=(3, 4, 5))}</section>'
+    headers = ["task", "agent", "worker", "start", "duration", "attempts", "status", "description", "output / error"]
+    note = ('<p class="sub">Click a task\'s output to read it (each stream capped at '
+            f"{cap} characters here; the state file has it all).</p>")
+    return f'<section id="tasks"><h2>Tasks</h2>{note}{_table(headers, rows, numeric=(3, 4, 5))}</section>'
 
 
 def _context_rows(ctx: TaskContext) -> list[str]:

@@ -46,7 +46,10 @@ def render_chart(chart: Chart, chart_id: str, aria_label: str) -> str:
     out = [f'<svg class="gantt" id="{_e(chart_id)}" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" '
            f'height="{height}" role="img" aria-label="{_e(aria_label)}">']
     out += _bands(chart, height)
+    out += _lead_in(chart, scale, height)
     out += _axis(chart.span_ms, scale, height)
+    if chart.axis_label:
+        out.append(f'<text class="axis-label" x="8" y="{AXIS_H - 9}">{_e(chart.axis_label)}</text>')
     positions: dict[str, tuple[float, float, float]] = {}
     for i, row in enumerate(chart.rows):
         y = AXIS_H + i * ROW_H
@@ -80,6 +83,19 @@ def _bands(chart: Chart, height: int) -> list[str]:
             start = i
     out.append(f'<line class="divider" x1="{LABEL_W}" y1="{AXIS_H - 4}" x2="{LABEL_W}" y2="{height}"/>')
     return out
+
+
+def _lead_in(chart: Chart, scale: float, height: int) -> list[str]:
+    """The time before the first bar, shaded and named, so a blank start is never a mystery."""
+    if chart.lead_in_ms <= 0:
+        return []
+    w = chart.lead_in_ms * scale
+    label = next((t for t in ("start-up " + fmt_ms(chart.lead_in_ms), "start-up") if len(t) * CHAR_W + 8 <= w), "")
+    out = [f'<g class="lead-in"><title>{_e(chart.lead_in_tip)}</title>'
+           f'<rect x="{LABEL_W}" y="{AXIS_H - 4}" width="{w:.1f}" height="{height - AXIS_H + 4}"/>']
+    if label:
+        out.append(f'<text x="{LABEL_W + 4}" y="{height - 8}">{_e(label)}</text>')
+    return out + ["</g>"]
 
 
 def _axis(span_ms: float, scale: float, height: int) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Optional
 from dispatch.common.text import one_line, text_table
 from dispatch.models import PhaseState, ValidatorVote
 from dispatch.report.common import (FAILED, SKIPPED, SUCCESS, critical_ids, execution_origin, fmt_ms, offset_text,
-                                    phase_status, run_span_ms, task_counts, task_status)
+                                    output_summary, phase_status, run_wall_ms, task_counts, task_status)
 
 MARKS = {SUCCESS: "✓ ok", FAILED: "✗ failed", SKIPPED: "⚠ skipped"}
 
@@ -34,7 +34,7 @@ def _phases(state: PhaseState) -> list[str]:
                                 right=(3, 4)) + [f"  total phase time {fmt_ms(total)}"]
 
 
-def _tasks(state: PhaseState) -> list[str]:
+def _tasks(state: PhaseState, max_tasks: Optional[int] = None) -> list[str]:
     results = state.task_results
     if not results:
         return ["TASKS", "  (no agent task has run)"]
@@ -43,17 +43,27 @@ def _tasks(state: PhaseState) -> list[str]:
     critical = set(critical_ids(state))
     origin = execution_origin(state)
     rows = []
-    for r in results:
+    shown = results if max_tasks is None or len(results) <= max_tasks else _worst_first(results)[:max_tasks]
+    for r in shown:
+        said = r.error if r.error or not r.success else output_summary(r.output)
         rows.append([("* " if r.task_id in critical else "  ") + one_line(r.task_id, 40), one_line(r.agent, 20),
                      one_line(r.worker or "-", 30), offset_text(r, origin), "-" if r.skipped else fmt_ms(r.duration_ms),
-                     MARKS[task_status(r)], one_line(r.error, 60)])
+                     MARKS[task_status(r)], one_line(said, 60)])
     head = (f"TASKS  {counts[SUCCESS]} ok, {counts[FAILED]} failed, {counts[SKIPPED]} skipped "
             f"on {len(workers)} worker{'s' if len(workers) != 1 else ''}")
-    lines = [head] + text_table(["  task", "agent", "worker", "start", "duration", "status", "error"], rows,
-                             right=(3, 4))
+    lines = [head] + text_table(["  task", "agent", "worker", "start", "duration", "status", "output / error"],
+                                rows, right=(3, 4))
+    if len(shown) < len(results):
+        lines.append(f"  … and {len(results) - len(shown)} more tasks (failed ones are listed first)")
     if critical:
         lines.append("  * on the critical path")
     return lines
+
+
+def _worst_first(results: list) -> list:
+    """Failed, then skipped, then the rest, each in run order: what a capped list must not drop."""
+    rank = {FAILED: 0, SKIPPED: 1, SUCCESS: 2}
+    return sorted(results, key=lambda r: rank[task_status(r)])
 
 
 def _vote_row(v: ValidatorVote) -> list[str]:
@@ -87,12 +97,13 @@ def _critical_path(state: PhaseState) -> list[str]:
     return [f"CRITICAL PATH  {chain}" + (f"  ({fmt_ms(total)} of task time)" if by_id else "")]
 
 
-def render_text(state: PhaseState) -> str:
-    """The run as a few plain-text tables: phases, tasks, quorum, critical path."""
+def render_text(state: PhaseState, max_tasks: Optional[int] = None) -> str:
+    """The run as a few plain-text tables: phases, tasks (the first ``max_tasks``, failed ones first, when
+    given), quorum, critical path."""
     status = f"dispatch run {one_line(state.run_id, 80)} · {state.status}"
-    span = run_span_ms(state)
+    span = run_wall_ms(state)
     if span is not None:
         status += f" · wall time {fmt_ms(span)}"
     blocks = [[status] + ([f"prompt: {one_line(state.user_prompt, 100)}"] if state.user_prompt.strip() else []),
-              _phases(state), _tasks(state), _quorum(state), _critical_path(state)]
+              _phases(state), _tasks(state, max_tasks), _quorum(state), _critical_path(state)]
     return "\n\n".join("\n".join(b) for b in blocks if b) + "\n"

@@ -46,6 +46,9 @@ class Chart:
     rows: list[Row]
     span_ms: float
     links: list[tuple[str, str]] = field(default_factory=list)  # bar key -> bar key (critical path)
+    axis_label: str = ""       # what 0 on the axis is, drawn above the row labels
+    lead_in_ms: float = 0.0    # from 0 to the first bar: time the run spent before its first phase began
+    lead_in_tip: str = ""
 
 
 def _offset(ts: Optional[datetime], origin: datetime) -> Optional[float]:
@@ -53,13 +56,17 @@ def _offset(ts: Optional[datetime], origin: datetime) -> Optional[float]:
 
 
 def phase_chart(state: PhaseState) -> Chart:
-    """One row per recorded phase, on the run's clock.
+    """One row per recorded phase, on the run's clock: 0 is the run's start (``state.started_at``, when
+    it was prepared), so the wall time the header shows is the axis's length.  The stretch before the
+    first phase began (submitting, queueing, a worker starting) is the chart's ``lead_in_ms``, drawn
+    and labelled rather than left blank.
 
     A phase without timestamps (an older or hand-made state) is laid after the
     previous one using its ``duration_ms``, so the chart still shows its weight.
     """
     starts = [parse_ts(r.started_at) for r in state.phases_executed]
-    known = [s for s in starts if s] + ([parse_ts(state.started_at)] if parse_ts(state.started_at) else [])
+    run_start = parse_ts(state.started_at)
+    known = [s for s in starts if s] + ([run_start] if run_start else [])
     origin = min(known) if known else None
     rows, cursor = [], 0.0
     for i, result in enumerate(state.phases_executed):
@@ -88,7 +95,14 @@ def phase_chart(state: PhaseState) -> Chart:
                             status=status, tip="\n".join(tip), anchor=f"phase-{result.phase.number}",
                             note=fmt_ms(result.duration_ms)))
         rows.append(row)
-    return Chart(rows=rows, span_ms=max([cursor] + [b.end_ms for r in rows for b in r.bars] + [1.0]))
+    first = min((b.start_ms for r in rows for b in r.bars), default=0.0)
+    lead_in = first if origin is not None and origin == run_start and first >= 1.0 else 0.0
+    started = f" ({state.started_at.replace('T', ' ').replace('Z', ' UTC')})" if state.started_at else ""
+    return Chart(rows=rows, span_ms=max([cursor] + [b.end_ms for r in rows for b in r.bars] + [1.0]),
+                 axis_label="since the run started" if run_start else "since the first phase",
+                 lead_in_ms=lead_in,
+                 lead_in_tip=(f"{fmt_ms(lead_in)} from the run's start{started} to its first phase: submitting "
+                              "it, waiting in the queue, a worker starting" if lead_in else ""))
 
 
 def _pack(intervals: list[tuple[float, float, TaskResult]]) -> list[list[tuple[float, float, TaskResult]]]:
@@ -182,7 +196,7 @@ def task_chart(state: PhaseState) -> Chart:
                         note=f"… and {len(not_run) - NOT_RUN_ROWS} more tasks that did not run (see the task table)"))
 
     path = [tid for tid in (state.plan.critical_path if state.plan else []) if tid in index]
-    return Chart(rows=rows, span_ms=span, links=list(zip(path, path[1:])))
+    return Chart(rows=rows, span_ms=span, links=list(zip(path, path[1:])), axis_label="since phase 4 started")
 
 
 def _blocked_at(state: PhaseState, ends: dict[str, float]) -> dict[str, float]:

@@ -17,10 +17,15 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from dispatch.config import Settings
+from dispatch.runtime import telemetry
 from dispatch.runtime.embedded import EmbeddedRedisBackend
-from dispatch.tasks.names import AGENT_QUEUE, AGENT_TASK, PHASE_QUEUE
+from dispatch.tasks.names import AGENT_QUEUE, AGENT_TASK, PHASE_QUEUE, agent_queue, phase_queue
 
 __all__ = ["AGENT_QUEUE", "PHASE_QUEUE", "create_app"]
+
+# Celery's built-in tasks a dispatch worker never needs; a message naming one is refused as unregistered
+UNUSED_BUILTINS = ("celery.backend_cleanup",)
+
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
     """Redelivery of late-acked messages whose worker died (Redis broker; RabbitMQ redelivers on its own).
@@ -34,7 +39,19 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             "unacked_restore_throttle": 1}
 
 
+def drop_unused_builtins(sender: Celery, **_: Any) -> None:
+    for name in UNUSED_BUILTINS:
+        sender.tasks.pop(name, None)
+
+
+def deployment_prefix(settings: Settings) -> str:
+    """What every key Celery and kombu write starts with (queues, results, chords, bookkeeping): the
+    deployment's own, so deployments sharing one Redis are isolated (their documented ``global_keyprefix``)."""
+    return f"{settings.key_prefix}:"
+
+
 def create_app(settings: Settings) -> Celery:
+    telemetry.install()  # a no-op unless OTEL_* is set and the [otel] extra is installed
     if settings.embedded:
         app = Celery("dispatch", broker="memory://", backend=EmbeddedRedisBackend, set_as_current=False)
         app.conf.broker_transport_options = {"polling_interval": 0.005}
@@ -42,23 +59,27 @@ def create_app(settings: Settings) -> Celery:
         app = Celery("dispatch", broker=settings.broker_url, backend=settings.result_backend,
                      set_as_current=False)
         app.conf.broker_transport_options = broker_transport_options(settings)
+        if settings.broker_url.startswith(("redis://", "rediss://")):
+            app.conf.broker_transport_options["global_keyprefix"] = deployment_prefix(settings)
         # give up on a lost backend within ~2 s: the CLI rides out outages in its own loop (with a message)
         # and workers retry each command for reconnect_timeout_s (dispatch.store.ride_out_outages)
         app.conf.result_backend_transport_options = {
+            "global_keyprefix": deployment_prefix(settings),
             "retry_policy": {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}}
+    phases, agents = phase_queue(settings.key_prefix), agent_queue(settings.key_prefix)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
         event_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
-        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (PHASE_QUEUE, AGENT_QUEUE)],
-        task_default_queue=PHASE_QUEUE,
-        task_default_exchange=PHASE_QUEUE,
-        task_default_routing_key=PHASE_QUEUE,
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (phases, agents)],
+        task_default_queue=phases,
+        task_default_exchange=phases,
+        task_default_routing_key=phases,
         # by queue only: Celery then publishes to the queue directly (the anonymous exchange), where a
         # named exchange costs a binding lookup in Redis on every send
-        task_routes={AGENT_TASK: {"queue": AGENT_QUEUE}},
+        task_routes={AGENT_TASK: {"queue": agents}},
         # a killed worker's agent task goes back to the queue instead of vanishing
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -81,5 +102,7 @@ def create_app(settings: Settings) -> Celery:
     app.dispatch_settings = settings  # what dispatch.tasks.support.deployment_of reads, URLs included
     app.conf.include = ["dispatch.tasks"]
     import dispatch.tasks  # noqa: F401 - registers the shared tasks with this app
+
+    app.on_after_finalize.connect(drop_unused_builtins, weak=False)
 
     return app

@@ -7,22 +7,26 @@ person sees while it runs is the caller's: the runner reports to a
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
-from contextlib import nullcontext
-from typing import Any, Optional, Protocol
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator, Optional, Protocol
 
 from celery import chain
 from celery.exceptions import TimeoutError as ResultTimeout
 from celery.utils import uuid
 
 from dispatch.config import Settings, redact_url
-from dispatch.errors import DispatchError
-from dispatch.models import ExecutionPhase, PhaseState
+from dispatch.agents.process import stop_all
+from dispatch.errors import DispatchError, RunInterrupted
+from dispatch.models import ExecutionPhase, PhaseState, StateRef
 from dispatch.pipeline import status
 from dispatch.runtime.app import create_app
 from dispatch.runtime.connection import connection_errors
-from dispatch.runtime.control import close_broken_chord
+from dispatch.runtime.control import close_broken_chord, close_phase_4
 from dispatch.runtime.embedded import embedded_worker
+from dispatch.runtime import telemetry
 from dispatch.store import Deployment, StateStore, make_store
 from dispatch.tasks import phase_signature
 
@@ -41,6 +45,41 @@ class RunObserver(Protocol):
     def progress(self, done: Optional[int] = None, total: Optional[int] = None) -> None: ...
     def progress_clear(self) -> None: ...
     def progress_finish(self) -> None: ...
+
+
+INTERRUPT_SETTLE_S = 3.0  # after stopping agents, how long their tasks get to record what they did
+
+
+class Stopped(BaseException):
+    """SIGTERM in the main thread, raised like SIGINT's ``KeyboardInterrupt``."""
+
+
+class StopSignals:
+    """SIGINT/SIGTERM during an embedded run: the first raises in the main thread, later ones are counted."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.count = 0
+
+    def handle(self, signum: int, _frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.signum = signum
+            raise KeyboardInterrupt if signum == signal.SIGINT else Stopped()
+
+
+@contextmanager
+def stop_signals() -> Iterator[StopSignals]:
+    stopped = StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped  # signals are the main thread's: nothing to install
+        return
+    previous = {sig: signal.signal(sig, stopped.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stopped
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class SilentObserver:
@@ -77,16 +116,15 @@ class Runner:
 
     def submit(self, state: PhaseState) -> list[Any]:
         """Chain exactly the selected phases; return one AsyncResult per phase, in order."""
-        payload = state.model_dump(mode="json")
+        ref = state.ref().model_dump()  # the state itself is in the store (saved by ``run``)
         signatures = [phase_signature(self.app, n) for n in state.selected_phases]
-        signatures[0] = phase_signature(self.app, state.selected_phases[0], payload, immutable=True)
-        # ids chosen up front and recorded before sending, so `dispatch cancel` can revoke queued phases;
-        # Flower shows the run id instead of the whole state as the arguments
+        signatures[0] = phase_signature(self.app, state.selected_phases[0], ref, immutable=True)
+        # ids chosen up front and recorded before sending, so `dispatch cancel` can revoke queued phases
         ids = {}
         for number, signature in zip(state.selected_phases, signatures):
             task_id = uuid()
             ids[task_id] = f"phase_{number}"
-            signature.set(task_id=task_id, argsrepr=f"(<state of run {state.run_id}>,)")
+            signature.set(task_id=task_id)
         self.deployment.ledger(state.run_id).record(ids)
         last = chain(*signatures).apply_async() if len(signatures) > 1 else signatures[0].apply_async()
         results = []
@@ -104,14 +142,52 @@ class Runner:
                                 f"nothing was submitted") from None
         if self.settings.embedded:
             context: Any = embedded_worker(self.app, self.settings.embedded_concurrency)
+            return self.run_embedded(state, context)
         else:
             self.observer.line(f"Submitting run {state.run_id} to {redact_url(self.settings.broker_url)}")
             context = nullcontext()
-        with context:
+        with context, telemetry.run_span(state) as span:
             results = self.submit(state)
             if not wait:
                 return None
-            return self.follow(state, results)
+            final = self.follow(state, results)
+            span.finish(final)
+            return final
+
+    def run_embedded(self, state: PhaseState, worker: Any) -> PhaseState:
+        """An embedded run: its worker lives in this process, so SIGINT and SIGTERM stop the run here.
+
+        On either signal the run is cancelled (queued tasks do not start), every
+        agent process group is stopped within its grace (a second signal:
+        at once), phase 4 is closed from the scheduler's records (finished
+        results kept) and the state saved; ``RunInterrupted`` carries it.
+        """
+        with stop_signals() as stopped, worker, telemetry.run_span(state) as span:
+            try:
+                results = self.submit(state)
+                final = self.follow(state, results)
+            except (KeyboardInterrupt, Stopped):
+                raise self.interrupted(state, stopped.signum or signal.SIGINT, stopped) from None
+            span.finish(final)
+            return final
+
+    def interrupted(self, state: PhaseState, signum: int, stopped: "StopSignals") -> RunInterrupted:
+        run_id = state.run_id
+        self.observer.progress_clear()
+        self.observer.warn(f"{signal.Signals(signum).name}: stopping run {run_id} (again to stop at once)")
+        deployment = self.deployment
+        deployment.cancel(run_id)
+        stop_all(hurry=lambda: stopped.count > 1)
+        scheduler = deployment.scheduler(run_id)
+        deadline = time.monotonic() + INTERRUPT_SETTLE_S
+        while scheduler.exists() and not scheduler.quiet() and time.monotonic() < deadline \
+                and stopped.count <= 1:
+            time.sleep(0.02)  # the stopped agents' tasks record their results
+        final = close_phase_4(run_id, deployment, cancel_seen=True) or self.store.load(run_id) or state
+        status.cancelled(final)
+        self.store.save(final)
+        return RunInterrupted(f"run {run_id} stopped by {signal.Signals(signum).name}; finished results are "
+                              f"saved", final, signum)
 
     def attach(self, run_id: str) -> Optional[tuple[PhaseState, list[Any]]]:
         """A run submitted elsewhere (``--no-wait``, another machine): the state it was submitted with and
@@ -144,20 +220,31 @@ class Runner:
             if status.is_stopped(current):
                 break
             self.observer.phase_started(phase, current)
-            current = PhaseState.model_validate(self.wait(result, phase, current))
+            with telemetry.phase_span(phase, current) as span:
+                current = self.wait(result, phase, current)
+                span.finish(current)
             if current.result_for(phase) is not None:
                 self.observer.phase_finished(phase, current)
         return current
 
-    def wait(self, result: Any, phase: ExecutionPhase, state: PhaseState) -> dict:
-        """The phase's returned state; progress on stderr meanwhile; a lost connection ridden out."""
+    def wait(self, result: Any, phase: ExecutionPhase, state: PhaseState) -> PhaseState:
+        """The state the phase left in the store; progress reported meanwhile; a lost connection ridden out."""
         self.observer.progress_start(phase)
         try:
             return self._wait(result, phase, state)
         finally:
             self.observer.progress_finish()
 
-    def _wait(self, result: Any, phase: ExecutionPhase, state: PhaseState) -> dict:
+    def state_after(self, returned: Any, state: PhaseState) -> PhaseState:
+        """What a phase task returned (a ``StateRef``) -> the state it saved."""
+        ref = StateRef.model_validate(returned)
+        stored = self.store.load(ref.run_id)
+        if stored is None or stored.version < ref.version:
+            raise DispatchError(f"run {state.run_id}: phase state version {ref.version} is not in "
+                                f"{self.store.describe()} (the store lost data?)")
+        return stored
+
+    def _wait(self, result: Any, phase: ExecutionPhase, state: PhaseState) -> PhaseState:
         lost = connection_errors()
         warned = False
         started = checked = time.monotonic()
@@ -170,7 +257,8 @@ class Runner:
                     lost_since = None
                     result = self.fresh_result(result)
                 try:
-                    return result.get(timeout=self.observer.poll_s, propagate=True, disable_sync_subtasks=False)
+                    returned = result.get(timeout=self.observer.poll_s, propagate=True, disable_sync_subtasks=False)
+                    return self.state_after(returned, state)
                 except (ResultTimeout, TimeoutError):
                     status, meta = result.state, result.info
                 if not self.settings.embedded and time.monotonic() - checked > RUN_CHECK_S:
@@ -198,7 +286,7 @@ class Runner:
                 if stopped is None and phase == ExecutionPhase.PARALLEL_EXECUTION:
                     stopped = self.close_broken_phase_4(state, exc)
                 if stopped is not None:
-                    return stopped.model_dump(mode="json")
+                    return stopped
                 raise DispatchError(f"phase {phase.number} ({phase.title}) crashed on its worker: "
                                     f"{type(exc).__name__}: {exc}; run {state.run_id}") from None
 

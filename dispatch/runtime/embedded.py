@@ -1,5 +1,10 @@
 """The embedded default: an in-process Redis (fakeredis) for results and coordination, and an
-in-process threads worker, so a first run needs no server and runs the same canvas."""
+in-process threads worker, so a first run needs no server and runs the same canvas.
+
+The worker logs to the CLI's stderr at ``DISPATCH_WORKER_LOG_LEVEL`` (ERROR by
+default); ``silence_worker_logs`` (the CLI's ``-q``) turns even its error
+tracebacks off, since every failure also reaches the user as the run's result.
+"""
 from __future__ import annotations
 
 import logging
@@ -12,6 +17,13 @@ from typing import Any, Iterator
 from celery.backends.redis import RedisBackend
 
 _EMBEDDED_SERVER: Any = None
+_SILENT = False  # set by the CLI's -q: the worker logs nothing at all
+
+
+def silence_worker_logs() -> None:
+    """No worker log on stderr, not even error tracebacks (``-q``); the run's outcome still reports them."""
+    global _SILENT
+    _SILENT = True
 
 
 def embedded_server() -> Any:
@@ -47,13 +59,15 @@ def embedded_worker(app: Any, concurrency: int = 8) -> Iterator[Any]:
     from celery.app.trace import setup_worker_optimizations
     from celery.contrib.testing.worker import TestWorkController
 
-    level = os.environ.get("DISPATCH_WORKER_LOG_LEVEL", "ERROR")
+    level = "CRITICAL" if _SILENT else os.environ.get("DISPATCH_WORKER_LOG_LEVEL", "ERROR")
     # what Celery's test harness does to ready an app for an in-process worker, less making it the
     # process's current and default app: the client's app stays its own (set_as_current=False)
     app.finalize()
     type(app.log)._setup = False
     app.log.setup(loglevel=level, logfile=None)
     logging.getLogger("celery").setLevel(level)
+    if _SILENT:  # what Celery's setup does not reach: the library loggers a task's code may use
+        logging.getLogger().setLevel(logging.CRITICAL)
     worker = TestWorkController(
         app=app, concurrency=concurrency, pool="threads", loglevel=level, logfile=None,
         hostname=f"embedded@{socket.gethostname()}", ready_callback=None,

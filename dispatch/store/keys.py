@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 # The phase-4 scheduler's keys of one run (see ``dispatch.store.scheduler``).
 DAG_KEYS = ("remaining", "ready", "inflight", "results", "payloads", "dependents", "depends", "priority",
-            "outbox", "claims", "state", "limit", "started", "reported")
+            "outbox", "claims", "state", "limit", "started", "reported", "closed")
 
 
 @dataclass(frozen=True)

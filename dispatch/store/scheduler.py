@@ -89,6 +89,13 @@ class AlreadyClaimed(Exception):
     """Another Celery task runs (or ran) this task: this one is a second send of it."""
 
 
+class NoSuchRun(Exception):
+    """An agent message for a run that has no phase 4 under way in this deployment: ignored, nothing written."""
+
+
+START = "__start__"  # the outbox entry of phase 4's own first sends
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -153,7 +160,13 @@ class DagScheduler:
         for key in self.keys.values():
             pipe.expire(key, self.ttl_s)
         pipe.execute()
-        return self.take_ready()
+        first = self.take_ready()
+        if first:  # phase 4's own sends, kept like a completion's: a redelivered phase 4 re-sends them
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(k("outbox"), START, "\n".join(first))
+            pipe.expire(k("outbox"), self.ttl_s)
+            pipe.execute()
+        return first
 
     # --------------------------------------------------------------- per task
     def prepare(self, task_id: str, cancel_key: Optional[str] = None, celery_id: str = "") -> Prepared:
@@ -167,6 +180,8 @@ class DagScheduler:
                                     k("results"), k("claims")], args=[task_id, celery_id, self.ttl_s])
         if reply[1] == -1:
             raise AlreadyClaimed(f"run {self.run_id}: task '{task_id}' is claimed by another Celery task")
+        if reply[1] == -2:
+            raise NoSuchRun(f"run {self.run_id}: no phase 4 under way (unknown run, or already closed)")
         if reply[0] is None:
             raise LookupError(f"run {self.run_id}: no payload for task '{task_id}' (expired or cancelled)")
         deps = {_text(dep): json.loads(raw).get("output") for dep, raw in zip(reply[2::2], reply[3::2])
@@ -223,5 +238,23 @@ class DagScheduler:
         return {_text(k): TaskResult.model_validate_json(v)
                 for k, v in self.client.hgetall(self.key("results")).items()}
 
-    def reset(self) -> None:
-        self.client.delete(*self.keys.values())
+    def exists(self) -> bool:
+        """Phase 4 of this run is under way (started and not yet closed)."""
+        return bool(self.client.exists(self.key("state")))
+
+    def started_tasks(self) -> list[str]:
+        """The tasks phase 4 itself sent when it started (``start``)."""
+        return self.unsent(START)
+
+    def quiet(self) -> bool:
+        """Nothing is running and nothing is waiting: every task that can run has finished."""
+        inflight = int(self.client.get(self.key("inflight")) or 0)
+        return inflight <= 0 and not self.client.zcard(self.key("ready"))
+
+    def claim_close(self) -> bool:
+        """The one caller allowed to close phase 4 (several chords may end over one scheduler)."""
+        return bool(self.client.set(self.key("closed"), "1", nx=True, ex=self.ttl_s))
+
+    def reset(self, keep_closed: bool = False) -> None:
+        """Drop the run's scheduling keys; the closer keeps ``closed`` so a late chord cannot close again."""
+        self.client.delete(*(key for name, key in self.keys.items() if not (keep_closed and name == "closed")))

@@ -115,6 +115,7 @@ class DirectoryStateStore:
 
     def save(self, state: PhaseState) -> None:
         state.saved_at = iso(utcnow())
+        state.version += 1
         atomic_write(self._path(state.run_id), dump_state(state))
 
     def load(self, run_id: str) -> Optional[PhaseState]:
@@ -164,6 +165,7 @@ class RedisStateStore:
 
     def save(self, state: PhaseState) -> None:
         state.saved_at = iso(utcnow())
+        state.version += 1
         started = utcnow().timestamp()
         pipe = self.client.pipeline()
         pipe.set(self.key(state.run_id), dump_state(state), ex=self.ttl_s or None)

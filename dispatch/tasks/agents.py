@@ -11,18 +11,20 @@ import time
 from typing import Any, Optional
 
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.utils.log import get_task_logger
 from celery.utils import uuid
 
 from dispatch.agents import AgentInvocation, AgentOutcome, build_agent, build_prompt, run_agent
 from dispatch.common.backoff import backoff_delay
 from dispatch.config import ComponentConfig
-from dispatch.models import AgentPayload, TaskResult, iso, utcnow
+from dispatch.models import AgentPayload, ExecutionPhase, TaskResult, iso, utcnow
 from dispatch.pipeline.execution import close_execution
-from dispatch.store import AlreadyClaimed, Completion, DagScheduler, Deployment, RunLedger, SendKeys
-from dispatch.tasks.names import AGENT_QUEUE, AGENT_TASK, COLLECT_TASK
+from dispatch.store import AlreadyClaimed, Completion, DagScheduler, Deployment, NoSuchRun, RunLedger, SendKeys
+from dispatch.tasks.names import AGENT_TASK, COLLECT_TASK, agent_queue
 from dispatch.tasks.support import deployment_of
 
+logger = get_task_logger(__name__)
 TRANSIENT_RETRIES = 3
 TRANSIENT_BACKOFF_S, TRANSIENT_CAP_S = 1.0, 30.0
 # An agent's own timeout (timeout_s, else the run's timeout_seconds) fires first.  Celery's soft limit,
@@ -33,7 +35,7 @@ HARD_LIMIT_GRACE_S = 5.0
 
 
 def agent_signature(app: Any, run_id: str, task_id: str, timeout_s: Optional[float] = None) -> Any:
-    options: dict[str, Any] = {"queue": AGENT_QUEUE}
+    options: dict[str, Any] = {"queue": agent_queue(deployment_of(app).prefix)}
     if timeout_s:
         options.update(soft_time_limit=timeout_s + SOFT_LIMIT_GRACE_S,
                        time_limit=timeout_s + SOFT_LIMIT_GRACE_S + HARD_LIMIT_GRACE_S)
@@ -96,6 +98,10 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     except AlreadyClaimed:
         # sent twice (its completer was redelivered after sending it): the other Celery task runs it
         return {"task_id": task_id, "success": None, "duplicate": True}
+    except NoSuchRun:
+        logger.warning("ignored an agent message for run %s (task %s): no phase 4 of it under way here",
+                       run_id, task_id)
+        return {"task_id": task_id, "success": None, "ignored": True}
     except SoftTimeLimitExceeded:
         outcome = AgentOutcome(success=False, error="SoftTimeLimitExceeded")
     except Exception as exc:  # noqa: BLE001 - recorded as the task's failure
@@ -158,14 +164,25 @@ def cached_agent(name: str, config_json: str) -> Any:
 
 
 def finish_execution(deployment: Deployment, scheduler: DagScheduler) -> dict:
-    """Close phase 4 from the scheduler's records, save the run, return its state."""
+    """Close phase 4 from the scheduler's records, save the run, return a reference to its state.
+
+    Closed only when the scheduler's own records say nothing is running or
+    waiting, and by one caller: a phase 4 delivered twice has two chords over
+    one scheduler, and the first to end early (its parts were duplicates) must
+    store no result (``Ignore``) rather than close the run with tasks missing.
+    """
     state = scheduler.state()
     if state is None:
+        stored = deployment.store.load(scheduler.run_id)
+        if stored is not None and stored.result_for(ExecutionPhase.PARALLEL_EXECUTION) is not None:
+            raise Ignore()  # another chord of this phase closed it
         raise LookupError(f"run {scheduler.run_id}: phase 4 state expired before collection")
+    if not scheduler.quiet() or not scheduler.claim_close():
+        raise Ignore()
     close_execution(state, scheduler.results(), scheduler.started(), cancel_seen=deployment.cancelled(state.run_id))
     deployment.store.save(state)
-    scheduler.reset()
-    return state.model_dump(mode="json")
+    scheduler.reset(keep_closed=True)
+    return state.ref().model_dump()
 
 
 @shared_task(bind=True, name=COLLECT_TASK)

@@ -1,7 +1,23 @@
-"""Queue and task names: what a worker consumes and what the client and Flower see.  Imports nothing."""
+"""Queue and task names: what a worker consumes and what the client and Flower see.  Imports nothing.
 
-PHASE_QUEUE = "dispatch.phases"
-AGENT_QUEUE = "dispatch.agents"
+Queues are named after the deployment's key prefix (``DISPATCH_KEY_PREFIX``), so
+two deployments on one broker never consume each other's messages; with the
+default prefix they are ``dispatch.phases`` and ``dispatch.agents``.
+"""
+
+DEFAULT_PREFIX = "dispatch"
+
+
+def phase_queue(prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}.phases"
+
+
+def agent_queue(prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}.agents"
+
+
+PHASE_QUEUE = phase_queue()
+AGENT_QUEUE = agent_queue()
 
 AGENT_TASK = "dispatch.agent"
 COLLECT_TASK = "dispatch.collect"

@@ -16,13 +16,12 @@ stderr.  No terminal means no one to ask, which is a usage error.
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from dispatch.cli.follow import LogObserver
+from dispatch.cli.execute import make_runner
 from dispatch.cli.interactive.editor import EDIT_HELP, Editor, validate_context, validate_tasks
 from dispatch.cli.interactive.session import Checkpoint, Decision, Session, SessionFlags
 from dispatch.cli.interactive.terminal import Terminal
@@ -53,7 +52,7 @@ def resume_command(path: Path, invoked_as: str = "dispatch") -> str:
     return f"{invoked_as} --resume-session {shlex.quote(str(path))}"
 
 
-def run_interactive(args: argparse.Namespace, cfg: PhaseConfig, settings: Settings,
+def run_interactive(args: Any, cfg: PhaseConfig, settings: Settings,
                     config: Optional[DispatchConfig], log: Log, invoked_as: str = "dispatch") -> int:
     """The CLI's entry for ``-i`` and ``--resume-session``: same exit codes and JSON result as a plain run."""
     if args.no_wait:
@@ -84,7 +83,7 @@ def run_interactive(args: argparse.Namespace, cfg: PhaseConfig, settings: Settin
         else:
             term.say(f"Resuming run {session.run_id} from {path}")
         save_file = args.save_phase_state or session.flags.save_phase_state
-        return InteractiveRun(session, path, Runner(settings, LogObserver(log, settings)), term, log,
+        return InteractiveRun(session, path, make_runner(settings, log), term, log,
                               save_file, invoked_as).run()
     finally:
         term.close()
