@@ -64,6 +64,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     disconnect: bool = False
     usage: tuple[int, int] = (11, 7)
+    cut_off: bool = False  # the answer stopped at max_tokens (finish_reason "length" / stop_reason "max_tokens")
 
 
 @dataclass
@@ -97,17 +98,18 @@ def error_body(path: str, status: int, message: str) -> Reply:
     return Reply(body=body, status=status)
 
 
-def openai_envelope(text: str, model: str, usage: tuple[int, int]) -> dict:
+def openai_envelope(text: str, model: str, usage: tuple[int, int], cut_off: bool = False) -> dict:
     return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
+                         "finish_reason": "length" if cut_off else "stop"}],
             "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
                       "total_tokens": usage[0] + usage[1]}}
 
 
-def anthropic_envelope(text: str, model: str, usage: tuple[int, int]) -> dict:
+def anthropic_envelope(text: str, model: str, usage: tuple[int, int], cut_off: bool = False) -> dict:
     return {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "content": [{"type": "text", "text": text}], "stop_reason": "max_tokens" if cut_off else "end_turn",
+            "stop_sequence": None,
             "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
 
 
@@ -323,9 +325,9 @@ class FakeLLMServer:
             if reply.body is not None:
                 document = reply.body
             elif handler.path == ANTHROPIC_PATH:
-                document = anthropic_envelope(reply.text or "", model, reply.usage)
+                document = anthropic_envelope(reply.text or "", model, reply.usage, reply.cut_off)
             else:
-                document = openai_envelope(reply.text or "", model, reply.usage)
+                document = openai_envelope(reply.text or "", model, reply.usage, reply.cut_off)
             data = json.dumps(document).encode()
             content_type = "application/json"
         try:

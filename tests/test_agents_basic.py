@@ -50,13 +50,15 @@ def test_unknown_agent_lists_the_known_names():
     cfg = config(b_agent={"kind": "echo"}, a_agent={"kind": "sleep"})
     with pytest.raises(ConfigError) as err:
         resolve_agent("nope", cfg)
-    assert str(err.value) == "unknown agent 'nope' (known: a_agent, b_agent, echo, sleep)"
+    message = str(err.value)
+    assert message.startswith("unknown agent 'nope' (known: a_agent, b_agent, echo, sleep). ")
+    assert "--config FILE or DISPATCH_CONFIG" in message and "[agents.nope]" in message
     with pytest.raises(ConfigError, match="unknown agent 'shell'"):
         resolve_agent("shell", DispatchConfig())  # a kind, but one that needs configuration
 
 
 def test_unknown_kind_and_bad_options_are_config_errors():
-    with pytest.raises(ConfigError, match=r"agent 'x': unknown agent kind 'telepathy' \(known: echo, llm"):
+    with pytest.raises(ConfigError, match=r"agent 'x': unknown agent kind 'telepathy' \(known: aider, claude_code, codex, echo, gemini, llm"):
         make_agent("x", config(x={"kind": "telepathy"}))
     with pytest.raises(ConfigError, match=r"agent 'e' \(echo\): fial"):
         make_agent("e", config(e={"kind": "echo", "fial": True}))

@@ -59,7 +59,7 @@ def test_no_wait_returns_the_run_id_and_the_run_finishes(distributed, tmp_path):
     run_id = submitted.json["run_id"]
     deadline = time.time() + 60
     while time.time() < deadline:
-        shown = cli(distributed, "show", run_id)
+        shown = cli(distributed, "show", "--json", run_id)
         if shown.returncode == 0 and shown.json["status"] in ("succeeded", "failed"):
             break
         time.sleep(0.5)

@@ -74,10 +74,10 @@ def test_flower_shows_phase_and_agent_tasks_with_their_run_id(distributed, flowe
             answer = flower.get(f"/api/task/result/{phase_4}")
             assert answer.status_code == 200, (answer.status_code, answer.text)
             seen_states.add(answer.json()["state"])
-            meta = json.loads(backend.get(f"celery-task-meta-{phase_4}") or "{}")
+            meta = json.loads(backend.get(f"{distributed['prefix']}:celery-task-meta-{phase_4}") or "{}")
             if meta.get("status") == "PROGRESS":
                 metas.append(meta["result"])
-        shown = run_cli(["show", run_id], env=distributed["env"])
+        shown = run_cli(["show", "--json", run_id], env=distributed["env"])
         if shown.returncode == 0 and shown.json["status"] in ("succeeded", "failed"):
             break
         time.sleep(0.2)
@@ -99,7 +99,8 @@ def test_flower_shows_phase_and_agent_tasks_with_their_run_id(distributed, flowe
         info = tasks[celery_id]
         assert run_id in info["args"] and info["state"] == "SUCCESS" and info["worker"].startswith("fl@"), info
         if label.startswith("agent:"):
-            assert info["name"] == "dispatch.agent" and info["args"] == repr((run_id, label[6:])), info
+            assert info["name"] == f"dispatch.agent:{label[6:]}" and info["args"] == repr((run_id, label[6:])), info
+            assert celery_id.startswith(run_id), celery_id
         elif label == "phase_4":  # replaced by its chord: the same id goes on as the collect step
             assert info["name"] in ("dispatch.phase_4_parallel_execution", "dispatch.collect"), info
         else:
@@ -138,4 +139,5 @@ def test_flower_turns_task_events_on_for_workers_started_with_them_off(distribut
             break
         time.sleep(0.3)
     assert agents <= set(tasks), sorted(tasks)
-    assert all(tasks[i]["name"] == "dispatch.agent" and tasks[i]["worker"].startswith("quiet@") for i in agents)
+    assert all(tasks[i]["name"].startswith("dispatch.agent:") and tasks[i]["worker"].startswith("quiet@")
+               for i in agents)

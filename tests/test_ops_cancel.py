@@ -48,8 +48,8 @@ def test_cancel_revokes_a_running_run_then_resume_finishes_it_under_the_same_id(
     assert f"run {run_id} was cancelled" in followed.stderr and "Traceback" not in followed.stderr
     assert not any(r["success"] for r in out["results"]) and len(out["results"]) == 5
     wait_for(lambda: "Terminating" in worker_log.read_text(), timeout=5, what="the worker to terminate tasks")
-    assert run_cli(["show", run_id], env=env).json["status"] == "cancelled"
-    rows = {r["run_id"]: r for r in run_cli(["runs"], env=env).json["runs"]}
+    assert run_cli(["show", "--json", run_id], env=env).json["status"] == "cancelled"
+    rows = {r["run_id"]: r for r in run_cli(["runs", "--json"], env=env).json["runs"]}
     assert rows[run_id]["status"] == "cancelled" and rows[run_id]["phases"] == [2, 3, 4]
     assert client.ttl(f"{prefix}:cancel:{run_id}") > 0
 
@@ -78,8 +78,8 @@ def test_cancel_and_resume_refuse_clearly(distributed, tmp_path):
     submitted = run_cli(["--no-wait", "--stop-after-phase", "3"],
                         stdin=json.dumps({"tasks": [{"task_id": "a", "agent": "echo", "description": "d"}]}), env=env)
     run_id = submitted.json["run_id"]
-    wait_for(lambda: run_cli(["show", run_id], env=env).json["status"] == "succeeded", what="phase 3")
+    wait_for(lambda: run_cli(["show", "--json", run_id], env=env).json["status"] == "succeeded", what="phase 3")
     resumed = run_cli(["resume", run_id, "--no-wait"], env=env)
     assert resumed.returncode == 0 and resumed.json == {"run_id": run_id, "status": "submitted", "phases": [4]}
-    wait_for(lambda: run_cli(["show", run_id], env=env).json["status"] == "succeeded"
-             and run_cli(["show", run_id], env=env).json["task_results"], what="phase 4")
+    wait_for(lambda: run_cli(["show", "--json", run_id], env=env).json["status"] == "succeeded"
+             and run_cli(["show", "--json", run_id], env=env).json["task_results"], what="phase 4")

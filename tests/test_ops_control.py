@@ -165,7 +165,7 @@ def test_embedded_stop_after_3_then_resume_by_id_runs_phase_4_under_the_same_id(
     assert f"Resuming run {run_id} with phases 4" in resumed.stderr
     timing = {p["phase"]: p for p in out["timing_summary"]["phases"]}
     assert timing["TASK_PLANNING"]["skipped"] and not timing["PARALLEL_EXECUTION"]["skipped"]
-    shown = cli("show", run_id).json
+    shown = cli("show", "--json", run_id).json
     planning = [r for r in shown["phases_executed"] if r["phase"] == "TASK_PLANNING"]
     assert shown["status"] == "succeeded" and not planning[0]["skipped"] and planning[0]["duration_ms"] > 0
     again = cli("resume", run_id)

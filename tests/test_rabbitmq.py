@@ -40,7 +40,7 @@ def test_a_run_on_rabbitmq_with_phase_and_agent_only_workers(amqp):
     assert out["status"] == "succeeded" and len(out["results"]) == 14
     assert {r["worker"].split("@")[0] for r in out["results"]} == {"agents-a", "agents-b"}
     assert "amqp://guest:***@127.0.0.1:5672/dispatch-test-" in run.stderr and "guest:guest" not in run.stderr
-    shown = run_cli(["show", out["run_id"]], env=amqp["env"])  # the state store stays on Redis
+    shown = run_cli(["show", "--json", out["run_id"]], env=amqp["env"])  # the state store stays on Redis
     assert shown.returncode == 0 and shown.json["status"] == "succeeded"
 
 

@@ -70,13 +70,13 @@ def test_password_redis_works_and_the_password_is_never_shown_or_stored(redis_se
             {"task_id": "a", "agent": "echo", "description": "behind a password"}]}))
         assert run.returncode == 0, run.stderr
         assert f"redis://:***@127.0.0.1:{redis_server.port}/0" in run.stderr
-        listing = run_cli(["runs"], env=env)
-        shown = run_cli(["show", run.json["run_id"]], env=env)
+        listing = run_cli(["runs", "--json"], env=env)
+        shown = run_cli(["show", "--json", run.json["run_id"]], env=env)
         assert listing.returncode == shown.returncode == 0
         authed = redis.Redis.from_url(url)
         conf = create_app(Settings.from_env(env)).control.inspect(timeout=3).conf()  # what Flower shows
         assert conf and all("dispatch_settings" in c for c in conf.values())
-        wrong = run_cli(["runs"], env={**env, "DISPATCH_BROKER_URL": url.replace(PASSWORD, "wrong-guess-x")})
+        wrong = run_cli(["runs", "--json"], env={**env, "DISPATCH_BROKER_URL": url.replace(PASSWORD, "wrong-guess-x")})
         assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
         assert "wrong-guess-x" not in wrong.stderr + wrong.stdout
         visible = "\n".join([run.stdout, run.stderr, listing.stdout, shown.stdout, json.dumps(conf),
@@ -145,6 +145,6 @@ def test_every_key_is_namespaced_and_deployments_do_not_see_each_other(distribut
     assert foreign == [], foreign  # Celery's and kombu's keys too (queues, results, chords, bindings)
     ours = {k.decode().split(":")[1] for k in client.keys(f"{prefix}:*")}
     assert {"run", "runs", "tasks"} <= ours
-    assert run_cli(["runs"], env=env_b).json["runs"] == []
+    assert run_cli(["runs", "--json"], env=env_b).json["runs"] == []
     assert run_cli(["show", run.json["run_id"]], env=env_b).returncode == 2
-    assert [r["run_id"] for r in run_cli(["runs"], env=env_a).json["runs"]] == [run.json["run_id"]]
+    assert [r["run_id"] for r in run_cli(["runs", "--json"], env=env_a).json["runs"]] == [run.json["run_id"]]

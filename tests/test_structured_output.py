@@ -195,3 +195,43 @@ def test_the_llm_agent_output_schema_goes_through_the_negotiation(llm_server):
     assert outcome.output["json"] == {"x": 3} and outcome.output["json_mode"] == "object_schema"
     assert outcome.output["usage"] == {"input_tokens": 11, "output_tokens": 7}
     assert forms_sent(llm_server) == ["json_schema", "json_object"]
+
+
+# ------------------------------------------------------------ the planner's schema, for small models
+def planner_config(server, **planner):
+    return DispatchConfig.model_validate({
+        "validators": {"gpt": {"kind": "openai", "model": "gpt", "base_url": server.openai_base_url}},
+        "planner": {"kind": "openai", "model": "planner", "base_url": server.openai_base_url, **planner},
+        "quorum": {"max_retries": 1, "backoff_base_s": 0}})
+
+
+def test_the_planner_schema_names_the_runs_agents_and_bounds_the_list(llm_server):
+    llm_server.dialect = DIALECTS["llama-cpp-python"]
+    llm_server.for_model("gpt", verdict("RETRY", 50, "Vague"), verdict("PASS", 90))
+    llm_server.for_model("planner", answer_text(json.dumps({"tasks": [
+        {"task_id": "pool", "agent": "writer", "description": "Implement the postgres connection pool"}]})))
+    outcome = run_quorum(REQUEST, planner_config(llm_server), sleep=lambda s: None, breakers=BreakerBoard(),
+                         known_agents={"writer", "echo"})
+    assert outcome.result.decision == "PASS" and outcome.tasks[0].agent == "writer"
+    sent = [r.body for r in llm_server.requests_for("planner")][-1]["response_format"]
+    assert sent["type"] == "json_object"  # llama.cpp: the schema goes inside json_object
+    tasks = sent["schema"]["properties"]["tasks"]
+    assert tasks["items"]["properties"]["agent"] == {"type": "string", "enum": ["echo", "writer"]}
+    assert tasks["maxItems"] == 8 and tasks["items"]["properties"]["description"]["minLength"] == 1
+
+
+def test_a_cut_off_planner_answer_is_refused_for_what_it_is(llm_server):
+    llm_server.for_model("gpt", verdict("RETRY", 50, "Vague"), verdict("PASS", 90))
+    llm_server.for_model("planner", answer_text('{"tasks": [{"task_id": "a", "agent": "llm", "description": "x"}, '
+                                                '{"task_id": "b", "agent": "ll', cut_off=True, usage=(400, 300)))
+    outcome = run_quorum(REQUEST, planner_config(llm_server, max_tasks=3), sleep=lambda s: None,
+                         breakers=BreakerBoard())
+    [warning] = outcome.result.warnings
+    assert "the answer was cut off after 300 tokens" in warning and "keeping the previous breakdown" in warning
+    sent = llm_server.requests_for("planner")[0].body["response_format"]["json_schema"]["schema"]
+    assert sent["properties"]["tasks"]["maxItems"] == 3
+
+
+def test_bad_max_tasks_is_a_config_error(llm_server):
+    with pytest.raises(Exception, match=r"planner\.max_tasks"):
+        run_quorum(REQUEST, planner_config(llm_server, max_tasks=0), sleep=lambda s: None)

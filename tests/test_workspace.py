@@ -145,16 +145,20 @@ def test_two_parallel_tasks_on_one_file_lose_nothing(repo: Path, cache_root: Pat
     before = fingerprint(repo)
     info = snapshot_base(repo, WorkspaceOptions(), "par")
     options = WorkspaceOptions()
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(2, timeout=60)
     results: dict[str, object] = {}
 
     def agent(task_id: str, function: str) -> None:
-        checkout = prepare_checkout(info, task_id, [], options, cache_root=cache_root)
-        barrier.wait()  # both checkouts exist at once, as two parallel agents
-        calc = checkout.workdir / "calc.py"
-        calc.write_text(calc.read_text() + function)
-        barrier.wait()
-        results[task_id] = commit_checkout(checkout, task(task_id), options)
+        try:
+            checkout = prepare_checkout(info, task_id, [], options, cache_root=cache_root)
+            barrier.wait()  # both checkouts exist at once, as two parallel agents
+            calc = checkout.workdir / "calc.py"
+            calc.write_text(calc.read_text() + function)
+            barrier.wait()
+            results[task_id] = commit_checkout(checkout, task(task_id), options)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread below
+            barrier.abort()
+            results[task_id] = exc
 
     threads = [threading.Thread(target=agent, args=("mul", "\ndef mul(a, b):\n    return a * b\n")),
                threading.Thread(target=agent, args=("sub", "\ndef sub(a, b):\n    return a - b\n"))]
@@ -163,6 +167,9 @@ def test_two_parallel_tasks_on_one_file_lose_nothing(repo: Path, cache_root: Pat
     for t in threads:
         t.join()
     mul, sub = results["mul"], results["sub"]
+    for outcome in (mul, sub):
+        if isinstance(outcome, BaseException):
+            raise outcome
     assert mul.files == [FileChange(path="calc.py", added=3, deleted=0)] == sub.files
     assert "+def mul(a, b):" in mul.patch and "def sub" not in mul.patch
 

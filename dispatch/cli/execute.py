@@ -16,7 +16,7 @@ from typing import Any, Optional
 from dispatch.cli.io import emit
 from dispatch.cli.log import Log
 from dispatch.config import Settings
-from dispatch.errors import DispatchError
+from dispatch.errors import DispatchError, RunInterrupted
 
 
 def invoked_as() -> str:
@@ -64,6 +64,16 @@ def execute(runner: Any, state: Any, log: Log, t0: float, wait: bool = True, sav
 
     try:
         final = runner.follow(state, follow) if follow is not None else runner.run(state, wait=wait)
+    except RunInterrupted as exc:  # embedded: the run stopped here, its state is saved and marked cancelled
+        saved = exc.state
+        log.warn(str(exc))
+        if save_to:
+            save_state_file(saved, save_to)
+            log.ok(f"Phase state saved to {save_to}")
+        write_trace(saved, log)
+        emit(build_output(saved, elapsed_ms(t0, saved, follow), save_to, error=str(exc)).model_dump(mode="json"))
+        log.line(f"Resume it with: {invoked_as()} resume {saved.run_id}")
+        return exc.exit_code
     except KeyboardInterrupt:
         log.warn(f"interrupted; run {state.run_id} may still be running on the workers "
                  f"(follow it again with: {invoked_as()} wait {state.run_id})")

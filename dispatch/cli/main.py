@@ -29,7 +29,9 @@ from dispatch.cli.tools import cancel, completion, help_, report, schema
 from dispatch.errors import DispatchError
 
 # commands defined elsewhere, imported only when used: name -> ("module:attribute", one-line help)
-LAZY_COMMANDS: dict[str, tuple[str, str]] = {}
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "mcp": ("dispatch.mcp_server:mcp_command", "serve dispatch to coding agents over the Model Context Protocol"),
+}
 GROUP_FLAGS = ("--help", "-h", "--version")
 EPILOG = (f"With no command, '{PROG}' is '{PROG} run'. '{PROG} help COMMAND' shows a command's flags. "
           f"Environment: {ENVIRONMENT} Exit codes: 0 success, 1 a run that failed, 2 bad usage or input.")

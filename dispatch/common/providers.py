@@ -84,6 +84,7 @@ class ChatReply:
     raw: dict = field(default_factory=dict)
     usage: dict = field(default_factory=dict)  # {"input_tokens": n, "output_tokens": m} when known
     json_mode: Optional[str] = None  # the structured-output form the answer was asked with (``FORMS``)
+    cut_off: bool = False  # the answer stopped at max_tokens: JSON in it is likely incomplete
 
     @property
     def input_tokens(self) -> Optional[int]:
@@ -267,7 +268,8 @@ class HTTPChatClient:
             if negotiating and form != (known or FORMS[0]):  # the strongest form needs no memory
                 self.memory.learn(self.options.endpoint, form, self.shared_cache)
             text, usage = self._parse(raw)
-            return ChatReply(text=text, latency_ms=latency_ms, raw=raw, usage=usage, json_mode=form)
+            return ChatReply(text=text, latency_ms=latency_ms, raw=raw, usage=usage, json_mode=form,
+                             cut_off=self._cut_off(raw))
         raise AssertionError("unreachable: the last form sends no response_format")
 
     def forms_to_try(self, known: Optional[str] = None) -> list[str]:
@@ -293,6 +295,9 @@ class HTTPChatClient:
         raise NotImplementedError
 
     def _parse(self, raw: dict) -> tuple[str, dict]:
+        raise NotImplementedError
+
+    def _cut_off(self, raw: dict) -> bool:
         raise NotImplementedError
 
     # -- shared
@@ -352,6 +357,9 @@ class OpenAIClient(HTTPChatClient):
         usage = raw.get("usage") or {}
         return content, {"input_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("completion_tokens")}
 
+    def _cut_off(self, raw: dict) -> bool:
+        return raw["choices"][0].get("finish_reason") == "length"
+
 
 class AnthropicClient(HTTPChatClient):
     """Anthropic Messages ``POST {base_url}/v1/messages``."""
@@ -377,6 +385,9 @@ class AnthropicClient(HTTPChatClient):
         text = "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
         usage = raw.get("usage") or {}
         return text, {"input_tokens": usage.get("input_tokens"), "output_tokens": usage.get("output_tokens")}
+
+    def _cut_off(self, raw: dict) -> bool:
+        return raw.get("stop_reason") == "max_tokens"
 
 
 _CLIENTS: dict[str, type[HTTPChatClient]] = {"openai": OpenAIClient, "anthropic": AnthropicClient}

@@ -7,16 +7,22 @@ configurations resolved here (``TaskPlan.agent_configs``).
 """
 from __future__ import annotations
 
-from dispatch.agents import resolve_agents
+from dispatch.agents import known_agent_names, resolve_agents
+from dispatch.agents.resolve import unknown_agents_message
 from dispatch.config import ComponentConfig, DispatchConfig
 from dispatch.errors import ConfigError
 from dispatch.models import TaskPlan, TaskSpec
-from dispatch.planning.graph import plan_tasks
+from dispatch.planning.graph import GraphError, plan_tasks
 
 
 def plan_run(tasks: list[TaskSpec], config: DispatchConfig) -> TaskPlan:
     """Graph faults raise ``GraphError``; unknown agents and bad agent options raise it too, with the
     task's path (``tasks[2].agent: unknown agent 'coder' ...``)."""
+    known = known_agent_names(config)
+    unknown = [(i, t.agent) for i, t in enumerate(tasks) if t.agent not in known]
+    if unknown:  # one message for all of them, with the how-to-define help once
+        paths = ", ".join(f"tasks[{i}].agent" for i, _ in unknown)
+        raise GraphError(f"{paths}: {unknown_agents_message([name for _, name in unknown], config)}")
     resolved: dict[str, ComponentConfig] = {}
 
     def kind(name: str) -> str:

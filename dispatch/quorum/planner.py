@@ -6,9 +6,17 @@ provider client's options (``provider`` may be given explicitly instead).  Its
 answer must be ``{"tasks": [...]}``; the new breakdown replaces the old one only
 if every task is a valid ``TaskSpec`` and the graph checks pass, otherwise the
 caller keeps the previous breakdown and records why.
+
+The answer's schema is the request's own (``tasks_schema``): ``agent`` is one of
+the agents the run can resolve and the list has at most ``max_tasks`` tasks
+(option; default twice the current breakdown, at least 8).  A server that
+constrains output to the schema (llama.cpp) then cannot produce an unknown agent
+or a list that runs on until ``max_tokens`` cuts it off, which is what small
+models otherwise do; an answer cut off all the same is refused as such.
 """
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any, Optional, Sequence
 
@@ -38,7 +46,8 @@ TASKS_SCHEMA = {
     "properties": {"tasks": {"type": "array", "minItems": 1, "items": {
         "type": "object",
         "properties": {
-            "task_id": {"type": "string"}, "agent": {"type": "string"}, "description": {"type": "string"},
+            "task_id": {"type": "string", "minLength": 1}, "agent": {"type": "string", "minLength": 1},
+            "description": {"type": "string", "minLength": 1},
             "input_data": {"type": "object"},
             "context_requirements": {"type": "array", "items": {"type": "string"}},
             "dependencies": {"type": "array", "items": {"type": "string"}},
@@ -48,8 +57,21 @@ TASKS_SCHEMA = {
 }
 
 
+MIN_MAX_TASKS = 8
+
+
 class PlannerError(Exception):
     """The planner's breakdown cannot be used; the message says why."""
+
+
+def tasks_schema(agents: Sequence[str], max_tasks: int) -> dict[str, Any]:
+    """``TASKS_SCHEMA`` for one request: its agents as an enum, at most ``max_tasks`` tasks."""
+    schema = copy.deepcopy(TASKS_SCHEMA)
+    tasks = schema["properties"]["tasks"]
+    tasks["maxItems"] = max_tasks
+    if agents:
+        tasks["items"]["properties"]["agent"] = {"type": "string", "enum": list(agents)}
+    return schema
 
 
 class _Breakdown(BaseModel):
@@ -77,6 +99,10 @@ class Planner:
                  configured_agents: Sequence[str] = (), shared_cache: Any = None) -> None:
         options = component.options
         provider = options.get("provider") or component.kind
+        self.max_tasks = options.get("max_tasks")
+        if self.max_tasks is not None and (isinstance(self.max_tasks, bool) or not isinstance(self.max_tasks, int)
+                                           or self.max_tasks < 1):
+            raise ConfigError(f"planner.max_tasks: must be a positive integer (got {self.max_tasks!r})")
         try:
             self.client = make_client({"temperature": 0.2, **options, "provider": provider},
                                       shared_cache=shared_cache)
@@ -86,9 +112,14 @@ class Planner:
         self.configured_agents = list(configured_agents)
 
     def agent_names(self, request: DispatchInput) -> list[str]:
-        names = set(self.known_agents) if self.known_agents is not None else set(self.configured_agents)
-        names |= {t.agent for t in request.tasks}
-        return sorted(names)
+        """The agents a revision may use: those the run can resolve; when the caller did not say, the
+        configured ones and those the breakdown already uses."""
+        if self.known_agents is not None:
+            return sorted(self.known_agents)
+        return sorted(set(self.configured_agents) | {t.agent for t in request.tasks})
+
+    def task_limit(self, request: DispatchInput) -> int:
+        return self.max_tasks or max(MIN_MAX_TASKS, 2 * len(request.tasks))
 
     def regenerate(self, request: DispatchInput, deficiencies: Sequence[str]) -> list[TaskSpec]:
         """A new breakdown addressing ``deficiencies``; ``PlannerError``/``ProviderError`` otherwise."""
@@ -100,8 +131,13 @@ class Planner:
         feedback = str((request.model_extra or {}).get("quorum_feedback") or "").strip()
         if feedback:
             message += f"\n\nFeedback from the person reviewing this breakdown:\n{feedback}"
-        system = SYSTEM_PROMPT.format(agents=", ".join(self.agent_names(request)))
-        reply = self.client.complete(system, [{"role": "user", "content": message}], json_schema=TASKS_SCHEMA)
+        agents = self.agent_names(request)
+        system = SYSTEM_PROMPT.format(agents=", ".join(agents))
+        reply = self.client.complete(system, [{"role": "user", "content": message}],
+                                     json_schema=tasks_schema(agents, self.task_limit(request)))
+        if reply.cut_off:
+            raise PlannerError(f"the answer was cut off after {reply.output_tokens or 'max'} tokens "
+                               f"(raise [planner] max_tokens, or lower max_tasks)")
         return parse_breakdown(reply.text)
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ from dispatch.runtime.embedded import embedded_worker
 from dispatch.runtime import telemetry
 from dispatch.store import Deployment, StateStore, make_store
 from dispatch.tasks import phase_signature
+from dispatch.tasks.names import celery_id
 
 
 class RunObserver(Protocol):
@@ -122,7 +123,7 @@ class Runner:
         # ids chosen up front and recorded before sending, so `dispatch cancel` can revoke queued phases
         ids = {}
         for number, signature in zip(state.selected_phases, signatures):
-            task_id = uuid()
+            task_id = celery_id(state.run_id, f"phase{number}-{uuid()}")
             ids[task_id] = f"phase_{number}"
             signature.set(task_id=task_id)
         self.deployment.ledger(state.run_id).record(ids)
@@ -309,7 +310,7 @@ class Runner:
         if now - since >= self.settings.reconnect_timeout_s:
             raise DispatchError(f"lost the connection to {where} for {now - since:.0f}s while following run "
                                 f"{state.run_id}; the workers keep running it once the server is back. Follow "
-                                f"it with 'dispatch show {state.run_id}', continue it with "
+                                f"it with 'dispatch wait {state.run_id}', continue it with "
                                 f"'dispatch resume {state.run_id}' if it stopped") from None
         time.sleep(min(1.0, self.settings.reconnect_timeout_s))
         return since

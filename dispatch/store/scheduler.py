@@ -203,7 +203,7 @@ class DagScheduler:
             keys=[k("results"), k("dependents"), k("remaining"), k("priority"), k("ready"), k("inflight"),
                   k("limit"), k("outbox"), *extra, k("reported")],
             args=[result.task_id, result.model_dump_json(), "1" if result.success else "0", self.ttl_s,
-                  max(0, send.progress_every) if send else 0, str(uuid.uuid4())[:-6] if send else "",
+                  max(0, send.progress_every) if send else 0, f"{self.run_id}-{uuid.uuid4().hex[:20]}-" if send else "",
                   max(1, send.progress_gap_ms) if send else 1])
         if not reply:
             self.finished = None

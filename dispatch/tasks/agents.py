@@ -21,7 +21,7 @@ from dispatch.config import ComponentConfig
 from dispatch.models import AgentPayload, ExecutionPhase, TaskResult, iso, utcnow
 from dispatch.pipeline.execution import close_execution
 from dispatch.store import AlreadyClaimed, Completion, DagScheduler, Deployment, NoSuchRun, RunLedger, SendKeys
-from dispatch.tasks.names import AGENT_TASK, COLLECT_TASK, agent_queue
+from dispatch.tasks.names import AGENT_TASK, COLLECT_TASK, agent_queue, agent_shadow, celery_id
 from dispatch.tasks.support import deployment_of
 
 logger = get_task_logger(__name__)
@@ -39,7 +39,7 @@ def agent_signature(app: Any, run_id: str, task_id: str, timeout_s: Optional[flo
     if timeout_s:
         options.update(soft_time_limit=timeout_s + SOFT_LIMIT_GRACE_S,
                        time_limit=timeout_s + SOFT_LIMIT_GRACE_S + HARD_LIMIT_GRACE_S)
-    return app.signature(AGENT_TASK, args=(run_id, task_id), **options)
+    return app.signature(AGENT_TASK, args=(run_id, task_id), shadow=agent_shadow(task_id), **options)
 
 
 def dispatch_agents(task: Any, deployment: Deployment, run_id: str, task_ids: list[str],
@@ -53,7 +53,7 @@ def dispatch_agents(task: Any, deployment: Deployment, run_id: str, task_ids: li
     if not task_ids:
         return []
     ledger = deployment.ledger(run_id)
-    ids = {tid: uuid() for tid in task_ids}
+    ids = {tid: celery_id(run_id, uuid()) for tid in task_ids}
     pipe = deployment.redis.pipeline(transaction=False)
     if limits is None:
         pipe.hmget(ledger.limits_key, task_ids)

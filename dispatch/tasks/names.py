@@ -32,3 +32,13 @@ PHASE_TASK_NAMES = (
 
 def phase_task_name(number: int) -> str:
     return PHASE_TASK_NAMES[number]
+
+
+def agent_shadow(task_id: str) -> str:
+    """The name Flower, events and worker logs show for an agent task: which task it runs."""
+    return f"{AGENT_TASK}:{task_id}"
+
+
+def celery_id(run_id: str, unique: str) -> str:
+    """Celery task ids start with the run id, so Flower's search finds every task of a run."""
+    return f"{run_id}-{unique}"
