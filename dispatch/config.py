@@ -5,47 +5,225 @@ read from the environment on every process.  ``DispatchConfig`` is the optional
 file (TOML, YAML or JSON) naming agents, validators and retrievers; it travels inside
 the run's state so that workers on other machines see the same configuration.
 Secrets never go in it: components name the environment variable that holds
-them (``api_key_env``), and each worker reads its own environment.
+them (``api_key_env``), or reference it as ``"${NAME}"`` in a shell agent's
+``env``/argv and an llm's ``headers``/``base_url``, resolved by each worker from
+its own environment when the call is made.  What looks like a literal
+credential is refused (:func:`find_inline_secret`); what is written or shown
+goes through :func:`redact_secrets`.  Both are dispatch's own rules (which names
+and shapes mean "secret" here), so they are written by hand.
+
+Numbers are strict and finite everywhere (``1e999``, ``true`` for a number,
+``"5"`` for an integer are refused with their path), because a value coerced
+at planning time fails every task at run time.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import tempfile
 import tomllib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_serializer, model_validator
 
 from dispatch.errors import ConfigError
 
 SECRET_KEYS = ("api_key", "password", "secret", "token")
 
+# strict, finite numbers: ``true`` is not 1, ``"5"`` is not 5, ``1e999`` is not a duration
+StrictNumbers = ConfigDict(strict=True, allow_inf_nan=False)
+LaxInt = Annotated[int, Strict(False)]  # keys of TOML tables are strings: ``{ "0" = 2000 }``
+
+# ------------------------------------------------------------------ secrets
+# The one reference form: ``${NAME}``, resolved from the worker's environment at call time.
+SECRET_REFERENCE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+_SECRET_WORD = r"(api[_-]?key|apikey|key|token|secret|password|passwd|pwd|credentials?|auth|cookie|session)"
+SECRET_NAME = re.compile(rf"(^|[_-]){_SECRET_WORD}($|[_-])", re.IGNORECASE)
+# names about a secret that are not one: the variable's name, a file holding it, the header to put it in
+NOT_SECRET_SUFFIX = re.compile(r"[_-](env|file|path|dir|name|id|header|prefix|url|count|limit|budget)s?$",
+                               re.IGNORECASE)
+SECRET_HEADER = re.compile(r"^(authorization|proxy-authorization|cookie|x-api-key)$|token|secret|key|auth|"
+                           r"session|password", re.IGNORECASE)
+SECRET_FLAG = re.compile(r"^(--?[\w-]*(?:key|token|secret|password|passwd))=(.*)$", re.IGNORECASE | re.DOTALL)
+SECRET_QUERY = re.compile(r"^(key|api[_-]?key|apikey|token|access[_-]?token|auth|secret|password|passwd|pwd|"
+                          r"sig|signature|x-amz-signature|x-goog-signature|client[_-]secret)$", re.IGNORECASE)
+# credentials recognisable by their shape wherever they are
+TOKEN_SHAPES = re.compile(
+    r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{16,}|\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_[A-Za-z0-9_]{20,}|"
+    r"\bxox[abprs]-[A-Za-z0-9-]{10,}|\bAKIA[0-9A-Z]{16}\b|\bglpat-[A-Za-z0-9_-]{20,}|\bAIza[0-9A-Za-z_-]{35}|"
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\b(?:Bearer|Basic|Token)\s+(?!\$\{)[A-Za-z0-9._~+/=-]{8,}")
+REDACTED = "***"
+
+
+def _literal(value: str) -> bool:
+    """A value that holds text of its own: not empty, not a reference, not a placeholder, not redacted."""
+    return bool(value.strip()) and "${" not in value and not re.search(r"\{[a-z_][a-z0-9_.]*\}", value) \
+        and value.strip("*") != ""
+
+
+def _url_secret(value: str) -> Optional[str]:
+    """What is secret in a URL string: a password (or token-like user) in user:password@, a secret query."""
+    if "://" not in value:
+        return None
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:
+        return None
+    if parts.password is not None and _literal(parts.password):
+        return "a password in the URL (user:password@)"
+    if parts.username and TOKEN_SHAPES.search(parts.username):
+        return "a token as the URL's user name"
+    for name, item in parse_qsl(parts.query, keep_blank_values=True):
+        if SECRET_QUERY.match(name) and _literal(item):
+            return f"the query parameter '{name}'"
+    return None
+
+
+def _secret_in(key: Optional[str], value: str, parent: Optional[str]) -> Optional[str]:
+    """Why ``value`` (under ``key`` of the mapping ``parent``) is a literal credential, or None."""
+    if TOKEN_SHAPES.search(value):
+        return "a value shaped like a credential"
+    if key is not None and _literal(value):
+        if parent in ("headers", "header") and SECRET_HEADER.search(key):
+            return f"the header '{key}' holds a credential"
+        if SECRET_NAME.search(key) and not NOT_SECRET_SUFFIX.search(key):
+            return f"'{key}' names a secret"
+    match = SECRET_FLAG.match(value)
+    if match and _literal(match.group(2)):
+        return f"the argument {match.group(1)}=... carries a credential"
+    return _url_secret(value)
+
+
+def _walk_strings(value: Any, path: str, key: Optional[str] = None, parent: Optional[str] = None):
+    """``(path, key, parent key, string)`` for every string in a JSON-like value."""
+    stack = [(value, path, key, parent)]
+    while stack:
+        item, where, name, above = stack.pop()
+        if isinstance(item, str):
+            yield where, name, above, item
+        elif isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k), str(k), name) for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]", None, name) for i, v in enumerate(item))
+
+
+def find_inline_secret(options: Any, path: str = "") -> Optional[str]:
+    """``"agents.x.env.GH_TOKEN: 'GH_TOKEN' names a secret"`` for the first literal credential, else None.
+
+    Recognised: option keys, ``env`` entries and header names that name a secret,
+    ``--*key=``/``--*token=`` arguments, URL passwords and secret query parameters,
+    and values shaped like well-known tokens.  A value with a ``${NAME}``
+    reference (or a ``{placeholder}``) is not a literal.
+    """
+    found = []
+    for where, key, parent, value in _walk_strings(options, path):
+        reason = _secret_in(key, value, parent)
+        if reason:
+            found.append(f"{where}: {reason}")
+    return min(found) if found else None
+
+
+def redact_secrets(value: Any, key: Optional[str] = None, parent: Optional[str] = None) -> Any:
+    """A copy of a JSON-like ``value`` with every literal credential :func:`find_inline_secret` knows masked.
+
+    References (``${NAME}``) stay as they are.  For what is written or shown: state, reports, logs.
+    """
+    if isinstance(value, str):
+        if key is not None and _literal(value) and (
+                (parent in ("headers", "header") and SECRET_HEADER.search(key))
+                or (SECRET_NAME.search(key) and not NOT_SECRET_SUFFIX.search(key))):
+            return REDACTED  # the name says it is a secret: the whole value goes
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: redact_secrets(v, str(k), key) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_secrets(v, None, key) for v in value]
+    return value
+
+
+def redact_text(text: str) -> str:
+    """``text`` with token-shaped values, ``--*key=VALUE`` arguments, URL passwords and secret query values masked."""
+    if not text or not isinstance(text, str):
+        return text
+    text = TOKEN_SHAPES.sub(lambda m: (m.group(0).split()[0] + " " + REDACTED) if " " in m.group(0) else REDACTED,
+                            text)
+    text = re.sub(r"(--?[\w-]*(?:key|token|secret|password|passwd)=)([^\s'\"]+)",
+                  lambda m: m.group(1) + (REDACTED if _literal(m.group(2)) else m.group(2)), text, flags=re.I)
+    text = re.sub(r"([a-z][a-z0-9+.-]*://[^\s/:@]*:)([^\s/@]+)@",
+                  lambda m: m.group(1) + (REDACTED if _literal(m.group(2)) else m.group(2)) + "@", text, flags=re.I)
+    return re.sub(r"([?&]([\w-]+)=)([^&\s#'\"]*)",
+                  lambda m: m.group(1) + (REDACTED if SECRET_QUERY.match(m.group(2)) and _literal(m.group(3))
+                                          else m.group(3)), text)
+
+
+def resolve_references(text: str, environ: Optional[dict[str, str]] = None, where: str = "") -> str:
+    """``text`` with each ``${NAME}`` replaced by the worker's variable; ``$${NAME}`` is a literal ``${NAME}``.
+
+    Called at call time on the worker, never before: the resolved value is not stored anywhere.
+    """
+    env = os.environ if environ is None else environ
+
+    def fill(match: re.Match[str]) -> str:
+        if match.group(0).startswith("$$"):
+            return match.group(0)[1:]
+        name = match.group(1)
+        if name not in env:
+            raise KeyError(f"{where + ': ' if where else ''}${{{name}}}: the variable {name} is not set on this worker")
+        return env[name]
+    return re.sub(r"\$?\$\{([A-Z_][A-Z0-9_]*)\}", fill, text)
+
+
+def _non_finite(value: Any, path: str) -> Optional[str]:
+    """The path of the first number that is not finite (``inf``, ``nan``, ``1e999``) in a raw document."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where or "(root)"
+        if isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return None
+
 
 class ComponentConfig(BaseModel):
     """One configured agent, validator or retriever: a kind plus its options."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     kind: str
-    weight: float = 1.0
+    weight: float = Field(default=1.0, ge=0)
 
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    @model_serializer(mode="wrap")
+    def _redacted(self, handler: Any) -> Any:
+        """Whatever writes a component down (state, payload, report) writes references, never credentials:
+        a config that passed :func:`find_inline_secret` comes out unchanged."""
+        return redact_secrets(handler(self))
+
 
 class ContextOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     budget_tokens: int = Field(default=5000, ge=1)
     per_task_budget_tokens: int = Field(default=5000, ge=1)
+    max_queries: int = Field(default=8, ge=0, le=1000)
+    top_k: int = Field(default=8, ge=1, le=10_000)
+    structure: bool = True
 
 
 class QuorumOptions(BaseModel):
     """Voting thresholds and the RETRY policy (defaults as the reference system)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     pass_threshold: float = 0.60
     retry_threshold: float = 0.40
@@ -67,11 +245,11 @@ class PhaseOptions(BaseModel):
     the duration past which the run logs a warning and marks the phase result.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     retries: int = Field(default=0, ge=0, le=10)
-    retry_backoff_s: float = Field(default=0.5, ge=0)
-    thresholds_ms: dict[int, float] = Field(default_factory=dict)
+    retry_backoff_s: float = Field(default=0.5, ge=0, le=3600)
+    thresholds_ms: dict[LaxInt, float] = Field(default_factory=dict)
 
 
 class DispatchConfig(BaseModel):
@@ -86,6 +264,15 @@ class DispatchConfig(BaseModel):
     context: ContextOptions = Field(default_factory=ContextOptions)
     quorum: QuorumOptions = Field(default_factory=QuorumOptions)
     phases: PhaseOptions = Field(default_factory=PhaseOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_numbers(cls, data: Any) -> Any:
+        """``inf``/``nan`` (TOML, ``1e999`` in JSON) anywhere, option extras included, is refused with its path."""
+        where = _non_finite(data, "")
+        if where:
+            raise ValueError(f"{where}: numbers must be finite (got inf or nan)")
+        return data
 
     @classmethod
     def load(cls, path: Optional[str]) -> "DispatchConfig":
@@ -104,6 +291,21 @@ class DispatchConfig(BaseModel):
         config.refuse_inline_secrets(path)
         return config
 
+    def inline_secret(self) -> Optional[str]:
+        """The first literal credential in any component's options (``agents.x.env.T: why``), else None."""
+        components = {**{f"agents.{k}": v for k, v in self.agents.items()},
+                      **{f"validators.{k}": v for k, v in self.validators.items()},
+                      **{f"retrievers.{k}": v for k, v in self.retrievers.items()},
+                      **({"planner": self.planner} if self.planner else {})}
+        for where, component in components.items():
+            for key in component.options:
+                if key.lower() in SECRET_KEYS:
+                    return f"{where}.{key}: a secret in the config"
+            found = find_inline_secret(component.options, where)
+            if found:
+                return found
+        return None
+
     def refuse_inline_secrets(self, path: str) -> None:
         """Secrets belong in the environment; the config travels in state and task arguments."""
         sections = {**{f"agents.{k}": v for k, v in self.agents.items()},
@@ -117,6 +319,11 @@ class DispatchConfig(BaseModel):
                     raise ConfigError(
                         f"config file {path}: {where}.{key}: secrets are read from the environment; "
                         f"use {key}_env = \"NAME_OF_VARIABLE\" instead")
+            found = find_inline_secret(component.options, where)
+            if found:
+                raise ConfigError(
+                    f"config file {path}: {found}: secrets are read from the worker's environment; reference "
+                    f"the variable instead (\"${{NAME}}\", e.g. \"Bearer ${{OPENAI_API_KEY}}\"), or api_key_env")
 
 
 def parse_config_text(text: str, file: Path) -> Any:
@@ -158,12 +365,16 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+DEFAULT_MAX_INPUT_BYTES = 32 * 1024 * 1024
+
 # documented names that differ from DISPATCH_<FIELD>: the README and --help say DISPATCH_CONFIG
 ENV_ALIASES = {"DISPATCH_CONFIG": "config_file"}
 
 
 class Settings(BaseModel):
     """Deployment settings, one typed object read from the environment."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     # URLs may hold passwords: kept out of repr(), printed only through redact_url()
     broker_url: Optional[str] = Field(default=None, repr=False)
@@ -183,6 +394,11 @@ class Settings(BaseModel):
     progress_interval_s: float = Field(default=10.0, gt=0)
     # task events (sent, received, started, succeeded) for Flower and `celery events`; each is a publish
     task_events: bool = True
+    # the folders (os.pathsep-separated) a workspace_path may be in, on this worker; default: the current
+    # directory and the system's temporary directory (see workspace_root_check)
+    workspace_roots: Optional[str] = None
+    # an input (task breakdown) larger than this is refused before it is parsed
+    max_input_bytes: int = Field(default=DEFAULT_MAX_INPUT_BYTES, ge=1024)
 
     @property
     def embedded(self) -> bool:
@@ -245,3 +461,51 @@ def redact_url(url: Optional[str]) -> str:
         user = creds.split(":", 1)[0]
         rest = f"{user}:***@{host}"
     return f"{scheme}{sep}{rest}"
+
+
+# ---------------------------------------------------------------- workspaces
+# Never a workspace, whatever DISPATCH_WORKSPACE_ROOTS says: the host's own trees and kernel file systems.
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/etc", "/boot", "/run")
+
+
+def workspace_roots(environ: Optional[dict[str, str]] = None) -> list[Path]:
+    """The allowed roots on this process: ``DISPATCH_WORKSPACE_ROOTS`` (os.pathsep-separated), else the
+    current directory and the temporary directory.  ``/`` and the system trees are never roots."""
+    env = os.environ if environ is None else environ
+    raw = env.get("DISPATCH_WORKSPACE_ROOTS", "")
+    given = [part for part in raw.split(os.pathsep) if part.strip()] if raw.strip() else \
+        [os.getcwd(), tempfile.gettempdir()]
+    roots = []
+    for part in given:
+        root = Path(os.path.realpath(os.path.expanduser(part)))
+        if root != Path("/") and not _system_tree(root):
+            roots.append(root)
+    return roots
+
+
+def _system_tree(path: Path) -> Optional[str]:
+    for tree in SYSTEM_TREES:
+        if path == Path(tree) or path.is_relative_to(tree):
+            return tree
+    return None
+
+
+def workspace_root_check(path: str, environ: Optional[dict[str, str]] = None) -> Optional[str]:
+    """Why this worker must not use ``path`` as a workspace (None when it may).
+
+    The input names its workspace; a worker reads and runs there with its own
+    rights, so the folder must be under an allowed root, and is never ``/`` or
+    a system tree (symlinks resolved first).
+    """
+    real = Path(os.path.realpath(os.path.expanduser(path or ".")))
+    if real == Path("/"):
+        return f"workspace_path {path!r} is the root of the file system"
+    tree = _system_tree(real)
+    if tree:
+        return f"workspace_path {path!r} is in the system tree {tree}"
+    roots = workspace_roots(environ)
+    if not any(real == root or real.is_relative_to(root) for root in roots):
+        shown = os.pathsep.join(str(r) for r in roots) or "(none)"
+        return (f"workspace_path {path!r} is outside the allowed workspace roots on this worker ({shown}); "
+                f"set DISPATCH_WORKSPACE_ROOTS on the workers to allow it")
+    return None

@@ -43,7 +43,7 @@ class TaskSpec(BaseModel):
     context_requirements: list[str] = Field(default_factory=list)
     dependencies: list[str] = Field(default_factory=list)
     # A hint for the scheduler: tasks on the longest remaining path start first.
-    estimated_duration_ms: Optional[float] = Field(default=None, ge=0)
+    estimated_duration_ms: Optional[float] = Field(default=None, ge=0, strict=True, allow_inf_nan=False)
     # gitignore-style globs (relative to workspace_path) of the files the task means to change
     writes: list[str] = Field(default_factory=list)
 
@@ -53,8 +53,9 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    max_workers: int = Field(default=5, ge=1)
-    timeout_seconds: float = Field(default=300, gt=0)
+    # strict and finite: ``"5"``, ``true`` and ``1e999`` are refused with their path, not coerced
+    max_workers: int = Field(default=5, ge=1, le=100_000, strict=True)
+    timeout_seconds: float = Field(default=300, gt=0, le=30 * 24 * 3600, strict=True, allow_inf_nan=False)
     trace_dir: Optional[str] = None
 
 

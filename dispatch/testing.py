@@ -24,9 +24,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, appendonly: bool = False) -> None:
         self.port = free_port()
         self.dir = tmp
+        self.appendonly = appendonly  # AOF, fsync every second: a restart keeps the queues and the runs
         self.proc: Optional[subprocess.Popen] = None
 
     @property
@@ -35,7 +36,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes" if self.appendonly else "no",
              "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while time.time() < deadline:

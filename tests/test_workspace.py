@@ -351,7 +351,8 @@ def test_workspace_in_a_subdirectory(tmp_path: Path, cache_root: Path):
 def test_task_ids_that_are_not_ref_names(repo: Path, cache_root: Path):
     info = snapshot_base(repo, WorkspaceOptions(), "odd")
     _, changes = run_task(info, task("fix calc/v2..x"), write("f.py", "f\n"), WorkspaceOptions(), cache_root)
-    assert git(repo, "check-ref-format", changes.ref) == "" and changes.ref.startswith("refs/dispatch/odd/tasks/fix_calc_v2")
+    assert changes.ref.startswith("refs/dispatch/odd/tasks/fix_calc_v2")
+    assert git(repo, "check-ref-format", changes.ref) == ""
     assert "+f" in task_patch(repo, "odd", "fix calc/v2..x")
 
 
@@ -372,7 +373,8 @@ def test_resolver_completes_the_merge(repo: Path, cache_root: Path):
     def resolver(path: Path, conflict) -> bool:
         text = (path / "calc.py").read_text()
         handed.update(task=conflict.task_id, files=conflict.files, markers="<<<<<<<" in text)
-        (path / "calc.py").write_text(CALC + "\ndef mul(a, b):\n    return a * b\n\n\ndef sub(a, b):\n    return a - b\n")
+        both = "\ndef mul(a, b):\n    return a * b\n\n\ndef sub(a, b):\n    return a - b\n"
+        (path / "calc.py").write_text(CALC + both)
         return True
 
     integration = integrate(info, [("mul", mul.commit), ("sub", sub.commit)], resolver, cache_root=cache_root)

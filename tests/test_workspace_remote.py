@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.models import TaskChanges, WorkspaceInfo
+from dispatch.models import TaskChanges, TaskSpec, WorkspaceInfo
 from dispatch.testing import free_port
-from dispatch.workspace import WorkspaceOptions, apply_integration, integrate, snapshot_base
+from dispatch.workspace import (WorkspaceError, WorkspaceOptions, apply_integration, commit_checkout, integrate,
+                                prepare_checkout, snapshot_base)
 
 from test_workspace import fingerprint, git, make_repo, show
 
@@ -174,3 +175,15 @@ def test_workers_that_cannot_read_the_workspace_build_on_each_other(tmp_path: Pa
     applied = apply_integration(repo, "cluster")
     assert applied.tasks == ["a", "b", "c"] and (repo / "c.py").read_text() == "C = 3\n"
     assert isinstance(info, WorkspaceInfo) and info.remote == git_daemon
+
+
+def test_a_remote_that_is_down_keeps_the_agents_work(tmp_path: Path, git_daemon: str):
+    repo = make_repo(tmp_path / "user", {"calc.py": "x = 1\n"})
+    options = WorkspaceOptions(remote=git_daemon)
+    info = snapshot_base(repo, options, "down")
+    checkout = prepare_checkout(info, "t", [], options, cache_root=tmp_path / "cache")
+    (checkout.workdir / "calc.py").write_text("x = 2\n")
+    checkout.cache.source = f"git://127.0.0.1:{free_port()}/repo.git"  # the remote went away meanwhile
+    with pytest.raises(WorkspaceError, match="checkout is kept at"):
+        commit_checkout(checkout, TaskSpec(task_id="t", agent="shell", description="d"), options)
+    assert (checkout.workdir / "calc.py").read_text() == "x = 2\n"

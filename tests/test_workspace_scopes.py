@@ -58,7 +58,7 @@ def path(draw) -> str:
     return "/".join(draw(st.lists(DIR, max_size=3)) + [draw(FILE)])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(glob(), glob(), st.lists(path(), min_size=1, max_size=8))
 def test_no_overlap_is_never_claimed_when_a_path_matches_both(a: str, b: str, paths: list[str]):
     """Soundness against pathspec (git's own matching rules): if some file matches both, we say overlap.

@@ -71,11 +71,13 @@ class AgentOutcome:
 class AgentOptions(BaseModel):
     """Options every kind accepts.  ``timeout_s`` is the per-agent override of the
     run's ``timeout_seconds``; the runner puts the effective limit in
-    ``AgentInvocation.timeout_s``.  Unknown keys are refused (typos)."""
+    ``AgentInvocation.timeout_s``.  Unknown keys are refused (typos), and numbers
+    are strict and finite in every kind (``true``, ``"5"`` and ``1e999`` are
+    refused at planning time, not found out by every task at run time)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    timeout_s: Optional[float] = Field(default=None, gt=0)
+    timeout_s: Optional[float] = Field(default=None, gt=0, le=30 * 24 * 3600)
 
 
 class Agent:

@@ -5,16 +5,22 @@ Config (TOML)::
     [agents.coder]
     kind = "shell"
     command = ["my-agent", "--task", "{task_id}", "--context", "{context_file}", "{prompt}"]
-    per_task_dir = true            # or cwd = "sub/dir" (relative to the workspace); default: the workspace
+    per_task_dir = true            # or cwd = "sub/dir" (inside the workspace); default: the workspace
     env_allow = ["PATH", "HOME", "MY_AGENT_*"]   # replaces the default safe set; globs allowed
-    env = { MY_AGENT_MODE = "batch" }
+    env = { MY_AGENT_MODE = "batch", MY_AGENT_TOKEN = "${MY_AGENT_TOKEN}" }   # ${NAME}: the worker's variable
     timeout_s = 600                # default: the task's time limit
     outputs = ["out/*.py"]         # collected relative to the working directory
     parse_json = false
 
 Placeholders (see ``template.py``): ``{task_id}``, ``{description}``, ``{prompt}``,
 ``{context_file}``, ``{run_id}``, ``{attempt}``, ``{agent}``, ``{workspace}``, ``{cwd}``
-and ``{input.KEY}``.  Each argv entry stays one argument; there is no shell.  A
+and ``{input.KEY}``.  Each argv entry stays one argument; there is no shell.
+``${NAME}`` in ``command``, ``env`` and ``stdin`` is the worker's variable NAME, read
+at run time (a missing one fails the task, naming it); the config, the state and
+the payload only ever hold the reference.  The working directory (``cwd``, with
+its placeholders filled) must resolve inside the workspace, and the workspace
+must be allowed on this worker (``DISPATCH_WORKSPACE_ROOTS``, never ``/`` or a
+system tree): task data cannot move an agent elsewhere.  A
 prompt too long for one argument (Linux: 128 KiB) can go on stdin instead:
 ``stdin = "{prompt}"``.
 
@@ -42,7 +48,7 @@ from typing import Any, Optional
 
 from pydantic import Field, model_validator
 
-from dispatch.config import ComponentConfig
+from dispatch.config import ComponentConfig, workspace_root_check
 from dispatch.errors import ConfigError
 from dispatch.common.text import as_text
 from dispatch.agents.base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
@@ -63,11 +69,11 @@ class ShellOptions(AgentOptions):
     env_allow: list[str] = Field(default_factory=lambda: list(DEFAULT_ENV_ALLOW))
     env: dict[str, str] = Field(default_factory=dict)
     stdin: Optional[str] = None
-    kill_grace_s: float = Field(default=3.0, ge=0)
-    max_output_bytes: int = Field(default=64 * 1024, ge=16)
+    kill_grace_s: float = Field(default=3.0, ge=0, le=3600)
+    max_output_bytes: int = Field(default=64 * 1024, ge=16, le=1024 ** 3)
     outputs: list[str] = Field(default_factory=list)
-    max_file_bytes: int = Field(default=64 * 1024, ge=0)
-    max_files: int = Field(default=100, ge=0)
+    max_file_bytes: int = Field(default=64 * 1024, ge=0, le=1024 ** 3)
+    max_files: int = Field(default=100, ge=0, le=100_000)
     parse_json: bool = False
     transient_exit_codes: list[int] = Field(default_factory=list)
 
@@ -101,6 +107,9 @@ class ShellAgent(Agent):
         workspace = os.path.abspath(inv.workspace_path)
         if not os.path.isdir(workspace):
             return AgentOutcome.fail(f"workspace '{inv.workspace_path}' is not a directory on this worker")
+        refused = workspace_root_check(workspace)
+        if refused:
+            return AgentOutcome.fail(refused)
         timeout_s = opts.timeout_s or inv.timeout_s
         with ExitStack() as cleanup:
             context_file = self._write_context_file(inv, cleanup)
@@ -152,10 +161,14 @@ class ShellAgent(Agent):
             return path
         if self.cwd is None:
             return workspace
-        path = os.path.join(workspace, self.cwd.render(values, data))  # an absolute cwd stays absolute
+        given = self.cwd.render(values, data)
+        path = os.path.realpath(os.path.join(workspace, given))  # symlinks and ".." resolved, then contained
+        real_workspace = os.path.realpath(workspace)
+        if os.path.commonpath([path, real_workspace]) != real_workspace:
+            raise TemplateError(f"cwd '{given}' is outside the workspace {workspace}")
         if not os.path.isdir(path):
             raise TemplateError(f"cwd '{path}' is not a directory on this worker")
-        return os.path.abspath(path)
+        return path
 
     def _environment(self, values: dict[str, str], data: dict[str, Any], context_file: str,
                      inv: AgentInvocation) -> dict[str, str]:

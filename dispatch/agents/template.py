@@ -6,20 +6,28 @@ Nothing here goes through a shell or ``str.format`` (whose ``{x.attr}`` and
 like ``; rm -rf /`` arrives as those literal characters.
 
 Placeholders are lowercase names (``{task_id}``) or ``{input.KEY}`` (dotted for
-nested keys: ``{input.db.host}``).  ``{{`` and ``}}`` are literal braces.  Any
-other brace text (``${HOME}``, ``{print $1}``, ``{'a': 1}``) is left alone, so
-awk programs and Python snippets need no escaping; only an unknown lowercase
-``{name}`` is refused, because it is almost always a typo.
+nested keys: ``{input.db.host}``).  ``{{`` and ``}}`` are literal braces.
+``${NAME}`` (an upper-case variable name) is the worker's environment variable
+NAME, read when the agent runs and never stored: the way a secret reaches a
+command (``"--api-key=${OPENAI_API_KEY}"``); ``$${NAME}`` is a literal
+``${NAME}``.  Any other brace text (``{print $1}``, ``{'a': 1}``, ``{A}``)
+is left alone, so awk programs and Python snippets need no escaping; only an
+unknown lowercase ``{name}`` is refused, because it is almost always a typo.
+
+Everything is filled in one pass over the configured text, so a value pasted in
+from the task (``"description": "${AWS_SECRET_ACCESS_KEY}"``) stays those
+characters: task data can never name a worker variable.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Optional
 
 from dispatch.errors import ConfigError
 
-_TOKEN = re.compile(r"\{\{|\}\}|\{(input\.[^{}]+|[a-z_][a-z0-9_]*)\}")
+_TOKEN = re.compile(r"\{\{|\}\}|\$?\$\{([A-Z_][A-Z0-9_]*)\}|\{(input\.[^{}]+|[a-z_][a-z0-9_]*)\}")
 
 
 class TemplateError(ValueError):
@@ -32,8 +40,11 @@ class Template:
         self.where = where
         self.names: set[str] = set()
         allowed = set(allowed)
+        self.references: set[str] = set()
         for match in _TOKEN.finditer(text):
-            name = match.group(1)
+            if match.group(1) and not match.group(0).startswith("$$"):
+                self.references.add(match.group(1))
+            name = match.group(2)
             if name is None:
                 continue
             if not name.startswith("input.") and name not in allowed:
@@ -42,9 +53,20 @@ class Template:
                                   f"write {{{{{name}}}}} for literal braces)")
             self.names.add(name)
 
-    def render(self, values: dict[str, str], input_data: dict[str, Any]) -> str:
+    def render(self, values: dict[str, str], input_data: dict[str, Any],
+               environ: Optional[Mapping[str, str]] = None) -> str:
+        """The text filled for one task; ``environ`` (default ``os.environ``) answers ``${NAME}``."""
+        env = os.environ if environ is None else environ
+
         def fill(match: re.Match[str]) -> str:
-            name = match.group(1)
+            if match.group(1):
+                if match.group(0).startswith("$$"):
+                    return match.group(0)[1:]
+                if match.group(1) not in env:
+                    raise TemplateError(f"{self.where}: ${{{match.group(1)}}}: the variable {match.group(1)} "
+                                        f"is not set on this worker")
+                return env[match.group(1)]
+            name = match.group(2)
             if name is None:
                 return match.group(0)[0]
             if name.startswith("input."):

@@ -255,22 +255,23 @@ class HTTPChatClient:
         negotiating = json_schema is not None and self.takes_response_format and self.options.json_mode == "auto"
         known = self.memory.recall(self.options.endpoint, self.shared_cache) if negotiating else None
         forms = self.forms_to_try(known) if json_schema is not None else [None]
-        for index, form in enumerate(forms):
+        for form in forms:
             try:
                 raw, latency_ms = self._post(self._body(system, messages, json_schema, form), key,
                                              config_fields=(REJECTABLE_FIELD,) if form not in (None, "off") else ())
+                break
             except ProviderError as exc:
                 if not exc.configuration:
                     raise
-                if negotiating and index + 1 < len(forms):
-                    continue  # a configuration answer: the next form, at once
-                raise self._refused(exc, form) from None
-            if negotiating and form != (known or FORMS[0]):  # the strongest form needs no memory
-                self.memory.learn(self.options.endpoint, form, self.shared_cache)
-            text, usage = self._parse(raw)
-            return ChatReply(text=text, latency_ms=latency_ms, raw=raw, usage=usage, json_mode=form,
-                             cut_off=self._cut_off(raw))
-        raise AssertionError("unreachable: the last form sends no response_format")
+                if not negotiating:
+                    raise self._refused(exc, form) from None
+                # A configuration answer: the next form, at once.  The last ("off") sends no
+                # response_format, so a negotiation ends in an answer or in a real error.
+        if negotiating and form != (known or FORMS[0]):  # the strongest form needs no memory
+            self.memory.learn(self.options.endpoint, form, self.shared_cache)
+        text, usage = self._parse(raw)
+        return ChatReply(text=text, latency_ms=latency_ms, raw=raw, usage=usage, json_mode=form,
+                         cut_off=self._cut_off(raw))
 
     def forms_to_try(self, known: Optional[str] = None) -> list[str]:
         """The structured-output forms to ask with, in order: from the one the endpoint is known to
@@ -282,8 +283,8 @@ class HTTPChatClient:
         return list(FORMS[FORMS.index(known):]) if known in FORMS else list(FORMS)
 
     def _refused(self, exc: ProviderError, form: Optional[str]) -> ProviderError:
-        hint = (f"json_mode = \"{form}\" is refused by this endpoint; json_mode = \"auto\" finds a form it accepts"
-                if self.options.json_mode != "auto" else "no structured-output form was accepted")
+        """A fixed ``json_mode`` the endpoint refuses: not transient, and the way out in the message."""
+        hint = f"json_mode = \"{form}\" is refused by this endpoint; json_mode = \"auto\" finds a form it accepts"
         return ProviderError(exc.what, (exc.detail + f" ({hint})").strip(), status=exc.status,
                              config_field=exc.config_field)
 

@@ -4,7 +4,11 @@ When phase 0 did not gather the file a task names (context was off, phase 0
 failed, or the file simply did not rank), phase 3 reads it itself, because a
 task that names a file needs it more than it needs anything ranked.  Limits:
 
-* only inside the workspace (``..`` and symlinks out of it are refused);
+* only inside the workspace (``..`` and symlinks out of it are refused), and only
+  from a workspace this worker allows (``hostfs``: under ``DISPATCH_WORKSPACE_ROOTS``,
+  never ``/`` or a system tree): ``workspace_path: "/"`` with ``file:etc/shadow``
+  reads nothing;
+* only regular files on ordinary file systems, at most ``max_bytes`` read;
 * never a git-ignored, binary or over-``max_bytes`` file (an ignored ``.env``
   is not handed to an agent just because a task named it);
 * a glob reads at most ``MAX_GLOB_FILES`` files, in path order;
@@ -23,6 +27,8 @@ from typing import Optional
 import pathspec
 
 from dispatch.models import ContextItem
+from dispatch.context.errors import ContextGatheringError
+from dispatch.context.hostfs import allowed_workspace, read_regular
 from dispatch.context.index import DEFAULT_MAX_BYTES
 from dispatch.context.tokens import count_tokens
 from dispatch.common.text import as_text
@@ -61,8 +67,11 @@ def parse_file_requirement(value: str, root: Optional[Path] = None) -> Optional[
 
 class WorkspaceFiles:
     def __init__(self, workspace_path: str, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = 200_000) -> None:
-        root = Path(workspace_path or ".").expanduser()
-        self.root: Optional[Path] = root.resolve() if root.is_dir() else None
+        try:
+            self.root: Optional[Path] = allowed_workspace(workspace_path)
+            self.refused: Optional[str] = None
+        except ContextGatheringError as exc:  # nothing is read; phase 3 says why instead
+            self.root, self.refused = None, str(exc)
         self.max_bytes = max_bytes
         self.max_chars = max_chars
         self._cache: dict[tuple[str, Optional[tuple[int, int]]], list[tuple[ContextItem, str]]] = {}
@@ -114,8 +123,10 @@ class WorkspaceFiles:
         try:
             if not path.is_file() or path.stat().st_size > self.max_bytes:
                 return None
-            data = path.read_bytes()
         except OSError:
+            return None
+        data = read_regular(path, self.max_bytes + 1)
+        if data is None or len(data) > self.max_bytes:
             return None
         if looks_binary(data):
             return None

@@ -22,6 +22,7 @@ from dispatch.config import ComponentConfig, DispatchConfig
 from dispatch.models import ContextItem, DispatchInput, GlobalContext
 from dispatch.context.budget import fit_budget, fuse
 from dispatch.context.errors import ContextGatheringError
+from dispatch.context.hostfs import allowed_workspace
 from dispatch.context.retrievers import RetrievalEnv, build_retriever
 from dispatch.context.structure import scan_files, structure_item
 from dispatch.context.terms import derive_queries
@@ -44,22 +45,18 @@ class RetrieverRun:
 
 
 def resolve_workspace(path: str) -> Path:
-    """The workspace as an absolute directory, or a :class:`ContextGatheringError` saying why not."""
-    workspace = Path(path or ".").expanduser()
-    if not workspace.exists():
-        raise ContextGatheringError(f"workspace_path {path!r} does not exist")
-    if not workspace.is_dir():
-        raise ContextGatheringError(f"workspace_path {path!r} is not a directory")
-    return workspace.resolve()
+    """The workspace as an absolute directory this worker may read (``hostfs.allowed_workspace``), or a
+    :class:`ContextGatheringError` saying why not."""
+    return allowed_workspace(path)
 
 
 def gather_context(request: DispatchInput, config: DispatchConfig, *,
                    cache_dir: Optional[Path] = None) -> GlobalContext:
     """Phase 0 (see module docstring)."""
     workspace = resolve_workspace(request.workspace_path)
-    extra = config.context.model_extra or {}
-    queries = derive_queries(request, max_queries=int(extra.get("max_queries", 8)))
-    env = RetrievalEnv(workspace=workspace, cache_dir=cache_dir, top_k=int(extra.get("top_k", 8)))
+    options = config.context
+    queries = derive_queries(request, max_queries=options.max_queries)
+    env = RetrievalEnv(workspace=workspace, cache_dir=cache_dir, top_k=options.top_k)
     components = config.retrievers or DEFAULT_RETRIEVERS
 
     jobs = [(name, component, dataclasses.replace(env, facts={})) for name, component in components.items()]
@@ -75,7 +72,7 @@ def gather_context(request: DispatchInput, config: DispatchConfig, *,
 
     answers = [run.answers[q] for run in runs for q in queries if q in run.answers]
     ranked = fuse(answers)
-    if extra.get("structure", True):
+    if options.structure:
         ranked.insert(0, _structure(workspace, runs))
     budget = config.context.budget_tokens
     kept, used = fit_budget(ranked, budget)

@@ -30,6 +30,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence
 from dispatch.common.text import as_text
 from dispatch.context.chunking import ChunkOptions, chunk_lines
 from dispatch.context.terms import MAX_QUERY_TERMS, fts_query, query_terms, quote_term
+from dispatch.context.hostfs import read_regular
 from dispatch.context.walk import DEFAULT_EXCLUDES, FileEntry, iter_files, looks_binary
 
 SCHEMA_VERSION = 3
@@ -51,9 +52,12 @@ def index_path(cache_dir: Path, workspace: Path) -> Path:
 
 
 def read_bytes(path: str, limit: int) -> bytes:
-    """Read at most ``limit`` bytes (module-level so tests can watch reads)."""
-    with open(path, "rb") as fh:
-        return fh.read(limit)
+    """Read at most ``limit`` bytes of a regular file (module-level so tests can watch reads); a file that
+    is not one any more (a FIFO, a device, on a kernel file system) is an ``OSError``, skipped by the caller."""
+    data = read_regular(path, limit)
+    if data is None:
+        raise OSError(f"{path}: not a regular file on an ordinary file system")
+    return data
 
 
 class Hit(NamedTuple):

@@ -5,22 +5,30 @@ which files exist, so they all walk through :func:`iter_files`: ``.gitignore``
 files at every level (deeper ones may re-include with ``!``), the repository's
 ``.git/info/exclude``, a few built-in excludes (VCS folders, caches, virtualenvs)
 and no symlinks (git stores a link, not its target; following links can loop or
-leave the workspace).
+leave the workspace).  Only regular files on ordinary file systems are listed
+(a kernel file system mounted inside is not entered: ``hostfs``), a name that
+is not UTF-8 is listed escaped (``bad\\xff.py``) rather than crash the state's
+JSON, and a walk longer than ``WALK_TIME_LIMIT_S`` stops with an error.
 """
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import pathspec
 
+from dispatch.context.errors import ContextGatheringError
+from dispatch.context.hostfs import display_name, is_special
+
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     ".git/", ".hg/", ".svn/", "__pycache__/", "node_modules/", ".venv/", ".tox/",
     ".mypy_cache/", ".pytest_cache/", ".ruff_cache/", ".dispatch/",
 )
 SNIFF_BYTES = 8192
+WALK_TIME_LIMIT_S = 300.0  # a safety net: a workspace that takes longer to list is not one to index
 
 
 @dataclass(slots=True)
@@ -94,7 +102,7 @@ class IgnoreRules:
 
 
 def iter_files(root: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES,
-               skip_dirs: Sequence[Path] = ()) -> Iterator[FileEntry]:
+               skip_dirs: Sequence[Path] = (), time_limit_s: float = WALK_TIME_LIMIT_S) -> Iterator[FileEntry]:
     """Every regular, non-ignored file under ``root`` with its size and mtime.
 
     ``skip_dirs`` are absolute folders never entered (e.g. an index cache that
@@ -103,7 +111,10 @@ def iter_files(root: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES,
     rules = IgnoreRules(root, excludes)
     skip = {os.path.abspath(p) for p in skip_dirs}
     todo: list[tuple[str, str, list]] = [(str(root), "", rules.base_stack)]
+    deadline = time.monotonic() + time_limit_s
     while todo:
+        if time.monotonic() > deadline:
+            raise ContextGatheringError(f"listing the workspace {root} took longer than {time_limit_s:g}s")
         folder, prefix, stack = todo.pop()
         spec = _read_ignore(os.path.join(folder, ".gitignore"))
         if spec:
@@ -114,12 +125,12 @@ def iter_files(root: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES,
             continue
         subdirs = []
         for entry in entries:
-            rel = prefix + entry.name
+            rel = prefix + display_name(entry.name)
             try:
                 if entry.is_symlink():
                     continue
                 if entry.is_dir():
-                    if entry.name in rules.dir_names or entry.path in skip:
+                    if entry.name in rules.dir_names or entry.path in skip or is_special(entry.stat().st_dev):
                         continue
                     if not stack or not rules.ignored(stack, rel, True):
                         subdirs.append((entry.path, rel + "/", stack))
@@ -127,6 +138,8 @@ def iter_files(root: Path, excludes: Sequence[str] = DEFAULT_EXCLUDES,
                 if not entry.is_file() or (stack and rules.ignored(stack, rel, False)):
                     continue
                 st = entry.stat()
+                if is_special(st.st_dev):
+                    continue
             except OSError:
                 continue
             yield FileEntry(rel, entry.path, st.st_size, st.st_mtime_ns)

@@ -29,7 +29,8 @@ def attempt_body(attempt: QuorumAttempt) -> list[str]:
     lines.extend(f"Escalated to tier {e.tier}: {e.reason.replace('_', ' ')} ({e.detail})"
                  for e in attempt.escalations)
     if attempt.not_asked:
-        lines.append(f"Not asked ({len(attempt.not_asked)} calls saved): {', '.join(attempt.not_asked)}")
+        saved = len(attempt.not_asked)
+        lines.append(f"Not asked ({saved} call{'s' if saved > 1 else ''} saved): {', '.join(attempt.not_asked)}")
     lines.append(f"Quorum decision: {attempt.decision} (confidence: {percent(attempt.confidence)})")
     if attempt.decision != "PASS" and attempt.deficiencies:
         lines.append(f"Deficiencies found: {len(attempt.deficiencies)}")

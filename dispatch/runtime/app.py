@@ -32,11 +32,14 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 
     A message unacked for ``visibility_timeout`` goes back to its queue; the
     sweep that does it runs every ``unacked_restore_interval`` seconds, so it
-    is scaled to the timeout instead of kombu's fixed 100 s.
+    is scaled to the timeout instead of kombu's fixed 100 s, and so is the
+    expiry of the sweep's lock.
     """
     timeout = settings.visibility_timeout_s
+    # the sweep holds a lock in Redis; a worker killed (or a Redis restarted) while it held it would leave
+    # it for kombu's default 300 s, and nothing would be restored meanwhile (found by bench/chaos.py)
     return {"visibility_timeout": timeout, "unacked_restore_interval": max(1, min(10, timeout // 4)),
-            "unacked_restore_throttle": 1}
+            "unacked_restore_throttle": 1, "unacked_mutex_expire": max(5, min(60, timeout // 2))}
 
 
 def drop_unused_builtins(sender: Celery, **_: Any) -> None:

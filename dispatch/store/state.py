@@ -8,7 +8,6 @@ use the same atomic write and the same validation.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -19,7 +18,12 @@ from pydantic import ValidationError
 from dispatch.config import format_validation_error
 from dispatch.errors import StateFileError
 from dispatch.models import SCHEMA_VERSION, PhaseState, iso, utcnow
+from dispatch.pipeline.inputs import load_json
+from dispatch.planning.graph import GraphError, check_graph
 from dispatch.store.keys import Keys
+
+# a state holds context and results as well as the input: it may be larger than an input, not unbounded
+MAX_STATE_FILE_BYTES = 512 * 1024 * 1024
 
 
 class StateStore(Protocol):
@@ -39,24 +43,40 @@ def parse_state(text: str, source: str) -> PhaseState:
 
     The fast path parses and validates in one pass (pydantic-core); only a
     document that fails it is taken apart again to say precisely what is wrong.
+    Either way the state is then checked like fresh input (:func:`check_state`).
     """
     try:
         state = PhaseState.model_validate_json(text)
         if state.schema_version == SCHEMA_VERSION and '"phases_executed"' in text:
-            return state
+            return check_state(state, source)
     except ValidationError:
         pass
-    return _diagnose(text, source)
+    return check_state(_diagnose(text, source), source)
+
+
+def check_state(state: PhaseState, source: str) -> PhaseState:
+    """A loaded state's tasks are a graph like fresh input's: duplicate ids, unknown dependencies and
+    cycles are a ``StateFileError`` naming ``tasks_data[i]``, and a plan must be of these tasks."""
+    try:
+        check_graph(state.tasks_data)
+    except GraphError as exc:
+        message = str(exc)
+        raise StateFileError(f"{source}: {'tasks_data' + message[5:] if message.startswith('tasks') else message}") \
+            from None
+    if state.plan is not None and state.plan.order:
+        ids = {t.task_id for t in state.tasks_data}
+        strangers = [tid for tid in state.plan.order if tid not in ids]
+        if strangers or len(state.plan.order) != len(ids):
+            named = f" (unknown task '{strangers[0]}')" if strangers else ""
+            raise StateFileError(f"{source}: plan.order: the plan is not of this state's tasks_data{named}; "
+                                 f"re-run phase 2")
+    return state
 
 
 def _diagnose(text: str, source: str) -> PhaseState:
     if not text.strip():
         raise StateFileError(f"{source}: empty file, not a dispatch phase state")
-    try:
-        raw: Any = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise StateFileError(f"{source}: corrupt or truncated JSON at line {exc.lineno}, "
-                             f"column {exc.colno}: {exc.msg}") from None
+    raw: Any = load_json(text, source, StateFileError, "corrupt or truncated JSON")
     if not isinstance(raw, dict) or "phases_executed" not in raw:
         raise StateFileError(f"{source}: not a dispatch phase state (no 'phases_executed')")
     version = raw.get("schema_version")
@@ -94,11 +114,28 @@ def save_state_file(state: PhaseState, path: str | Path) -> None:
 
 
 def load_state_file(path: str | Path) -> PhaseState:
+    """A state file given by a person: the input's limits (size, depth, digits, finite numbers), the graph
+    checked, and no literal credential in its config (a state written by dispatch holds none)."""
+    state = read_state_file(path, strict=True)
+    found = state.config.inline_secret()
+    if found:
+        raise StateFileError(f"{path}: config.{found}: a literal credential; states reference secrets by "
+                             f"environment variable (\"${{NAME}}\", api_key_env)")
+    return state
+
+
+def read_state_file(path: str | Path, strict: bool = False) -> PhaseState:
     try:
+        if Path(path).stat().st_size > MAX_STATE_FILE_BYTES:
+            raise StateFileError(f"{path}: larger than {MAX_STATE_FILE_BYTES} bytes, not a state dispatch wrote")
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise StateFileError(f"{path}: cannot read state file ({reason})") from None
+    if strict:  # the limits of fresh input, before pydantic sees the document
+        if not text.strip():
+            raise StateFileError(f"{path}: empty file, not a dispatch phase state")
+        load_json(text, str(path), StateFileError, "corrupt or truncated JSON")
     return parse_state(text, str(path))
 
 
@@ -120,7 +157,7 @@ class DirectoryStateStore:
 
     def load(self, run_id: str) -> Optional[PhaseState]:
         path = self._path(run_id)
-        return load_state_file(path) if path.exists() else None
+        return read_state_file(path) if path.exists() else None
 
     def exists(self, run_id: str) -> bool:
         return self._path(run_id).exists()
@@ -133,7 +170,7 @@ class DirectoryStateStore:
         runs = []
         for path in files[:limit]:
             try:
-                runs.append(load_state_file(path))
+                runs.append(read_state_file(path))
             except StateFileError:
                 continue  # a foreign or old file in the directory is not a reason to fail a listing
         return runs

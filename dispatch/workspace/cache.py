@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
@@ -70,6 +71,9 @@ class Cache:
         if not missing:
             return
         with self.locked():
+            missing = [ref for ref, sha in wanted.items() if not sha or not self.git.has_commit(sha)]
+            if not missing:  # another task of this worker fetched them while we waited
+                return
             try:
                 self.git.run("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", self.source,
                              *[f"+{ref}:{ref}" for ref in missing])
@@ -89,6 +93,22 @@ class Cache:
                 self.git.run("push", "--quiet", "--no-verify", self.source, f"+{commit}:{ref}")
             except GitError as exc:
                 raise GitError(exc.git_args, exc.returncode, f"pushing {ref} to {self.source}: {exc.stderr}") from None
+
+    def add_worktree(self, path: Path, commit: str) -> None:
+        """A detached worktree at ``commit``.
+
+        Registering it (which briefly leaves a HEAD naming no object) holds the lock, since a
+        concurrent fetch reads every worktree's HEAD; filling it with files does not.
+        """
+        with self.locked():
+            self.git.run("worktree", "add", "--quiet", "--no-checkout", "--detach", str(path), commit)
+        Git(cwd=path, timeout=self.git.timeout, no_hooks=True).run("reset", "--quiet", "--hard", commit)
+
+    def remove_worktree(self, path: Path) -> None:
+        """Delete the files (no lock), then drop the registration (under the lock, as ``add_worktree``)."""
+        shutil.rmtree(path, ignore_errors=True)
+        with self.locked():
+            self.git.run("worktree", "prune", ok=(0, 1, 128))
 
     def checkouts_dir(self, run_id: str) -> Path:
         path = self.root / "checkouts" / run_id

@@ -18,32 +18,42 @@ import pathspec
 
 from dispatch.models import FileChange, TaskChanges
 from dispatch.workspace.checkout import Checkout, remove_checkout
+from dispatch.workspace.errors import WorkspaceError
 from dispatch.workspace.git import Git, identity, task_ref
 from dispatch.workspace.options import WorkspaceOptions
 
 
 def commit_checkout(checkout: Checkout, task: Any, options: WorkspaceOptions, *,
                     succeeded: bool = True) -> TaskChanges:
-    """Commit the task's change, push its ref, describe it, and remove the checkout unless ``keep``."""
+    """Commit the task's change, push its ref, describe it, and remove the checkout unless ``keep``.
+
+    When the change cannot be committed or pushed (a remote down), the checkout stays where it
+    is and the error names it: the agent's work is never deleted before it is stored.
+    """
     git = checkout.git
     try:
         commit = commit_tree_of(git, checkout, task, succeeded)
         ref = task_ref(checkout.run_id, checkout.task_id, failed=not succeeded)
         checkout.cache.push(commit, ref)
+    except WorkspaceError as exc:
+        raise WorkspaceError(f"{exc}; the task's checkout is kept at {checkout.path}") from exc
+    try:
         files = numstat(git, checkout.start, commit)
         patch, size = capped_patch(git, checkout.start, commit, options.patch_max_bytes)
-        writes = list(getattr(task, "writes", None) or [])
-        return TaskChanges(base=checkout.start, commit=commit, ref=ref, files=files, patch=patch,
-                           patch_bytes=size, outside_scope=outside_scope(files, writes, checkout.subdir),
-                           kept_checkout=str(checkout.path) if options.keep else None)
     finally:
         if not options.keep:
             remove_checkout(checkout)
+    writes = list(getattr(task, "writes", None) or [])
+    return TaskChanges(base=checkout.start, commit=commit, ref=ref, files=files, patch=patch, patch_bytes=size,
+                       outside_scope=outside_scope(files, writes, checkout.subdir),
+                       kept_checkout=str(checkout.path) if options.keep else None)
 
 
 def commit_tree_of(git: Git, checkout: Checkout, task: Any, succeeded: bool) -> str:
     head = git.commit_of("HEAD")
-    own_commits = git.out("log", "--format=%h %s", f"{checkout.start}..{head}") if head and head != checkout.start else ""
+    own_commits = ""
+    if head and head != checkout.start:
+        own_commits = git.out("log", "--format=%h %s", f"{checkout.start}..{head}")
     with tempfile.TemporaryDirectory(prefix="dispatch-index-") as tmp:
         index = Path(tmp) / "index"
         real = Path(git.out("rev-parse", "--git-path", "index"))

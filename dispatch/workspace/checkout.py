@@ -66,8 +66,9 @@ def prepare_checkout(info: WorkspaceInfo, task_id: str, dependencies: Sequence[t
     if conflict is not None:
         raise StartConflict(task_id, *conflict)
     touched = TouchedFiles(cache.git)
-    path = Path(tempfile.mkdtemp(prefix=f"{ref_component(task_id)}-", dir=cache.checkouts_dir(ref_component(info.run_id))))
-    cache.git.run("worktree", "add", "--quiet", "--detach", str(path), start)
+    where = cache.checkouts_dir(ref_component(info.run_id))
+    path = Path(tempfile.mkdtemp(prefix=f"{ref_component(task_id)}-", dir=where))
+    cache.add_worktree(path, start)
     checkout = Checkout(run_id=info.run_id, task_id=task_id, path=path, workdir=path / info.subdir,
                         base=info.base, start=start, cache=cache, subdir=info.subdir,
                         dependency_changes={dep: touched.of(sha) for dep, sha in dependencies})
@@ -127,8 +128,4 @@ def run_setup(checkout: Checkout, options: WorkspaceOptions) -> None:
 
 def remove_checkout(checkout: Checkout) -> None:
     """Remove the worktree and its bookkeeping in the cache (whatever state the agent left it in)."""
-    try:
-        checkout.cache.git.run("worktree", "remove", "--force", "--force", str(checkout.path))
-    except Exception:  # noqa: BLE001 - a half-made or already-deleted checkout: clean up by hand
-        shutil.rmtree(checkout.path, ignore_errors=True)
-        checkout.cache.git.run("worktree", "prune", ok=(0, 1, 128))
+    checkout.cache.remove_worktree(checkout.path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -18,7 +17,6 @@ from typing import Callable, Optional, Sequence
 from dispatch.models import Integration, IntegrationConflict, WorkspaceInfo
 from dispatch.workspace.cache import Cache
 from dispatch.workspace.checkout import source_of
-from dispatch.workspace.errors import GitError
 from dispatch.workspace.git import Git, identity, integration_branch, ref_component, run_ref, task_ref
 from dispatch.workspace.merging import TouchedFiles, merge_one
 
@@ -47,8 +45,8 @@ def integrate(info: WorkspaceInfo, succeeded: Sequence[tuple[str, str]], resolve
     for task_id, commit in succeeded:
         carried = [t for t, sha in left_out if git.ok("merge-base", "--is-ancestor", sha, commit)]
         if carried:
-            conflicts.append(IntegrationConflict(task_id=task_id, files=[], with_=carried,
-                                                 reason=f"builds on {', '.join(carried)}, which is not in the integration"))
+            reason = f"builds on {', '.join(carried)}, which is not in the integration"
+            conflicts.append(IntegrationConflict(task_id=task_id, files=[], with_=carried, reason=reason))
             left_out.append((task_id, commit))
             continue
         step = merge_one(git, tip, commit, f"dispatch run {info.run_id}: merge task {task_id}\n\n"
@@ -58,8 +56,8 @@ def integrate(info: WorkspaceInfo, succeeded: Sequence[tuple[str, str]], resolve
             merged.append((task_id, commit))
             continue
         colliding = touched.overlapping(merged, step.conflicts)
-        conflict = IntegrationConflict(task_id=task_id, files=step.conflicts, with_=colliding,
-                                       reason=f"conflicts with the merged change of {', '.join(colliding) or 'earlier tasks'}")
+        reason = f"conflicts with the merged change of {', '.join(colliding) or 'earlier tasks'}"
+        conflict = IntegrationConflict(task_id=task_id, files=step.conflicts, with_=colliding, reason=reason)
         done = resolve(cache, info.run_id, tip, commit, conflict, resolver) if resolver else None
         if done:
             tip = done
@@ -81,7 +79,7 @@ def resolve(cache: Cache, run_id: str, tip: str, commit: str, conflict: Integrat
     """Hand the conflicted merge to ``resolver`` in a scratch checkout; the merge commit, or None."""
     path = Path(tempfile.mkdtemp(prefix=f"resolve-{ref_component(conflict.task_id)}-",
                                  dir=cache.checkouts_dir(ref_component(run_id))))
-    cache.git.run("worktree", "add", "--quiet", "--detach", str(path), tip)
+    cache.add_worktree(path, tip)
     work = Git(cwd=path, timeout=cache.git.timeout, no_hooks=True)
     try:
         work.run("merge", "--no-ff", "--no-commit", "--no-verify", commit, ok=(0, 1), env=identity())
@@ -107,11 +105,7 @@ def resolve(cache: Cache, run_id: str, tip: str, commit: str, conflict: Integrat
                         f"Dispatch-Run: {run_id}\nDispatch-Task: {conflict.task_id}\nDispatch-Resolved: yes",
                         env=identity())
     finally:
-        try:
-            cache.git.run("worktree", "remove", "--force", "--force", str(path))
-        except GitError:
-            shutil.rmtree(path, ignore_errors=True)
-            cache.git.run("worktree", "prune", ok=(0, 1, 128))
+        cache.remove_worktree(path)
 
 
 def files_with_markers(git: Git, tip: str, tree: str) -> list[str]:

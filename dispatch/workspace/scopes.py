@@ -8,9 +8,10 @@ unsure, because a false warning costs a look while a missed one costs an edit:
 - a pattern without a slash matches at any depth (``calc.py`` is ``**/calc.py``), a leading slash
   anchors it, a trailing slash means a directory, and a matched directory covers everything
   under it (so ``docs`` overlaps ``docs/a.md``);
-- one deliberate exception: a last segment with a wildcard (``*.py``) is taken to name files,
-  not directories; otherwise ``*.py`` and ``*.md`` would "overlap" through a directory called
-  ``x.py`` holding ``y.md``, and every pair of extension globs would warn;
+- one deliberate exception: a last segment with a wildcard and a dot (``*.py``, ``test_*.md``)
+  is taken to name files, not directories; otherwise ``*.py`` and ``*.md`` would "overlap"
+  through a directory called ``x.py`` holding ``y.md``, and every pair of extension globs would
+  warn (``*`` or ``test_*`` may still be directories);
 - ``**`` matches any number of segments; two segments overlap when equal, when one is literal
   and matches the other's glob, or, both being globs, when their literal prefixes and suffixes
   are compatible (``test_*`` and ``*.py`` overlap, ``*.py`` and ``*.md`` do not); a character
@@ -53,7 +54,8 @@ def segments(pattern: str) -> tuple[str, ...] | None:
     parts = [p for p in text.lstrip("/").split("/") if p]
     if not anchored:
         parts = ["**", *parts]
-    if directory or parts[-1] == "**" or not any(c in parts[-1] for c in SPECIAL):
+    names_files = any(c in parts[-1] for c in SPECIAL) and "." in parts[-1]
+    if directory or not names_files:
         parts.append("**")  # a matched directory covers its contents
     collapsed: list[str] = []
     for part in parts:

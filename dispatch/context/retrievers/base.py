@@ -40,7 +40,7 @@ class Retriever:
         self.config = config
         self.env = env
         self.options = config.options
-        self.top_k = int(self.options.get("top_k", env.top_k))
+        self.top_k = self.option("top_k", env.top_k, int)
 
     def prepare(self) -> None:
         """Get ready to answer (open or update an index, check a key). Raise if it cannot."""
@@ -52,8 +52,15 @@ class Retriever:
         """Release what :meth:`prepare` acquired."""
 
     def option(self, key: str, default: Any, cast: type = str) -> Any:
-        """An option cast to ``cast``, with a config error naming it when it will not cast."""
+        """An option cast to ``cast``, with a config error naming it when it will not cast.
+
+        Numbers are strict, as everywhere in the config: ``true`` or ``"5"`` is not a number, ``2.5`` not an int.
+        """
         value = self.options.get(key, default)
+        if cast in (int, float) and value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+                or (cast is int and not isinstance(value, int))):
+            raise ConfigError(f"retrievers.{self.name}.{key}: expected {cast.__name__}, got {value!r}")
         try:
             return cast(value) if value is not None else None
         except (TypeError, ValueError):
