@@ -97,7 +97,7 @@ def run_chaos(tmp: Path, n_tasks: int = 300, workers: int = 3, kills: int = 3, s
             pool.start(name, concurrency=4)
         cli = subprocess.Popen([PYTHON, str(ROOT / "cli.py"), "--config", str(config), "-f", str(document), "-q"],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env, cwd=ROOT)
+                               env=env, cwd=tmp)  # not the checkout: "." is no git work tree
         driver = threading.Thread(target=drive, args=(server, pool, names, env, log, n_tasks, kills, rng, killed,
                                                       report.faults, cli), daemon=True)
         driver.start()

@@ -18,6 +18,7 @@ at planning time fails every task at run time.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -25,10 +26,11 @@ import re
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError, model_serializer,
+                      field_validator, model_validator)
 
 from dispatch.errors import ConfigError
 
@@ -203,11 +205,20 @@ class ComponentConfig(BaseModel):
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    _clean: Any = PrivateAttr(default=None)  # the last dump found to hold nothing to redact
+
     @model_serializer(mode="wrap")
     def _redacted(self, handler: Any) -> Any:
         """Whatever writes a component down (state, payload, report) writes references, never credentials:
-        a config that passed :func:`find_inline_secret` comes out unchanged."""
-        return redact_secrets(handler(self))
+        a config that passed :func:`find_inline_secret` comes out unchanged.  One component is dumped once
+        per task at fan-out, so a dump equal to the last clean one is not searched again."""
+        data = handler(self)
+        if self._clean is not None and self._clean == data:
+            return data
+        redacted = redact_secrets(data)
+        if redacted == data:
+            self._clean = copy.deepcopy(data)  # a caller may change the dict it was given
+        return redacted
 
 
 class ContextOptions(BaseModel):
@@ -252,6 +263,57 @@ class PhaseOptions(BaseModel):
     thresholds_ms: dict[LaxInt, float] = Field(default_factory=dict)
 
 
+Isolation = Literal["auto", "git", "shared"]
+
+
+class WorkspaceOptions(BaseModel):
+    """How tasks see the repository (``[workspace]`` in the config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # auto: git when workspace_path is inside a git work tree, shared (one directory for all) otherwise
+    isolation: Isolation = "auto"
+    # start from this commit-ish instead of a snapshot of what the user sees
+    base_ref: Optional[str] = None
+    # argv run in each fresh checkout before the agent (e.g. ["npm", "ci"])
+    setup: list[str] = Field(default_factory=list)
+    setup_timeout_s: float = Field(default=600, gt=0)
+    # gitignore-style globs of untracked files copied from the user's workspace (e.g. ".env")
+    copy_untracked: list[str] = Field(default_factory=list)
+    # leave each checkout on disk after the task (for debugging)
+    keep: bool = False
+    # a git remote every worker can reach (URL or path); None: workers read the user's repository
+    remote: Optional[str] = None
+    overlapping_writes: Literal["warn", "serialize", "error"] = "warn"
+    # fail a task that changed files outside its declared writes
+    enforce_writes: bool = False
+    # the agent handed an integration conflict, by name
+    resolver: Optional[str] = None
+    # patches kept in results are cut to this many bytes (patch_bytes keeps the full size)
+    patch_max_bytes: int = Field(default=64 * 1024, ge=0)
+    # every git command is killed after this long (a hung remote never hangs a worker)
+    git_timeout_s: float = Field(default=300, gt=0)
+
+    @field_validator("remote")
+    @classmethod
+    def _no_password_in_remote(cls, remote: Optional[str]) -> Optional[str]:
+        """The options travel in the run's state: a password in the URL would be saved with it."""
+        if remote and "://" in remote and urlsplit(remote).password:
+            raise ValueError("the remote URL holds a password, which would be saved with the run; "
+                             "use ssh keys or a git credential helper instead")
+        return remote
+
+
+class TaskWorkspace(BaseModel):
+    """What one task may override, from its ``workspace`` key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    isolation: Optional[Isolation] = None
+    setup: Optional[list[str]] = None
+    keep: Optional[bool] = None
+
+
 class DispatchConfig(BaseModel):
     """The optional config file."""
 
@@ -264,6 +326,7 @@ class DispatchConfig(BaseModel):
     context: ContextOptions = Field(default_factory=ContextOptions)
     quorum: QuorumOptions = Field(default_factory=QuorumOptions)
     phases: PhaseOptions = Field(default_factory=PhaseOptions)
+    workspace: WorkspaceOptions = Field(default_factory=WorkspaceOptions)
 
     @model_validator(mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from dispatch.config import ComponentConfig, DispatchConfig
+from dispatch.config import ComponentConfig, DispatchConfig, WorkspaceOptions
 
 SCHEMA_VERSION = 1
 
@@ -239,6 +239,7 @@ class QuorumResult(BaseModel):
     quorum_reached: bool = True
     warnings: list[str] = Field(default_factory=list)
     calls_saved: int = 0  # validator calls escalation did not need
+    breakdown_digest: Optional[str] = None  # sha256 of the breakdown the final attempt judged
     weights: Literal["configured", "learned"] = "configured"
     weights_used: dict[str, ValidatorWeight] = Field(default_factory=dict)
 
@@ -342,6 +343,8 @@ class PhaseState(BaseModel):
     started_at: Optional[str] = None
     # the git base the run recorded at submission (workspace isolation "git" only)
     workspace: Optional["WorkspaceInfo"] = None
+    # phase 4's integration branch: every succeeded task's change merged onto the base
+    integration: Optional["Integration"] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -447,6 +450,10 @@ class AgentPayload(BaseModel):
     progress_every: int = 1
     # unknown top-level input keys; the reviewer's note for the quorum planner is not one
     request_extras: dict[str, Any] = Field(default_factory=dict)
+    # set when the task runs in a git checkout of its own (its agent may edit files)
+    workspace: Optional["WorkspaceInfo"] = None
+    workspace_options: Optional[WorkspaceOptions] = None
+    dependency_order: list[str] = Field(default_factory=list)  # its dependencies in the plan's order
 
 
 # ---------------------------------------------------------------- workspace
@@ -514,5 +521,6 @@ class Integration(BaseModel):
 
 
 TaskResult.model_rebuild()
+AgentPayload.model_rebuild()
 PhaseState.model_rebuild()
 DispatchOutput.model_rebuild()

@@ -42,8 +42,12 @@ def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], *, stdin: Optional[str] = None, env: dict[str, str], cwd: Path = ROOT,
+def run_cli(args: list[str], *, stdin: Optional[str] = None, env: dict[str, str], cwd: Optional[Path] = None,
             timeout: float = 120) -> CliResult:
+    """``python cli.py`` in ``cwd`` (default: the test's own folder, not the checkout: a workspace "."
+    there is no git work tree, so tasks share it unless a test makes a repository on purpose)."""
+    cwd = cwd or Path(env["DISPATCH_STATE_DIR"]).parent
+    cwd.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([PYTHON, str(ROOT / "cli.py"), *args], input=stdin if stdin is not None else "",
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
@@ -55,7 +59,7 @@ def cli(tmp_path: Path):
     env = base_env(tmp_path)
 
     def call(*args: str, stdin: Optional[str] = None, extra_env: Optional[dict] = None,
-             cwd: Path = ROOT) -> CliResult:
+             cwd: Optional[Path] = None) -> CliResult:
         return run_cli(list(args), stdin=stdin, env={**env, **(extra_env or {})}, cwd=cwd)
 
     call.env = env  # type: ignore[attr-defined]

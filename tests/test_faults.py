@@ -48,7 +48,7 @@ def start_cli(env: dict, args: list[str], stdin: str) -> subprocess.Popen:
     source.write_text(stdin)
     with open(source) as fh:
         return subprocess.Popen([PYTHON, str(ROOT / "cli.py"), *args], stdin=fh, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=Path(env["DISPATCH_STATE_DIR"]).parent)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> CliResult:
@@ -184,7 +184,7 @@ def test_redis_down_longer_than_the_cli_waits_fails_clearly_and_nothing_saved_is
     out = json.loads(run.stdout)
     run_id = out["run_id"]
     assert f"lost the connection to redis://127.0.0.1:{server.port}/0" in run.stderr
-    assert f"dispatch show {run_id}" in out["error"] and f"dispatch resume {run_id}" in out["error"]
+    assert f"dispatch wait {run_id}" in out["error"] and f"dispatch resume {run_id}" in out["error"]
     # the workers carry on once Redis is back; phases saved before the outage are all there
     deadline = time.time() + 40
     while time.time() < deadline:

@@ -227,3 +227,14 @@ def test_a_file_name_that_is_not_utf8_is_listed_escaped_and_the_state_saves(cli,
         "tasks": [{"task_id": "a", "agent": "echo", "description": "pool", "context_requirements": ["file:*.py"]}]}))
     assert run.returncode == 0, run.stderr
     assert run.json["status"] == "succeeded" and "bad\\\\xffname.py" in state.read_text()
+
+
+def test_an_agent_error_that_echoes_a_credential_is_redacted():
+    from dispatch.agents.base import Agent, AgentOutcome
+
+    class Echoing(Agent):
+        def run(self, inv):
+            return AgentOutcome.fail(f"exit code 22: curl https://u:{SECRET}@h/?token={SECRET} --api-key={SECRET}")
+
+    error = run_agent(Echoing("e", ComponentConfig(kind="x")), None).error
+    assert SECRET not in error and "https://u:***@h/?token=*** --api-key=***" in error

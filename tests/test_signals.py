@@ -52,7 +52,7 @@ def test_a_signal_stops_an_embedded_run_saves_it_and_resume_finishes_it(tmp_path
     breakdown.write_text(json.dumps(tasks))
     proc = subprocess.Popen([PYTHON, str(ROOT / "cli.py"), "--config", str(config), "-f", str(breakdown),
                              "--save-phase-state", str(state_file)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     deadline = time.monotonic() + 30
     while len(os.listdir(started)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)

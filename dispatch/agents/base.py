@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dispatch.config import ComponentConfig, format_validation_error
+from dispatch.config import ComponentConfig, format_validation_error, redact_text
 from dispatch.errors import ConfigError
 from dispatch.models import TaskContext, TaskSpec
 from dispatch.common.registry import Registry
@@ -91,6 +91,8 @@ class Agent:
 
     kind: ClassVar[str] = "agent"
     Options: ClassVar[type[BaseModel]] = AgentOptions
+    # whether the kind may change files in its workspace: only those get a git checkout of their own
+    edits_files: ClassVar[bool] = True
 
     def __init__(self, name: str, config: ComponentConfig) -> None:
         self.name = name
@@ -120,7 +122,8 @@ def run_agent(agent: Agent, inv: AgentInvocation) -> AgentOutcome:
     try:
         outcome = agent.run(inv)
     except (Exception, SystemExit) as exc:
-        return AgentOutcome.fail(truncate(describe_exception(exc), MAX_ERROR_CHARS), transient=bool(getattr(exc, "transient", False)))
+        return AgentOutcome.fail(redact_text(truncate(describe_exception(exc), MAX_ERROR_CHARS)),
+                                 transient=bool(getattr(exc, "transient", False)))
     if not isinstance(outcome, AgentOutcome):
         return AgentOutcome.fail(f"agent '{agent.name}' returned {type(outcome).__name__}, not an AgentOutcome")
     try:
@@ -128,8 +131,8 @@ def run_agent(agent: Agent, inv: AgentInvocation) -> AgentOutcome:
     except (TypeError, ValueError) as exc:
         return AgentOutcome.fail(f"agent output is not JSON-serializable: {exc}",
                                  output=truncate(repr(outcome.output), MAX_ERROR_CHARS))
-    if outcome.error is not None:
-        outcome.error = truncate(str(outcome.error), MAX_ERROR_CHARS)
+    if outcome.error is not None:  # an error lands in state, logs and Flower: a tool's echoed credential does not
+        outcome.error = redact_text(truncate(str(outcome.error), MAX_ERROR_CHARS))
     elif not outcome.success:
         outcome.error = "agent reported failure without a message"
     return outcome

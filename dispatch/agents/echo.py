@@ -21,6 +21,7 @@ class EchoOptions(AgentOptions):
 
 @AGENTS.register("echo")
 class EchoAgent(Agent):
+    edits_files = False  # answers only: no checkout needed
     Options = EchoOptions
 
     def run(self, inv: AgentInvocation) -> AgentOutcome:

@@ -65,6 +65,7 @@ class LlmOptions(AgentOptions):
 
 @AGENTS.register("llm")
 class LlmAgent(Agent):
+    edits_files = False  # answers only: no checkout needed
     Options = LlmOptions
 
     def __init__(self, name: str, config: ComponentConfig) -> None:

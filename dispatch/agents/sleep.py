@@ -23,6 +23,7 @@ class SleepOptions(AgentOptions):
 
 @AGENTS.register("sleep")
 class SleepAgent(Agent):
+    edits_files = False  # answers only: no checkout needed
     Options = SleepOptions
 
     def run(self, inv: AgentInvocation) -> AgentOutcome:

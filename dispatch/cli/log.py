@@ -112,7 +112,30 @@ def task_line(task: TaskResult) -> str:
         why = task.error or "skipped"
         return f"{SKIP} {head} {one_line(why if why.startswith('skipped') else 'skipped: ' + why, 160)}"
     said = one_line(task.error if not task.success else output_summary(task.output), 160)
-    return f"{OK if task.success else FAIL} {head} {fmt_ms(task.duration_ms)}" + (f" — {said}" if said else "")
+    line = f"{OK if task.success else FAIL} {head} {fmt_ms(task.duration_ms)}" + (f" — {said}" if said else "")
+    return line + changed_files(task)
+
+
+def changed_files(task: TaskResult, limit: int = 4) -> str:
+    """`` [+12 -3 src/calc.py, +1 -0 README]``: what the task's change touched (git workspaces)."""
+    if task.changes is None or not task.changes.files:
+        return ""
+    files = [f"+{f.added} -{f.deleted} {f.path}" for f in task.changes.files[:limit]]
+    more = len(task.changes.files) - limit
+    return " [" + ", ".join(files) + (f", {more} more" if more > 0 else "") + "]"
+
+
+def integration_lines(state: PhaseState) -> list[str]:
+    """The integration branch, and every task left out of it with its files."""
+    integration = state.integration
+    if integration is None:
+        return []
+    lines = [f"{OK if not integration.conflicts else WARN} Integration: {len(integration.merged)} task change(s) "
+             f"merged into {integration.ref.removeprefix('refs/heads/')} ({integration.commit[:12]})"]
+    for conflict in integration.conflicts:
+        lines.append(f"{FAIL} {conflict.task_id} left out: {', '.join(conflict.files)} conflict with "
+                     f"{', '.join(conflict.with_) or 'the base'} (its change stays on its own ref)")
+    return lines
 
 
 def task_lines(state: PhaseState, limit: int = TASK_LINES) -> list[str]:
@@ -135,8 +158,8 @@ def execution_lines(result: PhaseResult, state: PhaseState) -> list[str]:
     counts = f"{out.get('succeeded', 0)} succeeded, {out.get('failed', 0)} failed"
     if out.get("skipped"):
         counts += f", {out['skipped']} skipped"
-    return task_lines(state) + [f"{mark} Phase 4 completed in {result.duration_ms:.0f}ms ({counts})"] \
-        + threshold_lines(result)
+    return task_lines(state) + integration_lines(state) \
+        + [f"{mark} Phase 4 completed in {result.duration_ms:.0f}ms ({counts})"] + threshold_lines(result)
 
 
 def _quorum_lines(state: PhaseState, max_retries: int) -> list[str]:

@@ -31,6 +31,9 @@ from dispatch.errors import DispatchError
 # commands defined elsewhere, imported only when used: name -> ("module:attribute", one-line help)
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "mcp": ("dispatch.mcp_server:mcp_command", "serve dispatch to coding agents over the Model Context Protocol"),
+    "quorum": ("dispatch.cli.quorum:quorum", "the quorum's record: how each validator voted (quorum stats)"),
+    "apply": ("dispatch.cli.changes:apply", "merge a run's integration branch into your current branch"),
+    "diff": ("dispatch.cli.changes:diff", "print the patch of a run's task, or of its whole integration"),
 }
 GROUP_FLAGS = ("--help", "-h", "--version")
 EPILOG = (f"With no command, '{PROG}' is '{PROG} run'. '{PROG} help COMMAND' shows a command's flags. "

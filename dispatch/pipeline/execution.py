@@ -13,8 +13,11 @@ import time
 from datetime import datetime, timezone
 from typing import Optional
 
-from dispatch.agents import task_timeout
-from dispatch.models import AgentPayload, ExecutionPhase, PhaseResult, PhaseState, TaskResult, TaskSpec, iso, utcnow
+from dispatch.agents import AGENTS, task_timeout
+from dispatch.config import ComponentConfig
+from dispatch.workspace import for_task
+from dispatch.models import (AgentPayload, ExecutionPhase, Integration, PhaseResult, PhaseState, TaskResult, TaskSpec,
+                             iso, utcnow)
 from dispatch.pipeline import status
 from dispatch.pipeline.phases import check_threshold
 from dispatch.pipeline.plan import agent_configs
@@ -35,15 +38,46 @@ def task_payloads(state: PhaseState) -> dict[str, AgentPayload]:
         configs.update(agent_configs(missing, state.config))
     every = max(1, len(state.tasks_data) // 100)
     extras = {k: v for k, v in state.input_extras.items() if k != "quorum_feedback"}
+    order = {tid: i for i, tid in enumerate(state.plan.order)} if state.plan else {}
+    git = state.workspace is not None and state.workspace.isolation == "git"
     payloads = {}
-    for task in state.tasks_data:
+    for i, task in enumerate(state.tasks_data):
         component = configs[task.agent]
-        payloads[task.task_id] = AgentPayload(
+        payload = AgentPayload(
             task=task, agent=component, context=state.task_contexts.get(task.task_id),
             user_prompt=state.user_prompt, workspace_path=state.workspace_path,
             timeout_s=task_timeout(component, state.run_config.timeout_seconds),
-            progress_every=every, request_extras=extras)
+            progress_every=every, request_extras=extras,
+            dependency_order=sorted(dict.fromkeys(task.dependencies), key=lambda d: order.get(d, 0)))
+        if git and edits_files(component):
+            options = for_task(state.config.workspace, task, f"tasks[{i}]")
+            if options.isolation != "shared":
+                payload.workspace, payload.workspace_options = state.workspace, options
+        payloads[task.task_id] = payload
     return payloads
+
+
+def edits_files(component: ComponentConfig) -> bool:
+    """Whether an agent of this configuration may change files (and so gets a checkout of its own)."""
+    return AGENTS.get(component.kind).edits_files if component.kind in AGENTS else True
+
+
+def needs_workspace(state: PhaseState) -> bool:
+    """Phase 4 will run a task whose agent may edit files: the run records a workspace at submission."""
+    if ExecutionPhase.PARALLEL_EXECUTION.number not in state.selected_phases or state.workspace is not None:
+        return False
+    configs = dict(state.plan.agent_configs) if state.plan else {}
+    missing = [t for t in state.tasks_data if t.agent not in configs]
+    if missing:  # planned on a worker later: resolved here the same way (the preflight already checked them)
+        configs.update(agent_configs(missing, state.config))
+    return any(edits_files(configs[t.agent]) for t in state.tasks_data)
+
+
+def integration_order(state: PhaseState, finished: dict[str, TaskResult]) -> list[tuple[str, str]]:
+    """(task id, change commit) of every succeeded task with a change, in the plan's order (ties: input)."""
+    order = state.plan.order if state.plan else [t.task_id for t in state.tasks_data]
+    return [(tid, finished[tid].changes.commit) for tid in order
+            if tid in finished and finished[tid].success and finished[tid].changes is not None]
 
 
 def kept_results(state: PhaseState) -> dict[str, TaskResult]:
@@ -79,7 +113,8 @@ def _in_dependency_order(state: PhaseState) -> list[TaskSpec]:
 
 def close_execution(state: PhaseState, finished: dict[str, TaskResult], started: float, *,
                     cancel_seen: bool = False, broken: Optional[str] = None,
-                    lost: Optional[dict[str, str]] = None) -> PhaseResult:
+                    lost: Optional[dict[str, str]] = None, integration: Optional[Integration] = None,
+                    integration_error: Optional[str] = None) -> PhaseResult:
     """Record phase 4's result from the scheduler's records and set the run's status.
 
     ``started``: the epoch seconds phase 4 started.  ``cancel_seen``: the run
@@ -99,6 +134,16 @@ def close_execution(state: PhaseState, finished: dict[str, TaskResult], started:
     if why:
         result.success = False
         result.error = f"{why} ({len(finished)} of {len(state.tasks_data)} tasks had finished)"
+    state.integration = integration
+    if integration is not None:
+        result.output_data["integration"] = {"ref": integration.ref, "merged": len(integration.merged),
+                                             "conflicts": len(integration.conflicts)}
+        if integration.conflicts and result.success:  # no work is lost, but the branch lacks some of it
+            result.success = False
+            names = ", ".join(f"{c.task_id} ({', '.join(c.files)})" for c in integration.conflicts)
+            result.error = f"integration: left out of {integration.ref}: {names}"
+    if integration_error:
+        result.output_data["integration_error"] = integration_error
     check_threshold(result, state.config)
     state.record(result)
     status.after_execution(state, result, stopped)

@@ -24,4 +24,4 @@ def build_output(state: PhaseState, total_ms: float, state_file: Optional[str] =
         timing_summary=TimingSummary(total_duration_ms=round(total_ms, 1), phases=timings),
         phases_executed=state.phases_executed, results=state.task_results, quorum_result=state.quorum_result,
         context_summary=(context.output_data.get("context_summary") if context and not context.skipped else None),
-        error=error, state_file=state_file)
+        error=error, state_file=state_file, integration=state.integration)

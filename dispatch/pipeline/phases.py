@@ -22,7 +22,7 @@ from dispatch.errors import DispatchError
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, iso, utcnow
 from dispatch.pipeline import status
 from dispatch.pipeline.plan import plan_run
-from dispatch.quorum import run_quorum
+from dispatch.quorum import history_size, run_quorum, wants_history
 
 EventSink = Callable[[str], None]
 PHASE_RETRY_CAP_S = 30.0
@@ -36,6 +36,8 @@ class PhaseEnv:
     cache_dir: Optional[Path] = None
     quorum_cache: Any = None
     on_event: EventSink = lambda line: None
+    # recent saved runs, newest first (the store's ``list_runs``): the record learned quorum weights read
+    run_history: Optional[Callable[[int], list[PhaseState]]] = None
     sleep: Callable[[float], None] = time.sleep
 
 
@@ -92,8 +94,11 @@ def execute_phase_0_context_gathering(state: PhaseState, env: PhaseEnv) -> Phase
 
 def execute_phase_1_quorum_validation(state: PhaseState, env: PhaseEnv) -> PhaseResult:
     known_agents = known_agent_names(env.config)
-    outcome = run_quorum(state.request(), env.config, cache=env.quorum_cache,
-                         on_event=env.on_event, sleep=env.sleep, known_agents=known_agents)
+    history = None
+    if env.run_history is not None and wants_history(env.config):
+        history = [s for s in env.run_history(history_size(env.config)) if s.run_id != state.run_id]
+    outcome = run_quorum(state.request(), env.config, cache=env.quorum_cache, on_event=env.on_event,
+                         sleep=env.sleep, known_agents=known_agents, history=history)
     quorum = outcome.result
     state.quorum_result = quorum
     if [t.model_dump() for t in outcome.tasks] != [t.model_dump() for t in state.tasks_data]:
@@ -104,7 +109,8 @@ def execute_phase_1_quorum_validation(state: PhaseState, env: PhaseEnv) -> Phase
                      output_data={"decision": quorum.decision, "confidence": quorum.confidence,
                                   "deficiencies": quorum.deficiencies,
                                   "quorum_reached": quorum.quorum_reached,
-                                  "warnings": quorum.warnings})
+                                  "warnings": quorum.warnings, "calls_saved": quorum.calls_saved,
+                                  "weights": quorum.weights})
     if quorum.decision == "FAIL":
         result.error = "quorum decision FAIL: " + ("; ".join(quorum.deficiencies) or "no deficiencies given")
     return result

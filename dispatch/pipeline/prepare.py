@@ -47,6 +47,8 @@ def prepare_state(request: Optional[DispatchInput], cfg: PhaseConfig, config: Op
     prepared = Prepared(loaded.model_copy(deep=True) if loaded else PhaseState(run_id=""))
     state = prepared.state
     state.run_id = run_id or new_run_id()
+    if loaded is not None and state.run_id != loaded.run_id:
+        state.workspace = state.integration = None  # a new run records its own base and refs
     status.prepared(state)
     state.task_results = []
     if request is not None:

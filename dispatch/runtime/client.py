@@ -22,6 +22,7 @@ from dispatch.agents.process import stop_all
 from dispatch.errors import DispatchError, RunInterrupted
 from dispatch.models import ExecutionPhase, PhaseState, StateRef
 from dispatch.pipeline import status
+from dispatch.pipeline.execution import needs_workspace
 from dispatch.runtime.app import create_app
 from dispatch.runtime.connection import connection_errors
 from dispatch.runtime.control import close_broken_chord, close_phase_4
@@ -29,6 +30,7 @@ from dispatch.runtime.embedded import embedded_worker
 from dispatch.runtime import telemetry
 from dispatch.store import Deployment, StateStore, make_store
 from dispatch.tasks import phase_signature
+from dispatch.workspace import snapshot_base
 from dispatch.tasks.names import celery_id
 
 
@@ -48,6 +50,7 @@ class RunObserver(Protocol):
     def progress_finish(self) -> None: ...
 
 
+EMBEDDED_POLL_S = 0.005  # how often an embedded run checks its phase result (a GET on the in-process Redis)
 INTERRUPT_SETTLE_S = 3.0  # after stopping agents, how long their tasks get to record what they did
 
 
@@ -136,6 +139,9 @@ class Runner:
         return results[::-1]
 
     def run(self, state: PhaseState, wait: bool = True) -> Optional[PhaseState]:
+        if needs_workspace(state):  # the base every task's checkout starts from, recorded before submitting
+            state.workspace = snapshot_base(state.workspace_path, state.config.workspace, state.run_id,
+                                            distributed=not self.settings.embedded)
         try:
             self.store.save(state)
         except connection_errors() as exc:
@@ -258,8 +264,7 @@ class Runner:
                     lost_since = None
                     result = self.fresh_result(result)
                 try:
-                    returned = result.get(timeout=self.observer.poll_s, propagate=True, disable_sync_subtasks=False)
-                    return self.state_after(returned, state)
+                    return self.state_after(self.result_of(result), state)
                 except (ResultTimeout, TimeoutError):
                     status, meta = result.state, result.info
                 if not self.settings.embedded and time.monotonic() - checked > RUN_CHECK_S:
@@ -290,6 +295,24 @@ class Runner:
                     return stopped
                 raise DispatchError(f"phase {phase.number} ({phase.title}) crashed on its worker: "
                                     f"{type(exc).__name__}: {exc}; run {state.run_id}") from None
+
+    def result_of(self, result: Any) -> Any:
+        """What the phase task returned, waiting at most one poll; ``ResultTimeout`` when not yet.
+
+        Embedded, the result is polled rather than waited for on the backend's pub/sub: Celery's result
+        consumer there keeps polling a closed connection's fd number, and a pipe that reuses that number
+        (every subprocess an agent or git starts) then sees its end of file up to a second late.
+        """
+        if not self.settings.embedded:
+            return result.get(timeout=self.observer.poll_s, propagate=True, disable_sync_subtasks=False)
+        deadline = time.monotonic() + self.observer.poll_s
+        while not result.ready():
+            if time.monotonic() >= deadline:
+                raise ResultTimeout(f"phase task {result.id} not ready")
+            time.sleep(EMBEDDED_POLL_S)
+        if result.successful():
+            return result.result
+        raise result.result if isinstance(result.result, BaseException) else DispatchError(str(result.result))
 
     def fresh_result(self, result: Any) -> Any:
         """The same result through a new app: Celery's result consumer does not recover once it gave up."""

@@ -83,6 +83,7 @@ class Prepared(NamedTuple):
     payload: str  # the payload's JSON, as stored (the agent task reads it as an ``AgentPayload``)
     cancelled: bool
     dependency_outputs: dict[str, Any]
+    dependency_commits: dict[str, str] = {}  # dependency -> the commit of its change (git workspaces)
 
 
 class AlreadyClaimed(Exception):
@@ -184,9 +185,14 @@ class DagScheduler:
             raise NoSuchRun(f"run {self.run_id}: no phase 4 under way (unknown run, or already closed)")
         if reply[0] is None:
             raise LookupError(f"run {self.run_id}: no payload for task '{task_id}' (expired or cancelled)")
-        deps = {_text(dep): json.loads(raw).get("output") for dep, raw in zip(reply[2::2], reply[3::2])
-                if raw is not None}
-        return Prepared(_text(reply[0]), bool(reply[1]), deps)
+        deps, commits = {}, {}
+        for dep, raw in zip(reply[2::2], reply[3::2]):
+            if raw is not None:
+                result = json.loads(raw)
+                deps[_text(dep)] = result.get("output")
+                if (result.get("changes") or {}).get("commit"):
+                    commits[_text(dep)] = result["changes"]["commit"]
+        return Prepared(_text(reply[0]), bool(reply[1]), deps, commits)
 
     def finish(self, result: TaskResult, send: Optional[SendKeys] = None) -> Completion:
         """Record a finished task once and take the tasks that may start now, in one round trip.

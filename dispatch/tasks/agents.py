@@ -19,7 +19,9 @@ from dispatch.agents import AgentInvocation, AgentOutcome, build_agent, build_pr
 from dispatch.common.backoff import backoff_delay
 from dispatch.config import ComponentConfig
 from dispatch.models import AgentPayload, ExecutionPhase, TaskResult, iso, utcnow
-from dispatch.pipeline.execution import close_execution
+from dispatch.pipeline.execution import close_execution, integration_order
+from dispatch.pipeline.workspace_run import dependency_note, run_isolated
+from dispatch.workspace import WorkspaceError, integrate
 from dispatch.store import AlreadyClaimed, Completion, DagScheduler, Deployment, NoSuchRun, RunLedger, SendKeys
 from dispatch.tasks.names import AGENT_TASK, COLLECT_TASK, agent_queue, agent_shadow, celery_id
 from dispatch.tasks.support import deployment_of
@@ -89,12 +91,15 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
             scheduler.sent(task_id)
         return {"task_id": task_id, "success": None, "duplicate": True}
     started, t0 = utcnow(), time.perf_counter()
-    agent_name, prompt, payload = "?", None, None
+    agent_name, prompt, payload, changes = "?", None, None, None
     try:
-        raw, cancelled, deps = scheduler.prepare(task_id, deployment.keys.cancel(run_id), self.request.id)
+        raw, cancelled, deps, commits = scheduler.prepare(task_id, deployment.keys.cancel(run_id), self.request.id)
         payload = AgentPayload.model_validate_json(raw)
         agent_name = payload.task.agent
-        outcome, prompt = invoke_agent(self, run_id, payload, cancelled, deps)
+        if payload.workspace is not None and not cancelled:
+            outcome, changes, prompt = invoke_in_checkout(self, run_id, payload, deps, commits)
+        else:
+            outcome, prompt = invoke_agent(self, run_id, payload, cancelled, deps)
     except AlreadyClaimed:
         # sent twice (its completer was redelivered after sending it): the other Celery task runs it
         return {"task_id": task_id, "success": None, "duplicate": True}
@@ -117,7 +122,7 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     result = TaskResult(task_id=task_id, agent=agent_name, success=outcome.success, output=outcome.output,
                         error=outcome.error, duration_ms=round((time.perf_counter() - t0) * 1000, 1),
                         worker=self.request.hostname, attempts=self.request.retries + 1,
-                        started_at=iso(started), completed_at=iso(utcnow()), prompt=prompt)
+                        started_at=iso(started), completed_at=iso(utcnow()), prompt=prompt, changes=changes)
     every = payload.progress_every if payload else 1
     completion = scheduler.finish(result, send_keys(deployment.ledger(run_id), every))
     if completion.progress_target is not None:
@@ -143,13 +148,27 @@ def report_phase_progress(task: Any, run_id: str, completion: Completion) -> Non
                                               "done": completion.finished, "total": target[1]}, "PROGRESS")
 
 
-def invoke_agent(task: Any, run_id: str, payload: AgentPayload, cancelled: bool,
-                 deps: dict[str, Any]) -> tuple[AgentOutcome, str]:
-    prompt = build_prompt(payload.task, payload.context, deps, payload.user_prompt, payload.request_extras)
+def invoke_in_checkout(task: Any, run_id: str, payload: AgentPayload, deps: dict[str, Any],
+                       commits: dict[str, str]) -> tuple[AgentOutcome, Any, str]:
+    """The agent in a checkout of its own; its changes become the task's commit (``TaskResult.changes``)."""
+    prompts: list[str] = []
+
+    def invoke(workdir: str, changed: dict[str, list[str]]) -> AgentOutcome:
+        outcome, prompt = invoke_agent(task, run_id, payload, False, deps, workdir, dependency_note(changed))
+        prompts.append(prompt)
+        return outcome
+
+    outcome, changes = run_isolated(payload, commits, invoke)
+    return outcome, changes, prompts[0] if prompts else ""
+
+
+def invoke_agent(task: Any, run_id: str, payload: AgentPayload, cancelled: bool, deps: dict[str, Any],
+                 workdir: Optional[str] = None, note: str = "") -> tuple[AgentOutcome, str]:
+    prompt = build_prompt(payload.task, payload.context, deps, payload.user_prompt, payload.request_extras) + note
     if cancelled:
         return AgentOutcome(success=False, error="cancelled"), prompt
     invocation = AgentInvocation(task=payload.task, context=payload.context, dependency_outputs=deps,
-                                 user_prompt=payload.user_prompt, workspace_path=payload.workspace_path,
+                                 user_prompt=payload.user_prompt, workspace_path=workdir or payload.workspace_path,
                                  run_id=run_id, attempt=task.request.retries + 1, timeout_s=payload.timeout_s,
                                  prompt=prompt, request_extras=payload.request_extras)
     agent = cached_agent(payload.task.agent, payload.agent.model_dump_json())
@@ -179,10 +198,28 @@ def finish_execution(deployment: Deployment, scheduler: DagScheduler) -> dict:
         raise LookupError(f"run {scheduler.run_id}: phase 4 state expired before collection")
     if not scheduler.quiet() or not scheduler.claim_close():
         raise Ignore()
-    close_execution(state, scheduler.results(), scheduler.started(), cancel_seen=deployment.cancelled(state.run_id))
+    finished = scheduler.results()
+    integration, error = integrate_changes(state, finished)
+    close_execution(state, finished, scheduler.started(), cancel_seen=deployment.cancelled(state.run_id),
+                    integration=integration, integration_error=error)
     deployment.store.save(state)
     scheduler.reset(keep_closed=True)
     return state.ref().model_dump()
+
+
+def integrate_changes(state: Any, finished: dict[str, TaskResult]) -> tuple[Any, Optional[str]]:
+    """Every succeeded task's change merged onto the base (``refs/heads/dispatch/<run_id>``), when the run
+    has a git workspace; a git failure is reported, never a lost run (each task's ref stays)."""
+    if state.workspace is None or state.workspace.isolation != "git":
+        return None, None
+    succeeded = integration_order(state, finished)
+    if not any(finished[tid].changes.files for tid, _ in succeeded):
+        return None, None  # nothing changed: no branch to make
+    try:
+        return integrate(state.workspace, succeeded, timeout=state.config.workspace.git_timeout_s), None
+    except WorkspaceError as exc:
+        logger.warning("run %s: integration failed: %s", state.run_id, exc)
+        return None, str(exc)
 
 
 @shared_task(bind=True, name=COLLECT_TASK)

@@ -58,7 +58,8 @@ def run_phase_task(task: Any, phase: ExecutionPhase, ref_json: dict) -> dict:
         return state.ref().model_dump()
     if not status.is_stopped(state):
         report_progress(task, state, phase)
-    env = PhaseEnv(config=state.config, cache_dir=deployment.cache_dir, quorum_cache=deployment.quorum_cache)
+    env = PhaseEnv(config=state.config, cache_dir=deployment.cache_dir, quorum_cache=deployment.quorum_cache,
+                   run_history=deployment.store.list_runs)
     if execute_phase(phase, state, env, lambda: deployment.cancelled(state.run_id)):
         deployment.store.save(state)
     return state.ref().model_dump()

@@ -1,0 +1,51 @@
+"""One agent task in a git checkout of its own: checkout at its start commit, run, commit what it changed.
+
+The agent task calls ``run_isolated`` when its payload carries a workspace (the
+run's repository is a git work tree and the agent's kind may edit files).  A
+start commit that cannot be made (the dependencies' changes conflict) or a
+failing ``setup`` fails the task before the agent runs; whatever the agent
+changed, even when it failed, is committed on a ref of the run, so no work is
+lost.  The git side is ``dispatch.workspace``; this only sequences it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from dispatch.agents import AgentOutcome
+from dispatch.models import AgentPayload, TaskChanges
+from dispatch.workspace import (SetupFailed, StartConflict, WorkspaceError, commit_checkout, prepare_checkout,
+                                scope_fault)
+
+# the agent, run in ``workdir`` with a note of which files each dependency changed
+Invoke = Callable[[str, dict[str, list[str]]], AgentOutcome]
+
+
+def run_isolated(payload: AgentPayload, dependency_commits: dict[str, str],
+                 invoke: Invoke) -> tuple[AgentOutcome, Optional[TaskChanges]]:
+    assert payload.workspace is not None and payload.workspace_options is not None
+    options = payload.workspace_options
+    deps = [(d, dependency_commits[d]) for d in payload.dependency_order if d in dependency_commits]
+    try:
+        checkout = prepare_checkout(payload.workspace, payload.task.task_id, deps, options)
+    except StartConflict as exc:
+        return AgentOutcome.fail(f"not started: {exc}"), None
+    except SetupFailed as exc:
+        return AgentOutcome.fail(f"workspace setup failed: {exc}"), None
+    except WorkspaceError as exc:
+        return AgentOutcome.fail(f"no checkout for the task: {exc}", transient=True), None
+    outcome = invoke(str(checkout.workdir), checkout.dependency_changes)
+    try:
+        changes = commit_checkout(checkout, payload.task, options, succeeded=outcome.success)
+    except WorkspaceError as exc:
+        return AgentOutcome.fail(f"its changes could not be committed: {exc}", outcome.output), None
+    fault = scope_fault(changes, options)
+    if fault and outcome.success:
+        outcome = AgentOutcome.fail(fault, outcome.output)
+    return outcome, changes
+
+
+def dependency_note(changed: dict[str, list[str]]) -> str:
+    """The prompt's section saying which files each dependency changed (empty when none did)."""
+    lines = [f"- {dep}: {', '.join(files)}" for dep, files in changed.items() if files]
+    return ("\n\n## Files your dependencies changed (already in your checkout)\n\n" + "\n".join(lines) + "\n") \
+        if lines else ""
