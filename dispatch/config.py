@@ -531,13 +531,24 @@ def redact_url(url: Optional[str]) -> str:
 SYSTEM_TREES = ("/proc", "/sys", "/dev", "/etc", "/boot", "/run")
 
 
+def git_cache_root(environ: Optional[dict[str, str]] = None) -> Path:
+    """Where a worker keeps its git cache and the tasks' checkouts: ``DISPATCH_GIT_CACHE``, else
+    ``<DISPATCH_STATE_DIR>/git-cache``."""
+    env = os.environ if environ is None else environ
+    if env.get("DISPATCH_GIT_CACHE"):
+        return Path(env["DISPATCH_GIT_CACHE"]).expanduser().resolve()
+    return (Path(env.get("DISPATCH_STATE_DIR") or ".dispatch").expanduser() / "git-cache").resolve()
+
+
 def workspace_roots(environ: Optional[dict[str, str]] = None) -> list[Path]:
     """The allowed roots on this process: ``DISPATCH_WORKSPACE_ROOTS`` (os.pathsep-separated), else the
-    current directory and the temporary directory.  ``/`` and the system trees are never roots."""
+    current directory and the temporary directory; and always the git cache, where dispatch makes the
+    tasks' own checkouts.  ``/`` and the system trees are never roots."""
     env = os.environ if environ is None else environ
     raw = env.get("DISPATCH_WORKSPACE_ROOTS", "")
     given = [part for part in raw.split(os.pathsep) if part.strip()] if raw.strip() else \
         [os.getcwd(), tempfile.gettempdir()]
+    given.append(str(git_cache_root(env)))
     roots = []
     for part in given:
         root = Path(os.path.realpath(os.path.expanduser(part)))

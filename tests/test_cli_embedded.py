@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from conftest import ROOT
 from dispatch.models import ExecutionPhase
 from pipeline_cases import assert_guide_output_shape, breakdown, executed, make_workspace
 
@@ -178,7 +179,7 @@ def test_corrupt_state_file_is_refused_and_left_untouched(cli, tasks_json, tmp_p
 
 def test_bundled_example_does_real_work(cli):
     run = cli("--config", "examples/dispatch.toml", "-f", "examples/tasks.json", "--enable-context",
-              "--enable-quorum")
+              "--enable-quorum", cwd=ROOT)  # as the README runs it: in this checkout
     assert run.returncode == 0, run.stderr
     results = {r["task_id"]: r for r in run.json["results"]}
     assert results["inventory"]["output"]["json"]["files"] > 10

@@ -31,7 +31,7 @@ def test_cancel_revokes_a_running_run_then_resume_finishes_it_under_the_same_id(
     wait_for(lambda: len(client.keys(f"{prefix}:tasks:*")) == 1, what="the run to be submitted")
     run_id = client.keys(f"{prefix}:tasks:*")[0].decode().rsplit(":", 1)[1]
     worker_log = tmp_path / "pf.log"
-    wait_for(lambda: worker_log.read_text().count("dispatch.agent[") >= 2, what="two agent tasks to start")
+    wait_for(lambda: worker_log.read_text().count("Task dispatch.agent:") >= 2, what="two agent tasks to start")
     time.sleep(0.5)
 
     t0 = time.monotonic()

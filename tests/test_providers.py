@@ -214,3 +214,17 @@ def test_extract_json_finds_the_object(text):
 def test_extract_json_refuses_what_is_not_an_object(text):
     with pytest.raises(ValueError):
         extract_json(text)
+
+
+def test_a_header_references_a_secret_resolved_at_call_time_and_never_kept(llm_server, monkeypatch):
+    llm_server.openai(answer_text("ok"))
+    client = openai(llm_server, headers={"X-Api-Token": "${GATEWAY_TOKEN}", "X-Team": "core"})
+    assert "${GATEWAY_TOKEN}" in repr(client.options.headers)  # the reference is what is kept
+    monkeypatch.setenv("GATEWAY_TOKEN", "gw-8f2e1c")
+    client.complete("", [{"role": "user", "content": "x"}])
+    assert llm_server.requests[-1].headers["x-api-token"] == "gw-8f2e1c"
+    monkeypatch.delenv("GATEWAY_TOKEN")
+    with pytest.raises(ProviderError, match="GATEWAY_TOKEN is not set on this worker"):
+        client.complete("", [{"role": "user", "content": "x"}])
+    with pytest.raises(ConfigError, match="headers"):
+        openai(llm_server, headers={"Authorization": "Bearer sk-live-1234567890abcdef"})

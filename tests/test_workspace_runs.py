@@ -117,3 +117,21 @@ def test_on_redis_a_repository_without_a_remote_is_refused_with_what_to_set(dist
                   env=distributed["env"])
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "remote" in run.stderr
+
+
+def test_overlapping_declared_writes_are_warned_serialized_or_refused(cli, tmp_path):
+    both = [{"task_id": "a", "agent": "echo", "description": "x", "writes": ["src/calc.py"]},
+            {"task_id": "b", "agent": "echo", "description": "y", "writes": ["src/**"]},
+            {"task_id": "c", "agent": "echo", "description": "z", "writes": ["docs/**"]}]
+    warned = cli(stdin=json.dumps({"tasks": both}))
+    assert warned.returncode == 0 and "tasks 'a' and 'b' may both write" in warned.stderr
+    for policy, code in (("serialize", 0), ("error", 2)):
+        conf = tmp_path / f"{policy}.toml"
+        conf.write_text(f'[workspace]\noverlapping_writes = "{policy}"\n')
+        run = cli("--config", str(conf), stdin=json.dumps({"tasks": both}))
+        assert run.returncode == code, run.stderr
+        if policy == "serialize":
+            plan = run.json["phases_executed"][2]["output_data"]
+            assert plan["levels"] == 2 and "Ordered 'b' after 'a'" in run.stderr
+        else:
+            assert "overlapping_writes" in run.stderr and run.stdout == ""

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from dispatch.cli.io import emit
 from dispatch.cli.log import Log
 from dispatch.config import Settings
-from dispatch.errors import DispatchError, RunInterrupted
+from dispatch.errors import DispatchError, RunInterrupted, UsageError
 
 
 def invoked_as() -> str:
@@ -74,6 +74,8 @@ def execute(runner: Any, state: Any, log: Log, t0: float, wait: bool = True, sav
         emit(build_output(saved, elapsed_ms(t0, saved, follow), save_to, error=str(exc)).model_dump(mode="json"))
         log.line(f"Resume it with: {invoked_as()} resume {saved.run_id}")
         return exc.exit_code
+    except UsageError:
+        raise  # refused before anything ran (a workspace that cannot be used as asked): exit 2
     except KeyboardInterrupt:
         log.warn(f"interrupted; run {state.run_id} may still be running on the workers "
                  f"(follow it again with: {invoked_as()} wait {state.run_id})")

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from dispatch.errors import InputError
 from dispatch.models import DispatchInput
-from dispatch.pipeline.inputs import parse_input
+from dispatch.pipeline.inputs import max_input_bytes, parse_input
 
 
 def read_input(input_file: Optional[str], load_phase_state: Optional[str]) -> Optional[DispatchInput]:
@@ -15,7 +15,7 @@ def read_input(input_file: Optional[str], load_phase_state: Optional[str]) -> Op
     if input_file:
         try:
             with open(input_file, encoding="utf-8") as fh:
-                return parse_input(fh.read(), input_file)
+                return parse_input(fh.read(max_input_bytes() + 1), input_file)  # past the limit: refused
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{input_file}: cannot read input file "
                              f"({getattr(exc, 'strerror', None) or exc})") from None
@@ -26,7 +26,7 @@ def read_input(input_file: Optional[str], load_phase_state: Optional[str]) -> Op
             return None
         raise InputError("no input: pipe a task breakdown on stdin or use --input-file FILE "
                          "(see 'dispatch schema' for its shape)")
-    text = sys.stdin.read()
+    text = sys.stdin.read(max_input_bytes() + 1)  # never more than the limit held in memory
     if not text.strip() and load_phase_state:
         return None
     return parse_input(text, "stdin")

@@ -59,7 +59,8 @@ from typing import Any, Optional, Protocol
 
 import httpx
 
-from dispatch.common.http import HTTPCallError, MissingKey, auth_headers, post_json, read_key, secret_header
+from dispatch.common.http import HTTPCallError, MissingKey, auth_headers, post_json, read_key
+from dispatch.config import find_inline_secret, resolve_references
 from dispatch.errors import ConfigError
 
 PROVIDERS = ("openai", "anthropic")
@@ -192,8 +193,10 @@ class ClientOptions:
         headers = options.get("headers") or {}
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise ConfigError("headers: must be a table of strings")
-        if secret_header(headers) is not None:
-            raise ConfigError("headers: credentials are read from the environment (api_key_env), not headers")
+        literal = find_inline_secret({"headers": headers})
+        if literal is not None:  # a ``${NAME}`` reference is resolved on the worker at call time instead
+            raise ConfigError(f"headers: credentials come from the environment (api_key_env, or a "
+                              f"\"${{NAME}}\" reference in the header's value), not literally: {literal}")
         json_mode = options.get("json_mode", "auto")
         if json_mode not in JSON_MODES:
             raise ConfigError(f"json_mode: must be one of {', '.join(JSON_MODES)} (got {json_mode!r})")
@@ -309,12 +312,22 @@ class HTTPChatClient:
             raise ProviderError(f"{self.options.provider}: {exc}") from None
 
     def _post(self, body: dict, key: Optional[str], config_fields: tuple[str, ...] = ()) -> tuple[dict, float]:
-        headers = {"content-type": "application/json", **dict(self.options.headers), **self._auth_headers(key)}
+        try:  # ``${NAME}`` references resolved here, on the worker, at call time: never stored resolved
+            configured = {name: resolve_references(value, where=f"headers.{name}")
+                          for name, value in self.options.headers}
+            base_url = resolve_references(self.options.base_url, where="base_url")
+        except (KeyError, ValueError) as exc:
+            raise ProviderError(f"{self.options.provider}: {exc}") from None
+        headers = {"content-type": "application/json", **configured, **self._auth_headers(key)}
+        secrets = [v for name, v in configured.items() if v != dict(self.options.headers).get(name)]
         try:
-            reply = post_json(self._http, self.options.base_url + self.path, body, label=self.options.provider,
+            reply = post_json(self._http, base_url + self.path, body, label=self.options.provider,
                               headers=headers, key=key, config_fields=config_fields)
         except HTTPCallError as exc:
-            raise ProviderError(exc.what, exc.detail, status=exc.status, transient=exc.transient,
+            detail = exc.detail
+            for value in secrets:
+                detail = detail.replace(value, "***")
+            raise ProviderError(exc.what, detail, status=exc.status, transient=exc.transient,
                                 retry_after=exc.retry_after, config_field=exc.config_field) from None
         if not isinstance(reply.value, dict):
             raise ProviderError(f"{self.options.provider}: response body is not a JSON object", status=reply.status)

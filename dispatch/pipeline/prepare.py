@@ -20,6 +20,7 @@ from dispatch.pipeline import status
 from dispatch.pipeline.plan import agent_configs, plan_run
 from dispatch.pipeline.selection import check_inputs_available, selected_phases, skip_reason
 from dispatch.planning.graph import GraphError
+from dispatch.workspace import for_task, overlapping_scopes, serialize_overlaps
 
 
 @dataclass
@@ -77,7 +78,37 @@ def prepare_state(request: Optional[DispatchInput], cfg: PhaseConfig, config: Op
         if reason and not (loaded and loaded.has_completed(phase)):
             state.record(PhaseResult.skipped_result(phase, reason))
     preflight(state, replan=replaced)
+    if ExecutionPhase.PARALLEL_EXECUTION.number in phases:
+        check_workspace_overrides(state)
+        if ExecutionPhase.TASK_PLANNING.number in phases:
+            apply_write_scopes(state, prepared)
     return prepared
+
+
+def check_workspace_overrides(state: PhaseState) -> None:
+    """A task's own ``workspace`` key is checked now (exit 2 naming it), not when its agent starts."""
+    for i, task in enumerate(state.tasks_data):
+        for_task(state.config.workspace, task, f"tasks[{i}]")
+
+
+def apply_write_scopes(state: PhaseState, prepared: Prepared) -> None:
+    """Tasks whose declared ``writes`` overlap with nothing ordering them, by ``[workspace]
+    overlapping_writes``: warned about, ordered (the later after the earlier, so phase 2 plans it), or
+    refused."""
+    pairs = overlapping_scopes(state.tasks_data)
+    if not pairs:
+        return
+    policy = state.config.workspace.overlapping_writes
+    if policy == "error":
+        raise InputError("; ".join(p.describe() for p in pairs) + " ([workspace] overlapping_writes = "
+                         "\"error\"; declare a dependency between them, or use \"serialize\")")
+    if policy == "serialize":
+        state.tasks_data = serialize_overlaps(state.tasks_data, pairs)
+        prepared.notes.extend(f"Ordered '{p.second}' after '{p.first}': both may write {', '.join(p.globs)}"
+                              for p in pairs)
+    else:
+        prepared.warnings.extend(p.describe() + " (they may conflict; [workspace] overlapping_writes = "
+                                 "\"serialize\" orders them)" for p in pairs)
 
 
 def preflight(state: PhaseState, replan: bool = False) -> None:

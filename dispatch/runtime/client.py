@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Optional, Protocol
@@ -30,7 +31,7 @@ from dispatch.runtime.embedded import embedded_worker
 from dispatch.runtime import telemetry
 from dispatch.store import Deployment, StateStore, make_store
 from dispatch.tasks import phase_signature
-from dispatch.workspace import snapshot_base
+from dispatch.workspace import WorkspaceError, fetch_run_refs, snapshot_base
 from dispatch.tasks.names import celery_id
 
 
@@ -159,7 +160,19 @@ class Runner:
                 return None
             final = self.follow(state, results)
             span.finish(final)
+            self.fetch_changes(final)
             return final
+
+    def fetch_changes(self, state: PhaseState) -> None:
+        """With a git remote, the run's task refs and integration branch came back there: fetch them into
+        the user's repository (where ``dispatch apply`` and ``diff`` look)."""
+        info = state.workspace
+        if info is None or info.isolation != "git" or not info.remote or not info.repo:
+            return
+        try:
+            fetch_run_refs(Path(info.repo), info.remote, state.run_id, timeout=state.config.workspace.git_timeout_s)
+        except WorkspaceError as exc:
+            self.observer.warn(f"could not fetch run {state.run_id}'s branches from {info.remote}: {exc}")
 
     def run_embedded(self, state: PhaseState, worker: Any) -> PhaseState:
         """An embedded run: its worker lives in this process, so SIGINT and SIGTERM stop the run here.

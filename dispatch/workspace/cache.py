@@ -18,15 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
+from dispatch.config import git_cache_root
 from dispatch.workspace.errors import GitError, WorkspaceError
 from dispatch.workspace.git import Git
 
 
 def default_cache_root(environ: Optional[Mapping[str, str]] = None) -> Path:
-    env = os.environ if environ is None else environ
-    if env.get("DISPATCH_GIT_CACHE"):
-        return Path(env["DISPATCH_GIT_CACHE"]).expanduser().resolve()
-    return (Path(env.get("DISPATCH_STATE_DIR") or ".dispatch").expanduser() / "git-cache").resolve()
+    return git_cache_root(dict(environ) if environ is not None else None)
 
 
 class Cache:
