@@ -19,7 +19,7 @@ from dispatch.workspace import for_task
 from dispatch.models import (AgentPayload, ExecutionPhase, Integration, PhaseResult, PhaseState, TaskResult, TaskSpec,
                              iso, utcnow)
 from dispatch.pipeline import status
-from dispatch.pipeline.phases import check_threshold
+from dispatch.pipeline.thresholds import check_threshold
 from dispatch.pipeline.plan import agent_configs
 
 PHASE = ExecutionPhase.PARALLEL_EXECUTION

@@ -22,6 +22,7 @@ from dispatch.errors import DispatchError
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, iso, utcnow
 from dispatch.pipeline import status
 from dispatch.pipeline.plan import plan_run
+from dispatch.pipeline.thresholds import check_threshold
 from dispatch.quorum import history_size, run_quorum, wants_history
 
 EventSink = Callable[[str], None]
@@ -71,13 +72,6 @@ def run_phase(phase: ExecutionPhase, state: PhaseState, env: PhaseEnv,
     check_threshold(result, env.config)
     state.record(result)
     return result
-
-
-def check_threshold(result: PhaseResult, config: DispatchConfig) -> None:
-    """Mark a phase that took longer than its configured threshold (the log warns)."""
-    threshold = config.phases.thresholds_ms.get(result.phase.number)
-    if threshold is not None and result.duration_ms > threshold:
-        result.output_data["threshold_exceeded_ms"] = threshold
 
 
 def _result(phase: ExecutionPhase, success: bool = True, **kwargs: Any) -> PhaseResult:
