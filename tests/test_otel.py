@@ -189,12 +189,14 @@ def test_a_run_on_two_workers_is_one_trace_with_every_agent_task_span(distribute
         config = tmp_path / "agents.json"
         config.write_text(json.dumps({"agents": {"writer": {
             "kind": "llm", "provider": "openai", "base_url": llm.openai_base_url, "model": "m",
-            "api_key_env": "TEST_OTEL_KEY"}}}))
+            "api_key_env": "TEST_OTEL_KEY"}, "lister": {"kind": "shell", "command": ["sh", "-c", "echo listed"]}}}))
         tasks = [{"task_id": "plan", "agent": "sleep", "description": "plan", "input_data": {"seconds": 0.1}},
                  *({"task_id": f"part{i}", "agent": "sleep", "description": f"part {i}",
                     "input_data": {"seconds": 0.3}, "dependencies": ["plan"]} for i in range(4)),
                  {"task_id": "summary", "agent": "writer", "description": "summarise the parts",
-                  "dependencies": [f"part{i}" for i in range(4)]}]
+                  "dependencies": [f"part{i}" for i in range(4)]},
+                 {"task_id": "list", "agent": "lister", "description": "list what the plan made",
+                  "dependencies": ["plan"]}]
         client_env = {**env, **otel_env(receiver.endpoint, "dispatch-cli")}
         done = run_cli(["--config", str(config)], stdin=json.dumps({"tasks": tasks}), env=client_env)
         assert done.returncode == 0, done.stderr
@@ -250,15 +252,19 @@ def test_a_run_on_two_workers_is_one_trace_with_every_agent_task_span(distribute
     model_calls = [s for s in trace if s["scope"].startswith("opentelemetry.instrumentation.httpx")
                    and by_id[s["parent"]] is agents["summary"]]
     assert model_calls, "the model call is not inside the summary task's span"
+    processes = [s for s in trace if s["name"] == "dispatch.agent.process"]
+    assert [by_id[s["parent"]] for s in processes] == [agents["list"]], "the shell agent's process span"
+    assert processes[0]["attributes"]["process.exit.code"] == 0
     workers_seen = {s["attributes"].get("dispatch.worker") for s in agents.values()}
     assert len(workers_seen) == 2
 
     finished = last_sums(receiver.points, "dispatch.tasks.finished")
     assert finished[(("agent", "sleep"), ("status", "succeeded"))] == 5
+    assert finished[(("agent", "lister"), ("status", "succeeded"))] == 1
     assert finished[(("agent", "writer"), ("status", "succeeded"))] == 1
     tokens = last_sums(receiver.points, "dispatch.tokens")
     assert tokens[(("agent", "writer"), ("direction", "input"))] == 13
     durations = last_sums(receiver.points, "dispatch.task.duration")
-    assert sum(durations.values()) == 6
+    assert sum(durations.values()) == len(tasks)
     waiting = last_sums(receiver.points, "dispatch.tasks.waiting")
     assert sum(waiting.values()) == 0  # every agent task sent was started

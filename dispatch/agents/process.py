@@ -20,7 +20,9 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Callable, Optional
+import sys
+from contextlib import contextmanager
+from typing import IO, Any, Callable, Iterator, Optional
 
 from dispatch.common.text import as_text
 
@@ -124,6 +126,32 @@ def run_process(argv: list[str], *, cwd: str, env: dict[str, str], stdin: Option
                 timeout_s: float, kill_grace_s: float, max_output_bytes: int) -> ProcessResult:
     """Run ``argv`` (no shell) to completion or timeout.  Raises ``OSError`` when
     it cannot be started (missing program, permissions, arguments too long)."""
+    with process_span(argv) as span:
+        result = _run(argv, cwd=cwd, env=env, stdin=stdin, timeout_s=timeout_s, kill_grace_s=kill_grace_s,
+                      max_output_bytes=max_output_bytes)
+        if span is not None:
+            span.set_attribute("process.exit.code", -1 if result.returncode is None else result.returncode)
+            span.set_attribute("dispatch.timed_out", result.timed_out)
+        return result
+
+
+@contextmanager
+def process_span(argv: list[str]) -> Iterator[Any]:
+    """A span around the agent's process when OpenTelemetry is already loaded in this process (the
+    ``[otel]`` extra, switched on by ``dispatch.runtime.telemetry``); nothing is imported otherwise."""
+    if "opentelemetry.trace" not in sys.modules:
+        yield None
+        return
+    from opentelemetry import trace
+
+    with trace.get_tracer("dispatch.agents").start_as_current_span(
+            "dispatch.agent.process", attributes={"process.executable.name": os.path.basename(argv[0]),
+                                                  "process.command_args.count": len(argv)}) as span:
+        yield span
+
+
+def _run(argv: list[str], *, cwd: str, env: dict[str, str], stdin: Optional[bytes],
+         timeout_s: float, kill_grace_s: float, max_output_bytes: int) -> ProcessResult:
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, close_fds=True,
                             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
