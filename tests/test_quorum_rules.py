@@ -196,3 +196,12 @@ def test_prefix_match_needs_four_letters():
     assert match("auth", "authentic") and match("postgre", "postgresql")
     assert not match("us", "user") and not match("api", "apiary")
     assert stem("class") == "class" and stem("status") == "status"
+
+
+def test_overlapping_declared_writes_are_a_deficiency():
+    from dispatch.models import TaskSpec
+
+    tasks = [TaskSpec(task_id="a", agent="echo", description="Implement the postgres pool", writes=["src/db/**"]),
+             TaskSpec(task_id="b", agent="echo", description="Implement the postgres adapter", writes=["src/db/x.py"])]
+    verdict = rules().validate(DispatchInput(user_prompt=POSTGRES_PROMPT, tasks=tasks))
+    assert any("tasks 'a' and 'b' may both write" in d for d in verdict.deficiencies), verdict.deficiencies

@@ -135,3 +135,36 @@ def test_overlapping_declared_writes_are_warned_serialized_or_refused(cli, tmp_p
             assert plan["levels"] == 2 and "Ordered 'b' after 'a'" in run.stderr
         else:
             assert "overlapping_writes" in run.stderr and run.stdout == ""
+
+
+def test_a_resolver_agent_completes_a_conflicting_merge(cli, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    conf = json.loads(config(tmp_path).read_text())
+    # keeps both sides of every conflict: drops the marker lines
+    fix = ('import pathlib; p = pathlib.Path("calc.py"); '
+           'p.write_text("".join(l for l in p.read_text().splitlines(True) '
+           'if not l.startswith(("<<<<<<<", "=======", ">>>>>>>"))))')
+    conf["agents"]["fixer"] = {"kind": "shell", "command": ["python3", "-c", fix]}
+    path = tmp_path / "with-resolver.json"
+    path.write_text(json.dumps({**conf, "workspace": {"resolver": "fixer"}}))
+    run = cli("--config", str(path), stdin=tasks(repo, edit("mul", "calc.py", "mul"), edit("sub", "calc.py", "sub")))
+    assert run.returncode == 0, run.stderr
+    integration = run.json["integration"]
+    assert integration["conflicts"] == [] and sorted(integration["merged"]) == ["mul", "sub"]
+    assert len(integration["resolved"]) == 1  # the two appends to one spot did conflict: the resolver ran
+    merged = git(repo, "show", f"{integration['ref']}:calc.py")
+    assert "def mul()" in merged and "def sub()" in merged and "<<<<<<<" not in merged
+    bad = tmp_path / "bad-resolver.json"
+    bad.write_text(json.dumps({**conf, "workspace": {"resolver": "nobody"}}))
+    refused = cli("--config", str(bad), stdin=tasks(repo, edit("mul", "calc.py", "mul")))
+    assert refused.returncode == 2 and "workspace.resolver" in refused.stderr
+
+
+def test_the_report_shows_each_tasks_diff_and_the_integration(cli, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    run = cli("--config", str(config(tmp_path)), stdin=tasks(repo, edit("mul", "calc.py", "mul")))
+    assert run.returncode == 0, run.stderr
+    page = tmp_path / "r.html"
+    assert cli("report", run.json["run_id"], "-o", str(page)).returncode == 0
+    html = page.read_text()
+    assert 'id="changes"' in html and "+def mul():" in html and f"dispatch/{run.json['run_id']}" in html

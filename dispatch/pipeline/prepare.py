@@ -15,7 +15,8 @@ from typing import Optional
 
 from dispatch.config import DispatchConfig
 from dispatch.errors import ConfigError, InputError, UsageError
-from dispatch.models import ALL_PHASES, DispatchInput, ExecutionPhase, PhaseConfig, PhaseResult, PhaseState, iso, utcnow
+from dispatch.models import (ALL_PHASES, DispatchInput, ExecutionPhase, PhaseConfig, PhaseResult, PhaseState, TaskSpec,
+                             iso, utcnow)
 from dispatch.pipeline import status
 from dispatch.pipeline.plan import agent_configs, plan_run
 from dispatch.pipeline.selection import check_inputs_available, selected_phases, skip_reason
@@ -89,6 +90,12 @@ def check_workspace_overrides(state: PhaseState) -> None:
     """A task's own ``workspace`` key is checked now (exit 2 naming it), not when its agent starts."""
     for i, task in enumerate(state.tasks_data):
         for_task(state.config.workspace, task, f"tasks[{i}]")
+    resolver = state.config.workspace.resolver
+    if resolver:
+        try:
+            agent_configs([TaskSpec(task_id="resolver", agent=resolver, description="")], state.config)
+        except ConfigError as exc:
+            raise InputError(f"workspace.resolver: {exc}") from None
 
 
 def apply_write_scopes(state: PhaseState, prepared: Prepared) -> None:

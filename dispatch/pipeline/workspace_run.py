@@ -9,10 +9,11 @@ lost.  The git side is ``dispatch.workspace``; this only sequences it.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Optional
 
-from dispatch.agents import AgentOutcome
-from dispatch.models import AgentPayload, TaskChanges
+from dispatch.agents import AgentInvocation, AgentOutcome, make_agent, resolve_agent, run_agent, task_timeout
+from dispatch.models import AgentPayload, IntegrationConflict, PhaseState, TaskChanges, TaskSpec
 from dispatch.workspace import (SetupFailed, StartConflict, WorkspaceError, commit_checkout, prepare_checkout,
                                 scope_fault)
 
@@ -42,6 +43,32 @@ def run_isolated(payload: AgentPayload, dependency_commits: dict[str, str],
     if fault and outcome.success:
         outcome = AgentOutcome.fail(fault, outcome.output)
     return outcome, changes
+
+
+def conflict_resolver(state: PhaseState) -> Optional[Callable[[Path, IntegrationConflict], bool]]:
+    """``[workspace] resolver = "<agent>"``: that agent gets each integration conflict in a checkout holding the
+    conflicted merge, with a prompt naming the tasks and files; the engine takes its result only when no
+    conflict markers remain."""
+    name = state.config.workspace.resolver
+    if not name:
+        return None
+    agent = make_agent(name, state.config)
+    component = resolve_agent(name, state.config)
+
+    def resolve(path: Path, conflict: IntegrationConflict) -> bool:
+        spec = TaskSpec(task_id=f"resolve-{conflict.task_id}", agent=name,
+                        description=f"Resolve the merge conflict of task '{conflict.task_id}'")
+        prompt = (f"The changes of task '{conflict.task_id}' conflict with those of "
+                  f"{', '.join(conflict.with_) or 'the base'} in: {', '.join(conflict.files)}.\n"
+                  f"This checkout holds the conflicted merge. Edit those files so that both changes survive, "
+                  f"remove every conflict marker (<<<<<<<, =======, >>>>>>>), and stop.")
+        invocation = AgentInvocation(task=spec, context=None, dependency_outputs={}, user_prompt=state.user_prompt,
+                                     workspace_path=str(path), run_id=state.run_id, attempt=1,
+                                     timeout_s=task_timeout(component, state.run_config.timeout_seconds),
+                                     prompt=prompt)
+        return run_agent(agent, invocation).success
+
+    return resolve
 
 
 def dependency_note(changed: dict[str, list[str]]) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Optional, Sequence
 from dispatch.errors import ConfigError
 from dispatch.models import DispatchInput, TaskSpec
 from dispatch.quorum.base import VALIDATORS, Validator, Verdict
+from dispatch.common.scopes import overlapping_scopes
 from dispatch.quorum.graph import graph_faults
 from dispatch.quorum.text import matches_any, term_roots
 
@@ -71,6 +72,8 @@ def check_breakdown(prompt: str, tasks: Sequence[TaskSpec], known_agents: Option
         report.faults.append("Breakdown has no tasks")
         return report
     report.faults.extend(graph_faults(tasks))
+    # declared write scopes that overlap with no dependency ordering them: they may conflict in phase 4
+    report.majors.extend(overlap.describe() for overlap in overlapping_scopes(tasks))
     for task in tasks:
         description = task.description.strip()
         if not description:

@@ -229,6 +229,35 @@ def _task_table(state: PhaseState) -> str:
     return f'<section id="tasks"><h2>Tasks</h2>{note}{_table(headers, rows, numeric=(3, 4, 5))}</section>'
 
 
+def _changes(state: PhaseState) -> str:
+    """Git workspaces: each task's change (files, and its diff one click away) and the integration branch."""
+    changed = [r for r in state.task_results if r.changes is not None and r.changes.files]
+    integration = state.integration
+    if not changed and integration is None:
+        return ""
+    out = ['<section id="changes"><h2>Changes</h2>']
+    if integration is not None:
+        merged = ", ".join(f"<code>{_e(t)}</code>" for t in integration.merged) or "none"
+        out.append(f'<p>Integration branch <code>{_e(integration.ref.removeprefix("refs/heads/"))}</code> '
+                   f'(<code>{_e(integration.commit[:12])}</code>): merged {merged}.</p>')
+        if integration.conflicts:
+            rows = [f'<tr><td class="mono">{_e(c.task_id)}</td><td>{_e(", ".join(c.files))}</td>'
+                    f'<td>{_e(", ".join(c.with_) or "the base")}</td><td>{_e(c.reason or "")}</td></tr>'
+                    for c in integration.conflicts]
+            out.append("<p>Left out of the integration (each change stays on its own ref):</p>"
+                       + _table(["task", "files", "conflicts with", "why"], rows))
+    for r in changed:
+        files = ", ".join(f"+{f.added} -{f.deleted} {f.path}" for f in r.changes.files)
+        cut = (f" (first {len(r.changes.patch)} of {r.changes.patch_bytes} bytes)"
+               if r.changes.patch_bytes > len(r.changes.patch) else "")
+        out.append(f'<details class="diff"><summary><code>{_e(r.task_id)}</code> '
+                   f'<span class="meta">{_e(files)}</span></summary>'
+                   f'<p class="sub"><code>{_e(r.changes.ref)}</code>{_e(cut)}</p>'
+                   f"<pre>{_e(r.changes.patch)}</pre></details>")
+    out.append("</section>")
+    return "".join(out)
+
+
 def _context_rows(ctx: TaskContext) -> list[str]:
     choices = {c.item_id: c for c in ctx.report}
     rows, seen = [], set()
@@ -283,7 +312,7 @@ def _contexts(state: PhaseState) -> str:
 def render_html(state: PhaseState) -> str:
     """The whole report as one HTML document: inline CSS, JS and SVG, nothing fetched."""
     sections = [_header(state), _phases(state), _timeline(state), _critical_path(state), _quorum(state),
-                _task_table(state), _contexts(state)]
+                _task_table(state), _changes(state), _contexts(state)]
     saved = f" from the state saved at {_e(state.saved_at)}" if state.saved_at else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{_e(CONTENT_SECURITY_POLICY)}">'

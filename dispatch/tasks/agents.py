@@ -18,9 +18,10 @@ from celery.utils import uuid
 from dispatch.agents import AgentInvocation, AgentOutcome, build_agent, build_prompt, run_agent
 from dispatch.common.backoff import backoff_delay
 from dispatch.config import ComponentConfig
+from dispatch.errors import ConfigError
 from dispatch.models import AgentPayload, ExecutionPhase, TaskResult, iso, utcnow
 from dispatch.pipeline.execution import close_execution, integration_order
-from dispatch.pipeline.workspace_run import dependency_note, run_isolated
+from dispatch.pipeline.workspace_run import conflict_resolver, dependency_note, run_isolated
 from dispatch.workspace import WorkspaceError, integrate
 from dispatch.store import AlreadyClaimed, Completion, DagScheduler, Deployment, NoSuchRun, RunLedger, SendKeys
 from dispatch.tasks.names import AGENT_TASK, COLLECT_TASK, agent_queue, agent_shadow, celery_id
@@ -216,8 +217,9 @@ def integrate_changes(state: Any, finished: dict[str, TaskResult]) -> tuple[Any,
     if not any(finished[tid].changes.files for tid, _ in succeeded):
         return None, None  # nothing changed: no branch to make
     try:
-        return integrate(state.workspace, succeeded, timeout=state.config.workspace.git_timeout_s), None
-    except WorkspaceError as exc:
+        return integrate(state.workspace, succeeded, resolver=conflict_resolver(state),
+                         timeout=state.config.workspace.git_timeout_s), None
+    except (WorkspaceError, ConfigError) as exc:
         logger.warning("run %s: integration failed: %s", state.run_id, exc)
         return None, str(exc)
 

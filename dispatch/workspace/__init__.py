@@ -17,7 +17,7 @@ from dispatch.workspace.checkout import Checkout, prepare_checkout, remove_check
 from dispatch.workspace.errors import GitError, SetupFailed, StartConflict, WorkspaceError, WorkspaceUsageError
 from dispatch.workspace.integrate import Resolver, fetch_run_refs, integrate
 from dispatch.workspace.options import TaskWorkspace, WorkspaceOptions, for_task
-from dispatch.workspace.scopes import ScopeOverlap, overlapping_scopes, patterns_overlap, serialize_overlaps
+from dispatch.common.scopes import ScopeOverlap, overlapping_scopes, patterns_overlap, serialize_overlaps
 from dispatch.workspace.snapshot import find_work_tree, resolve_isolation, snapshot_base
 
 __all__ = [
