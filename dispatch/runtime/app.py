@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
 from dispatch.config import Settings
@@ -42,6 +43,22 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             "unacked_restore_throttle": 1, "unacked_mutex_expire": max(5, min(60, timeout // 2))}
 
 
+class ShadowNamedAMQP(AMQP):
+    """Celery's messaging, with the ``task-sent`` event named like the task's other events.
+
+    An agent task is sent under its readable name (``shadow``: ``dispatch.agent:TASK_ID``), which the
+    worker's events carry, but Celery names the sent event after the task itself; Flower keeps the
+    name of whichever event came last, so a task's name flipped between the two.
+    """
+
+    def as_task_v2(self, *args: Any, **kwargs: Any) -> Any:
+        message = super().as_task_v2(*args, **kwargs)
+        shadow = message.headers.get("shadow")
+        if shadow and message.sent_event:
+            message.sent_event["name"] = shadow
+        return message
+
+
 def drop_unused_builtins(sender: Celery, **_: Any) -> None:
     for name in UNUSED_BUILTINS:
         sender.tasks.pop(name, None)
@@ -56,11 +73,12 @@ def deployment_prefix(settings: Settings) -> str:
 def create_app(settings: Settings) -> Celery:
     telemetry.install()  # a no-op unless OTEL_* is set and the [otel] extra is installed
     if settings.embedded:
-        app = Celery("dispatch", broker="memory://", backend=EmbeddedRedisBackend, set_as_current=False)
+        app = Celery("dispatch", broker="memory://", backend=EmbeddedRedisBackend, set_as_current=False,
+                     amqp=ShadowNamedAMQP)
         app.conf.broker_transport_options = {"polling_interval": 0.005}
     else:
         app = Celery("dispatch", broker=settings.broker_url, backend=settings.result_backend,
-                     set_as_current=False)
+                     set_as_current=False, amqp=ShadowNamedAMQP)
         app.conf.broker_transport_options = broker_transport_options(settings)
         if settings.broker_url.startswith(("redis://", "rediss://")):
             app.conf.broker_transport_options["global_keyprefix"] = deployment_prefix(settings)
