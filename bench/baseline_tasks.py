@@ -4,7 +4,6 @@ import time
 
 from celery import shared_task
 
-from dispatch.runtime.app import AGENT_QUEUE
 
 
 @shared_task(name="dispatch.baseline_noop")
@@ -22,6 +21,6 @@ def baseline_hop(self, remaining: int, sleep_ms: float, key: str) -> None:
     """
     time.sleep(sleep_ms / 1000)
     if remaining > 1:
-        self.apply_async((remaining - 1, sleep_ms, key), queue=AGENT_QUEUE)
+        self.apply_async((remaining - 1, sleep_ms, key), queue=self.request.delivery_info.get("routing_key"))
     else:
         self.backend.client.rpush(key, time.time())

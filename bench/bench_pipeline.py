@@ -45,11 +45,13 @@ def run_pipeline(settings: Settings, document: dict) -> tuple[float, object]:
 def run_bare_group(settings: Settings, n: int) -> float:
     from celery import group
 
-    from dispatch.runtime.app import AGENT_QUEUE, create_app
+    from dispatch.runtime.app import create_app
+    from dispatch.tasks.names import agent_queue
 
     app = create_app(settings)
     t0 = time.perf_counter()
-    group(app.signature("dispatch.baseline_noop", args=(i,), queue=AGENT_QUEUE) for i in range(n))() \
+    queue = agent_queue(settings.key_prefix)
+    group(app.signature("dispatch.baseline_noop", args=(i,), queue=queue) for i in range(n))() \
         .get(timeout=600, disable_sync_subtasks=False)
     return time.perf_counter() - t0
 
@@ -75,14 +77,16 @@ def p1_overhead(n: int, repeat: int, workers: int, concurrency: int) -> list[dic
 
 def run_bare_chains(settings: Settings, chains: int, length: int, sleep_ms: float, key: str) -> float:
     """Seconds for ``chains`` self-sending chains of ``length`` sleeps each (dispatch.baseline_hop)."""
-    from dispatch.runtime.app import AGENT_QUEUE, create_app
+    from dispatch.runtime.app import create_app
+    from dispatch.tasks.names import agent_queue
 
     app = create_app(settings)
     client = app.backend.client
     client.delete(key)
     t0 = time.perf_counter()
     for _ in range(chains):
-        app.signature("dispatch.baseline_hop", args=(length, sleep_ms, key), queue=AGENT_QUEUE).apply_async()
+        app.signature("dispatch.baseline_hop", args=(length, sleep_ms, key),
+                      queue=agent_queue(settings.key_prefix)).apply_async()
     for _ in range(chains):
         if client.blpop(key, 120) is None:
             raise RuntimeError("bare chains did not finish in 120 s")
