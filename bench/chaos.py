@@ -41,6 +41,7 @@ class ChaosReport:
     reruns: dict[str, int] = field(default_factory=dict)  # task -> extra runs
     reruns_explained: int = 0  # extra runs whose earlier run was on a worker that was killed
     faults: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)  # the stall watchdog's resends of lost messages
     seconds: float = 0.0
     stderr_tail: str = ""
 
@@ -69,7 +70,7 @@ def executions(log: Path) -> list[tuple[str, int]]:
 
 
 def run_chaos(tmp: Path, n_tasks: int = 300, workers: int = 3, kills: int = 3, seed: int = 1,
-              visibility_s: int = 6, timeout_s: float = 240) -> ChaosReport:
+              visibility_s: int = 6, timeout_s: float = 240, stall_check_s: float = 2) -> ChaosReport:
     rng = random.Random(seed)
     (tmp / "redis").mkdir(parents=True, exist_ok=True)
     (tmp / "logs").mkdir(exist_ok=True)
@@ -79,6 +80,7 @@ def run_chaos(tmp: Path, n_tasks: int = 300, workers: int = 3, kills: int = 3, s
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
     env.update(DISPATCH_BROKER_URL=server.url, DISPATCH_KEY_PREFIX="chaos", DISPATCH_STATE_DIR=str(tmp / "state"),
                DISPATCH_VISIBILITY_TIMEOUT_S=str(visibility_s), DISPATCH_WORKER_LOG_LEVEL="WARNING",
+               DISPATCH_STALL_CHECK_S=str(stall_check_s),
                PYTHONUNBUFFERED="1")
     # $PPID: the worker process that ran the agent (threads pool), to tell a killed worker's re-runs apart
     script = f'sleep {{input.s}}; echo "$DISPATCH_TASK_ID $PPID" >> {log}; echo ok'
@@ -130,8 +132,19 @@ def run_chaos(tmp: Path, n_tasks: int = 300, workers: int = 3, kills: int = 3, s
     finally:
         pool.stop_all()
         server.stop()
+    report.resent = resent_by_watchdog(tmp / "logs")
     report.seconds = round(time.monotonic() - t0, 1)
     return report
+
+
+def resent_by_watchdog(logs: Path) -> list[str]:
+    """The tasks whose lost message a worker's stall watchdog sent again (``dispatch.runtime.watchdog``)."""
+    found = []
+    for path in sorted(logs.glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if "lost phase-4 message(s) again: " in line:
+                found += [t.strip() for t in line.split("again: ", 1)[1].split(",")]
+    return found
 
 
 def diagnose(url: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -13,9 +14,27 @@ from dispatch.testing import RedisServer, WorkerPool
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@dataclass
+class Cluster:
+    """What a benchmark may look at: the settings, the env a CLI process needs, the workers, the Redis."""
+
+    settings: Settings
+    env: dict[str, str]
+    pool: WorkerPool
+    redis: RedisServer
+    tmp: Path
+
+
 @contextmanager
 def cluster(workers: int, concurrency: int, pool: str = "threads",
             extra_env: Optional[dict[str, str]] = None) -> Iterator[Settings]:
+    with cluster_parts(workers, concurrency, pool, extra_env) as parts:
+        yield parts.settings
+
+
+@contextmanager
+def cluster_parts(workers: int, concurrency: int, pool: str = "threads",
+                  extra_env: Optional[dict[str, str]] = None) -> Iterator[Cluster]:
     tmp = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
     redis = RedisServer(tmp)
     redis.start()
@@ -26,7 +45,7 @@ def cluster(workers: int, concurrency: int, pool: str = "threads",
     try:
         for i in range(workers):
             pool_.start(f"bench{i}", pool=pool, concurrency=concurrency, app="bench.worker_app")
-        yield Settings.from_env(env)
+        yield Cluster(Settings.from_env(env), env, pool_, redis, tmp)
     finally:
         pool_.stop_all()
         redis.stop()

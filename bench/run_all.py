@@ -4,7 +4,9 @@
 
 P1 pipeline overhead vs a bare Celery group, P2 DAG makespan vs its lower bound
 (real Redis, real workers), P3 context index and query vs a naive scan, P4 CLI
-start vs ``celery --help``, P5 state save+load for 10k tasks.  Run it on a
+start vs ``celery --help``, P5 state save+load for 10k tasks, P6 phases 0 and 1 side by side vs in
+sequence (a slow retriever and a slow validator), P7 scale (N no-op tasks by the CLI: time vs a bare group,
+CLI peak RSS, worker RSS growth, Redis kept per closed task), P8 embedded throughput and hop cost.  Run it on a
 quiet machine: the ratios compare runs made minutes apart on the same cores.
 """
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import bench_cli, bench_context, bench_pipeline, bench_state  # noqa: E402
+from bench import (bench_cli, bench_context, bench_embedded, bench_phase_dag, bench_pipeline,  # noqa: E402
+                   bench_scale, bench_state)
 
 
 def machine_line() -> str:
@@ -54,6 +57,9 @@ def main() -> int:
         ("P3", lambda: bench_context.run(bench_context.DEFAULT_CORPUS)),
         ("P4", lambda: bench_cli.run(repeat=3 if args.quick else 5)),
         ("P5", lambda: bench_state.run(repeat=repeat)),
+        ("P6", lambda: bench_phase_dag.run(delay_s=0.5 if args.quick else 1.0, repeat=repeat)),
+        ("P7", lambda: bench_scale.run(tasks=(300,) if args.quick else (1000, 10000))),
+        ("P8", lambda: bench_embedded.run(tasks=300 if args.quick else 1000, chain=50 if args.quick else 200)),
     ]
     for name, suite in suites:
         print(f"running {name} ...", file=sys.stderr, flush=True)

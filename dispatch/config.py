@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError, model_serializer,
                       field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from dispatch.errors import ConfigError
 
@@ -247,6 +248,12 @@ class QuorumOptions(BaseModel):
     cache_ttl_s: int = Field(default=3600, ge=0)
 
 
+# Long enough for a large workspace (0, 3) and a quorum of slow models with retries (1); a run that
+# needs more says so in [phases] timeouts_s.
+DEFAULT_PHASE_TIMEOUTS_S: dict[int, float] = {0: 900.0, 1: 1800.0, 2: 600.0, 3: 1800.0}
+PhaseTimeout = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
+
+
 class PhaseOptions(BaseModel):
     """Per-phase policies: retries of a phase that raised, and duration thresholds.
 
@@ -254,6 +261,8 @@ class PhaseOptions(BaseModel):
     timeout), with exponential backoff; a quorum FAIL is a verdict, not an
     error, and is never retried here.  ``thresholds_ms`` maps a phase number to
     the duration past which the run logs a warning and marks the phase result.
+    ``timeouts_s`` maps a phase number (0-3) to the seconds after which the
+    phase is failed even if its body is still blocked (a hung retriever or model).
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -261,6 +270,26 @@ class PhaseOptions(BaseModel):
     retries: int = Field(default=0, ge=0, le=10)
     retry_backoff_s: float = Field(default=0.5, ge=0, le=3600)
     thresholds_ms: dict[LaxInt, float] = Field(default_factory=dict)
+    # run independent phases at the same time (0 and 1); false: one after another (``pipeline.phase_graph``)
+    parallel: bool = True
+    # a safety net per phase 0-3 (its attempts included): past it the phase fails, whatever it waits on;
+    # phase 4 has none (each agent has its own limit).  Keys not given keep DEFAULT_PHASE_TIMEOUTS_S.
+    timeouts_s: dict[LaxInt, PhaseTimeout] = Field(default_factory=dict)
+
+    @field_validator("timeouts_s")
+    @classmethod
+    def _timeouts_of_phases_0_to_3(cls, timeouts: dict[int, float]) -> dict[int, float]:
+        for number in timeouts:
+            if number == 4:
+                raise ValueError("phase 4 has no phase timeout: each agent has its own "
+                                 "(timeout_s, or the run's timeout_seconds)")
+            if number not in DEFAULT_PHASE_TIMEOUTS_S:
+                raise ValueError(f"no phase {number}: timeouts_s takes phases 0-3")
+        return timeouts
+
+    def timeout_for(self, number: int) -> Optional[float]:
+        """Phase ``number``'s timeout in seconds (None: phase 4, which has none)."""
+        return self.timeouts_s.get(number, DEFAULT_PHASE_TIMEOUTS_S.get(number))
 
 
 Isolation = Literal["auto", "git", "shared"]
@@ -304,6 +333,44 @@ class WorkspaceOptions(BaseModel):
         return remote
 
 
+class Price(BaseModel):
+    """``[prices."<model>"]``: dollars per million tokens (``dispatch.common.spend`` turns tokens into cost)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class BudgetOptions(BaseModel):
+    """``[budget]`` (or the input's ``config.budget``, whose keys win): the caps that pause a run.
+
+    Spend is the run's (every attempt of it, the quorum included); a task reserves an
+    estimate before it starts (its agent's ``estimated_cost_usd``, else the mean of the
+    run's finished tasks of that agent, else ``default_estimate_usd`` / ``default_estimate_tokens``).
+    ``max_wall_s`` counts from the run's start.  None: no cap.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    max_cost_usd: Optional[float] = Field(default=None, ge=0)
+    max_tokens: Optional[int] = Field(default=None, ge=0)
+    max_wall_s: Optional[float] = Field(default=None, gt=0)
+    per_task_max_cost_usd: Optional[float] = Field(default=None, ge=0)
+    default_estimate_usd: Optional[float] = Field(default=None, ge=0)
+    default_estimate_tokens: Optional[int] = Field(default=None, ge=0)
+
+    def over(self, other: Optional["BudgetOptions"]) -> "BudgetOptions":
+        """These options with every key ``other`` sets replacing ours."""
+        if other is None:
+            return self
+        return self.model_copy(update=other.model_dump(exclude_unset=True))
+
+    @property
+    def capped(self) -> bool:
+        return any(v is not None for v in (self.max_cost_usd, self.max_tokens, self.max_wall_s))
+
+
 class TaskWorkspace(BaseModel):
     """What one task may override, from its ``workspace`` key."""
 
@@ -312,6 +379,44 @@ class TaskWorkspace(BaseModel):
     isolation: Optional[Isolation] = None
     setup: Optional[list[str]] = None
     keep: Optional[bool] = None
+
+
+# ------------------------------------------------------------------ provider limits
+MODEL_PROVIDERS = ("openai", "anthropic")  # the wire protocols of dispatch.common.providers
+DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+# agent kinds whose calls go through dispatch.common.providers (coding CLIs call their models themselves)
+MODEL_AGENT_KINDS = ("llm",)
+LIMIT_NAME = re.compile(r"^[A-Za-z0-9_.:@/+-]{1,200}$")
+
+
+class ProviderLimits(BaseModel):
+    """``[providers.<name>]``: what all workers of a deployment together may send one provider.
+
+    Enforced in the deployment's Redis (``dispatch.store.limiter``); a model call
+    waits for its slot up to ``max_wait_s``.  ``retries``: how many more times
+    one call is tried after a transient failure (429, 5xx, timeout), before its
+    caller's own retry (an agent task's, the quorum's) takes over.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    requests_per_minute: Optional[float] = Field(default=None, gt=0, le=1_000_000)
+    tokens_per_minute: Optional[int] = Field(default=None, gt=0)
+    max_concurrency: Optional[int] = Field(default=None, gt=0, le=100_000)
+    max_wait_s: float = Field(default=300.0, gt=0, le=24 * 3600)
+    retries: int = Field(default=0, ge=0, le=10)
+
+
+def provider_limit_name(provider: str, base_url: Any = None) -> str:
+    """The ``[providers.<name>]`` a model call counts against when its component names none
+    (``provider_limit``): ``<provider>:<host>[:<port>]`` of its base URL as written."""
+    url = base_url if isinstance(base_url, str) and base_url else DEFAULT_BASE_URLS.get(provider, "")
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a port: ClientOptions refuses such a URL with its own message
+        port = ""
+    return f"{provider}:{(parts.hostname or '').lower()}{port}"
 
 
 class DispatchConfig(BaseModel):
@@ -327,6 +432,9 @@ class DispatchConfig(BaseModel):
     quorum: QuorumOptions = Field(default_factory=QuorumOptions)
     phases: PhaseOptions = Field(default_factory=PhaseOptions)
     workspace: WorkspaceOptions = Field(default_factory=WorkspaceOptions)
+    budget: BudgetOptions = Field(default_factory=BudgetOptions)
+    prices: dict[str, Price] = Field(default_factory=dict)  # by model name, as the provider is asked for it
+    providers: dict[str, ProviderLimits] = Field(default_factory=dict)  # rate limits by name (README)
 
     @model_validator(mode="before")
     @classmethod
@@ -336,6 +444,44 @@ class DispatchConfig(BaseModel):
         if where:
             raise ValueError(f"{where}: numbers must be finite (got inf or nan)")
         return data
+
+    @model_validator(mode="after")
+    def _provider_limits(self) -> "DispatchConfig":
+        """Each model caller carries its ``[providers.<name>]`` table (option ``provider_limits``): an agent
+        task sees its own component only, so the limits travel with it.  Idempotent (a saved state
+        is validated again); a ``provider_limit`` naming no table is a typo, refused here."""
+        for name in self.providers:
+            if not LIMIT_NAME.match(name):
+                raise PydanticCustomError("provider_name", "providers.{name}: a provider name is 1-200 letters, "
+                                          "digits or _.:@/+- (the default names look like "
+                                          "\"openai:api.openai.com\")", {"name": name})
+        for where, component, provider in self.model_callers():
+            options = component.__pydantic_extra__
+            if options is None:
+                continue
+            explicit = options.get("provider_limit")
+            if explicit is not None and (not isinstance(explicit, str) or explicit not in self.providers):
+                known = ", ".join(sorted(self.providers)) or "none"
+                raise PydanticCustomError("provider_limit", "{where}.provider_limit: no [providers.\"{name}\"] "
+                                          "table (configured: {known})",
+                                          {"where": where, "name": str(explicit), "known": known})
+            name = explicit or provider_limit_name(provider, options.get("base_url"))
+            if name in self.providers:
+                options["provider_limits"] = self.providers[name].model_dump()
+            else:
+                options.pop("provider_limits", None)
+        return self
+
+    def model_callers(self) -> list[tuple[str, ComponentConfig, str]]:
+        """``(where, component, provider)`` of every component that calls a model through
+        ``dispatch.common.providers``: ``llm`` agents, model validators, the planner."""
+        found = [(f"agents.{name}", c, c.options.get("provider")) for name, c in self.agents.items()
+                 if c.kind in MODEL_AGENT_KINDS]
+        found += [(f"validators.{name}", c, c.kind) for name, c in self.validators.items()
+                  if c.kind in MODEL_PROVIDERS]
+        if self.planner is not None:
+            found.append(("planner", self.planner, self.planner.options.get("provider") or self.planner.kind))
+        return [(where, c, provider) for where, c, provider in found if provider in MODEL_PROVIDERS]
 
     @classmethod
     def load(cls, path: Optional[str]) -> "DispatchConfig":
@@ -453,6 +599,9 @@ class Settings(BaseModel):
     visibility_timeout_s: int = Field(default=2 * 3600, ge=1)
     # how long the CLI rides out a lost broker/backend connection before it gives up on following
     reconnect_timeout_s: float = Field(default=60.0, ge=0)
+    # how often each worker (Redis broker) looks for phase-4 messages lost by a killed worker and sends
+    # them again; one is sent after it was found lost on two looks in a row (dispatch.runtime.watchdog)
+    stall_check_s: float = Field(default=30.0, gt=0, le=3600)
     # plain progress lines on a non-terminal stderr: at most one per interval, only for long phases
     progress_interval_s: float = Field(default=10.0, gt=0)
     # task events (sent, received, started, succeeded) for Flower and `celery events`; each is a publish

@@ -12,12 +12,12 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from dispatch.config import ComponentConfig, DispatchConfig, WorkspaceOptions
+from dispatch.config import BudgetOptions, ComponentConfig, DispatchConfig, Price, WorkspaceOptions
 
 SCHEMA_VERSION = 1
 
-# Where a run is.  ``paused``: stopped at an interactive checkpoint, to be continued.  Every change of
-# it goes through ``dispatch.pipeline.status``.
+# Where a run is.  ``paused``: stopped at an interactive checkpoint or at a budget cap (``pause_reason``),
+# to be continued.  Every change of it goes through ``dispatch.pipeline.status``.
 RunStatus = Literal["pending", "running", "paused", "succeeded", "failed", "cancelled"]
 
 
@@ -57,6 +57,8 @@ class RunConfig(BaseModel):
     max_workers: int = Field(default=5, ge=1, le=100_000, strict=True)
     timeout_seconds: float = Field(default=300, gt=0, le=30 * 24 * 3600, strict=True, allow_inf_nan=False)
     trace_dir: Optional[str] = None
+    # the run's caps; each key given here wins over the config file's [budget]
+    budget: Optional[BudgetOptions] = None
 
 
 class DispatchInput(BaseModel):
@@ -122,6 +124,40 @@ class PhaseResult(BaseModel):
     def skipped_result(cls, phase: ExecutionPhase, reason: str) -> "PhaseResult":
         return cls(phase=phase, phase_name=phase.title, success=True, skipped=True,
                    output_data={"reason": reason})
+
+
+# --------------------------------------------------------------------- spend
+class Usage(BaseModel):
+    """What model calls consumed.  ``cost_usd`` None: no price known for the model (tokens still count);
+    a sum's cost is that of the calls with a price.  ``model``: the one model called, None when several or
+    unknown.  Usages add up (``a + b``)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Optional[float] = None
+    calls: int = 0
+    model: Optional[str] = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: "Usage") -> "Usage":
+        costs = [c for c in (self.cost_usd, other.cost_usd) if c is not None]
+        models = {m for u in (self, other) if u.calls for m in [u.model]}
+        return Usage(input_tokens=self.input_tokens + other.input_tokens,
+                     output_tokens=self.output_tokens + other.output_tokens,
+                     cost_usd=round(sum(costs), 9) if costs else None, calls=self.calls + other.calls,
+                     model=models.pop() if len(models) == 1 else None)
+
+
+class RunUsage(BaseModel):
+    """A run's spend: the total, and by phase (its name), agent and model (``unknown``: not reported)."""
+
+    total: Usage = Field(default_factory=Usage)
+    phases: dict[str, Usage] = Field(default_factory=dict)
+    agents: dict[str, Usage] = Field(default_factory=dict)
+    models: dict[str, Usage] = Field(default_factory=dict)
 
 
 # ------------------------------------------------------------------- context
@@ -209,6 +245,7 @@ class ValidatorVote(BaseModel):
     latency_ms: float = 0.0
     error: Optional[str] = None
     cached: bool = False
+    usage: Optional[Usage] = None  # this vote's call (None: cached or not asked, so nothing spent)
 
     @property
     def abstained(self) -> bool:
@@ -242,6 +279,9 @@ class QuorumResult(BaseModel):
     breakdown_digest: Optional[str] = None  # sha256 of the breakdown the final attempt judged
     weights: Literal["configured", "learned"] = "configured"
     weights_used: dict[str, ValidatorWeight] = Field(default_factory=dict)
+    # every call phase 1 made: the votes of all attempts and the planner's revisions
+    planner_usage: Optional[Usage] = None
+    usage: Optional[Usage] = None
 
 
 class ValidatorStats(BaseModel):
@@ -304,6 +344,9 @@ class TaskResult(BaseModel):
     prompt: Optional[str] = None
     # what the task changed in its own git checkout (workspace isolation "git" only)
     changes: Optional["TaskChanges"] = None
+    usage: Optional[Usage] = None  # the model calls its agent made (None: it calls none, or did not say)
+    # the run paused at a budget cap before this task started: ``dispatch resume`` runs it (not a skip)
+    not_run: bool = False
 
 
 # --------------------------------------------------------------------- state
@@ -321,6 +364,9 @@ class PhaseState(BaseModel):
     schema_version: int = SCHEMA_VERSION
     run_id: str
     version: int = 0  # raised by every save to the store: a phase task knows whether it already ran
+    # phase number -> the state version its task started from: a redelivered parallel phase (its peer saved
+    # since, so the version moved on) sees here that it already ran (``pipeline.phase_graph``)
+    ran_from: dict[int, int] = Field(default_factory=dict)
     phases_executed: list[PhaseResult] = Field(default_factory=list)
     current_phase: int = -1
     global_context: Optional[GlobalContext] = None
@@ -345,6 +391,10 @@ class PhaseState(BaseModel):
     workspace: Optional["WorkspaceInfo"] = None
     # phase 4's integration branch: every succeeded task's change merged onto the base
     integration: Optional["Integration"] = None
+    # the cap a budget pause stopped at (``status == "paused"``), e.g. "max_tokens 5000 reached (5120 used)"
+    pause_reason: Optional[str] = None
+    # spend of earlier attempts whose results ``dispatch resume`` dropped (failed tasks run again): it still counts
+    earlier_usage: Optional[Usage] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -412,6 +462,8 @@ class DispatchOutput(BaseModel):
     state_file: Optional[str] = None
     # the integration branch phase 4 ended with (workspace isolation "git" only)
     integration: Optional["Integration"] = None
+    usage: Optional[RunUsage] = None  # None: no model was called
+    pause_reason: Optional[str] = None
 
 
 # ------------------------------------------------------------- coding agents
@@ -454,6 +506,9 @@ class AgentPayload(BaseModel):
     workspace: Optional["WorkspaceInfo"] = None
     workspace_options: Optional[WorkspaceOptions] = None
     dependency_order: list[str] = Field(default_factory=list)  # its dependencies in the plan's order
+    # [prices] (a call's cost is computed where it is made) and the per-task cap its agent stops at
+    prices: dict[str, Price] = Field(default_factory=dict)
+    max_cost_usd: Optional[float] = None
 
 
 # ---------------------------------------------------------------- workspace
@@ -518,6 +573,7 @@ class Integration(BaseModel):
     merged: list[str] = Field(default_factory=list)
     resolved: list[str] = Field(default_factory=list)  # merged through the resolver
     conflicts: list[IntegrationConflict] = Field(default_factory=list)
+    dropped: list[str] = Field(default_factory=list)  # left out on purpose (interactive [e]dit); refs kept
 
 
 TaskResult.model_rebuild()

@@ -1,20 +1,28 @@
 """Real servers and workers for tests and benchmarks (cf. ``celery.contrib.testing``).
 
 A private ``redis-server`` on a free port and real ``celery -A worker worker``
-processes, so the suite and the benchmarks measure what users run.
+processes, so the suite and the benchmarks measure what users run.  A worker may
+run as another user (``OtherUser``): a worker on another machine, which cannot
+read the submitting user's files.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+NOBODY = 65534
+SYSTEM_PYTHON = "/usr/bin/python3"
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def free_port() -> int:
@@ -55,8 +63,51 @@ class RedisServer:
             self.proc.wait(10)
 
 
+class OtherUser:
+    """Running a process as another user (default ``nobody``) through ``setpriv``, when we are root.
+
+    This interpreter may live where that user cannot go (a venv under a 0700 ``/root``), so the
+    process runs the system ``python3`` (same minor version) with this checkout and its
+    site-packages on ``PYTHONPATH``.  ``available`` says whether that works here.
+    """
+
+    def __init__(self, uid: int = NOBODY, gid: Optional[int] = None) -> None:
+        self.uid = uid
+        self.gid = uid if gid is None else gid
+
+    @staticmethod
+    def pythonpath() -> str:
+        site = [p for p in sys.path if p.endswith("site-packages") and p.startswith(str(ROOT))]
+        return os.pathsep.join([str(ROOT), *site])
+
+    def argv(self, *command: str) -> list[str]:
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", *command]
+
+    def env(self, home: Path, **extra: str) -> dict[str, str]:
+        """A minimal environment of that user's own: HOME, the system PATH, the code on PYTHONPATH."""
+        return {"PATH": SYSTEM_PATH, "HOME": str(home), "PYTHONPATH": self.pythonpath(), "LANG": "C.UTF-8", **extra}
+
+    def home(self, prefix: str) -> Path:
+        """A fresh directory owned by that user (its cwd and HOME)."""
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        os.chown(path, self.uid, self.gid)
+        return path
+
+    def available(self, *modules: str) -> bool:
+        if os.geteuid() != 0 or not shutil.which("setpriv") or not Path(SYSTEM_PYTHON).exists():
+            return False
+        probe = subprocess.run(self.argv(SYSTEM_PYTHON, "-c", f"import {', '.join(modules or ('dispatch',))}"),
+                               env=self.env(Path("/tmp")), cwd="/tmp", capture_output=True)
+        return probe.returncode == 0
+
+
 class WorkerPool:
-    """Real ``celery worker`` processes, each its own node, started in ``cwd`` (default: ``logdir``)."""
+    """Real ``celery worker`` processes, each its own node, started in ``cwd`` (default: ``logdir``).
+
+    ``start(..., user=OtherUser(), home=DIR, env={...})`` runs one as another user in its own
+    directory (cwd and HOME), with that user's environment plus ``env`` (the pool's environment,
+    which may name the user's paths, is not passed on).
+    """
 
     def __init__(self, env: dict[str, str], logdir: Path, cwd: Optional[Path] = None) -> None:
         self.env = env
@@ -70,12 +121,19 @@ class WorkerPool:
         return ",".join(f"{prefix}.{role.strip()}" for role in roles.split(","))
 
     def start(self, name: str, *extra: str, queues: str = "phases,agents",
-              pool: str = "threads", concurrency: int = 4, app: str = "dispatch.runtime.worker") -> subprocess.Popen:
+              pool: str = "threads", concurrency: int = 4, app: str = "dispatch.runtime.worker",
+              user: Optional[OtherUser] = None, home: Optional[Path] = None,
+              env: Optional[dict[str, str]] = None) -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "w")
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h", "-Q", self.queue_names(queues), "-P", pool,
-             "-c", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra],
-            cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        argv = ["-m", "celery", "-A", app, "worker", "-n", f"{name}@%h", "-Q", self.queue_names(queues), "-P", pool,
+                "-c", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra]
+        if user is None:
+            argv, cwd, environ = [PYTHON, *argv], home or self.cwd, {**self.env, **(env or {})}
+        else:
+            home = home or user.home(f"dispatch-{name}-")
+            argv, cwd, environ = user.argv(SYSTEM_PYTHON, *argv), home, user.env(home, **(env or {}))
+        proc = subprocess.Popen(argv, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         self.procs[name] = proc
         self.wait_ready(name)
         return proc

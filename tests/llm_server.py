@@ -25,6 +25,10 @@ taking the ``Recorded`` request) if set, else HTTP 599 "no scripted reply" so a
 missing script shows up as a clear provider error.  The ``llm_server`` pytest
 fixture yields a started server; import it into a test module to use it.
 
+Each ``Recorded`` request has its arrival time (``at``), when and with what status
+it was answered (``answered_at``, ``status``); ``max_in_flight`` is the most
+requests it was ever handling at once (rate-limit tests).
+
 ``server.dialect = DIALECTS["lmstudio"]`` makes the OpenAI path answer
 ``response_format`` as that server documents (or, for llama-cpp-python, as the
 real server answers): a form it refuses gets its error, without using up a
@@ -73,6 +77,8 @@ class Recorded:
     headers: dict[str, str]  # lower-cased names
     body: Any
     at: float
+    answered_at: Optional[float] = None  # time.monotonic() when the reply went out (None: not answered)
+    status: Optional[int] = None  # the status it was answered with
 
 
 Responder = Union[Reply, Callable[[Recorded], Reply]]
@@ -80,6 +86,16 @@ Responder = Union[Reply, Callable[[Recorded], Reply]]
 
 def answer_text(text: str, **kwargs: Any) -> Reply:
     return Reply(text=text, **kwargs)
+
+
+def counted_answer(text: str, delay_s: float = 0.0) -> Callable[[Recorded], Reply]:
+    """A responder answering ``text`` with usage counted from the request as a server would: one token per
+    whitespace-separated word of its messages (input) and of the answer (output)."""
+    def respond(recorded: Recorded) -> Reply:
+        body = recorded.body if isinstance(recorded.body, dict) else {}
+        words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []) if isinstance(m, dict))
+        return Reply(text=text, usage=(words, len(text.split())), delay_s=delay_s)
+    return respond
 
 
 def verdict(recommendation: str, score: float, *missing: str, **extra: Any) -> Reply:
@@ -208,6 +224,10 @@ class FakeLLMServer:
         self._stopping = threading.Event()
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
+        self.in_flight = 0  # requests being handled now, and the most there ever were at once
+        self.max_in_flight = 0
+        # the server's own count of the usage it reported in its 200 answers: (input, output) tokens
+        self.tokens_sent = [0, 0]
 
     # -- lifecycle
     def start(self) -> "FakeLLMServer":
@@ -217,7 +237,14 @@ class FakeLLMServer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                server._handle(self)
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    server._handle(self)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
@@ -328,6 +355,10 @@ class FakeLLMServer:
                 document = anthropic_envelope(reply.text or "", model, reply.usage, reply.cut_off)
             else:
                 document = openai_envelope(reply.text or "", model, reply.usage, reply.cut_off)
+            if reply.body is None and reply.status == 200:
+                with self._lock:
+                    self.tokens_sent[0] += reply.usage[0]
+                    self.tokens_sent[1] += reply.usage[1]
             data = json.dumps(document).encode()
             content_type = "application/json"
         try:
@@ -338,6 +369,7 @@ class FakeLLMServer:
                 handler.send_header(name, value)
             handler.end_headers()
             handler.wfile.write(data)
+            recorded.answered_at, recorded.status = time.monotonic(), reply.status
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout): nothing to answer
 

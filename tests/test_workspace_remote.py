@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from dispatch.models import TaskChanges, TaskSpec, WorkspaceInfo
-from dispatch.testing import free_port
+from dispatch.testing import NOBODY, SYSTEM_PYTHON, OtherUser, free_port
 from dispatch.workspace import (WorkspaceError, WorkspaceOptions, apply_integration, commit_checkout, integrate,
                                 prepare_checkout, snapshot_base)
 
@@ -29,7 +29,6 @@ from test_workspace import fingerprint, git, make_repo, show
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-NOBODY = 65534
 
 WORKER = r"""
 import json, os, sys
@@ -55,18 +54,7 @@ print(json.dumps({"changes": changes.model_dump(mode="json"), "seen": seen, "wor
 
 
 def other_user_available() -> bool:
-    if os.geteuid() != 0 or not shutil.which("setpriv") or not Path("/usr/bin/python3").exists():
-        return False
-    probe = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                            "/usr/bin/python3", "-c", "import dispatch.workspace, pydantic, pathspec"],
-                           env={"PYTHONPATH": worker_pythonpath(), "HOME": "/tmp", "PATH": os.environ["PATH"]},
-                           cwd="/tmp", capture_output=True)
-    return probe.returncode == 0
-
-
-def worker_pythonpath() -> str:
-    site = [p for p in sys.path if p.endswith("site-packages") and p.startswith(str(ROOT))]
-    return os.pathsep.join([str(ROOT), *site])
+    return OtherUser().available("dispatch.workspace", "pydantic", "pathspec")
 
 
 class Worker:
@@ -80,10 +68,10 @@ class Worker:
 
     def start(self, job: dict) -> subprocess.Popen:
         env = {"PATH": os.environ["PATH"], "HOME": str(self.home), "DISPATCH_GIT_CACHE": str(self.home / "cache"),
-               "PYTHONPATH": worker_pythonpath()}
-        argv = ["/usr/bin/python3" if self.as_nobody else sys.executable, "-c", WORKER]
+               "PYTHONPATH": OtherUser.pythonpath()}
+        argv = [SYSTEM_PYTHON if self.as_nobody else sys.executable, "-c", WORKER]
         if self.as_nobody:
-            argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+            argv = OtherUser().argv(*argv)
         proc = subprocess.Popen(argv, cwd=self.home, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         proc.stdin.write(json.dumps(job))

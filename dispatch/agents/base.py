@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dispatch.config import ComponentConfig, format_validation_error, redact_text
 from dispatch.errors import ConfigError
-from dispatch.models import TaskContext, TaskSpec
+from dispatch.models import TaskContext, TaskSpec, Usage
 from dispatch.common.registry import Registry
 from dispatch.common.text import truncate
 from dispatch.agents.prompt import build_prompt
@@ -42,6 +42,9 @@ class AgentInvocation:
     prompt: str = ""
     # unknown top-level input keys: kept and handed to agents, never silently dropped
     request_extras: dict[str, Any] = field(default_factory=dict)
+    # [prices] by model, and the task's spend cap (an agent that calls models stops once past it)
+    prices: dict[str, Any] = field(default_factory=dict)
+    max_cost_usd: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not self.prompt:
@@ -58,6 +61,7 @@ class AgentOutcome:
     output: Any = None
     error: Optional[str] = None
     transient: bool = False
+    usage: Optional[Usage] = None  # the model calls this attempt made (tokens, cost when known)
 
     @classmethod
     def ok(cls, output: Any = None) -> "AgentOutcome":
@@ -78,6 +82,8 @@ class AgentOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     timeout_s: Optional[float] = Field(default=None, gt=0, le=30 * 24 * 3600)
+    # what one task of this agent is expected to cost: reserved against [budget] before it starts
+    estimated_cost_usd: Optional[float] = Field(default=None, ge=0)
 
 
 class Agent:
@@ -129,8 +135,10 @@ def run_agent(agent: Agent, inv: AgentInvocation) -> AgentOutcome:
     try:
         json.dumps(outcome.output, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        return AgentOutcome.fail(f"agent output is not JSON-serializable: {exc}",
-                                 output=truncate(repr(outcome.output), MAX_ERROR_CHARS))
+        failed = AgentOutcome.fail(f"agent output is not JSON-serializable: {exc}",
+                                   output=truncate(repr(outcome.output), MAX_ERROR_CHARS))
+        failed.usage = outcome.usage  # what it spent was spent all the same
+        return failed
     if outcome.error is not None:  # an error lands in state, logs and Flower: a tool's echoed credential does not
         outcome.error = redact_text(truncate(str(outcome.error), MAX_ERROR_CHARS))
     elif not outcome.success:

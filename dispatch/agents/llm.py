@@ -23,6 +23,10 @@ by ``common.providers``; the output's ``json_mode`` says which), the answer is p
 an answer that does not conform is sent back once with the faults listed, since
 models usually fix a named mistake, and fails the task if it still does not.
 
+Every call's tokens (the provider's ``usage``) are the outcome's ``usage``,
+priced from ``[prices."<model>"]``; with a per-task ``max_cost_usd`` no repair
+is asked once the task's spend has reached it.
+
 Provider errors the client marks transient (429, 5xx, timeouts, connection
 resets) become transient outcomes so the runner retries with backoff; others
 (401, 400, a missing key variable) fail at once.
@@ -36,6 +40,7 @@ from pydantic import Field
 from dispatch.config import ComponentConfig
 from dispatch.errors import ConfigError
 from dispatch.common.providers import ProviderError, make_client
+from dispatch.common.spend import call_usage, total
 from dispatch.common.text import extract_json_value
 from dispatch.agents.base import AGENTS, Agent, AgentInvocation, AgentOptions, AgentOutcome
 from dispatch.agents.schema_check import check_schema, validate
@@ -44,7 +49,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are an agent carrying out one task of a larger plan. Do exactly the task described, "
     "using the context and the outputs of earlier tasks you are given, and answer with the result only."
 )
-CLIENT_KEYS = ("provider", "model", "base_url", "api_key_env", "temperature", "max_tokens", "json_mode", "headers")
+CLIENT_KEYS = ("provider", "model", "base_url", "api_key_env", "temperature", "max_tokens", "json_mode", "headers",
+               "provider_limit", "provider_limits")
 
 
 class LlmOptions(AgentOptions):
@@ -57,6 +63,8 @@ class LlmOptions(AgentOptions):
     max_tokens: Any = None
     json_mode: Any = None
     headers: Any = None
+    provider_limit: Any = None  # the [providers.<name>] its calls count against (README)
+    provider_limits: Any = None  # that table, put here by DispatchConfig
     # The agent's own.
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     output_schema: Optional[dict[str, Any]] = None
@@ -86,14 +94,22 @@ class LlmAgent(Agent):
         client = make_client({**self.client_options, "timeout_s": opts.timeout_s or inv.timeout_s})
         messages: list[dict[str, str]] = [{"role": "user", "content": inv.prompt}]
         usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0}
+        calls = []  # one Usage per call, priced
+        model = str(opts.model) if opts.model is not None else None
         latency_ms = 0.0
         try:
             for repair in range((opts.schema_repairs if schema is not None else 0) + 1):
+                spent = total(calls)
+                if repair and inv.max_cost_usd is not None and (spent.cost_usd or 0) >= inv.max_cost_usd:
+                    return _spent(AgentOutcome.fail(
+                        f"answer does not match output_schema, and the task's cost cap (max_cost_usd "
+                        f"{inv.max_cost_usd:g}) is spent: no repair asked", output), calls)
                 try:
                     reply = client.complete(opts.system_prompt, messages, json_schema=schema)
                 except ProviderError as exc:
-                    return AgentOutcome.fail(str(exc), transient=exc.transient)
+                    return _spent(AgentOutcome.fail(str(exc), transient=exc.transient), calls)
                 latency_ms += reply.latency_ms
+                calls.append(call_usage(model, reply.input_tokens, reply.output_tokens, inv.prices))
                 for key in usage:
                     usage[key] += reply.usage.get(key) or 0
                 output = {"text": reply.text, "model": str(opts.model), "provider": str(opts.provider),
@@ -102,16 +118,22 @@ class LlmAgent(Agent):
                     output["json_mode"] = reply.json_mode
                 if schema is None:
                     if not reply.text.strip():
-                        return AgentOutcome.fail("model returned an empty answer", output)
-                    return AgentOutcome.ok(output)
+                        return _spent(AgentOutcome.fail("model returned an empty answer", output), calls)
+                    return _spent(AgentOutcome.ok(output), calls)
                 faults = _faults(reply.text, schema, output)
                 if not faults:
-                    return AgentOutcome.ok(output)
+                    return _spent(AgentOutcome.ok(output), calls)
                 messages += [{"role": "assistant", "content": reply.text},
                              {"role": "user", "content": _repair_request(faults)}]
         finally:
             client.close()
-        return AgentOutcome.fail("answer does not match output_schema: " + "; ".join(faults), output)
+        return _spent(AgentOutcome.fail("answer does not match output_schema: " + "; ".join(faults), output), calls)
+
+
+def _spent(outcome: AgentOutcome, calls: list) -> AgentOutcome:
+    """The outcome with the usage of every call made for it (nothing when no call got an answer)."""
+    outcome.usage = total(calls) if calls else None
+    return outcome
 
 
 def _faults(text: str, schema: dict, output: dict[str, Any]) -> list[str]:

@@ -50,6 +50,13 @@ class LogObserver:
     def progress(self, done: Optional[int] = None, total: Optional[int] = None) -> None:
         self.bar.update(done, total)
 
+    def spend(self, cost_usd: Optional[float], tokens: int) -> None:
+        """Phase 4's spend so far (its progress meta), shown on the progress line."""
+        from dispatch.common.spend import describe
+        from dispatch.models import Usage
+
+        self.bar.spent = describe(Usage(input_tokens=int(tokens or 0), cost_usd=cost_usd, calls=1))
+
     def progress_clear(self) -> None:
         self.bar.clear()
 

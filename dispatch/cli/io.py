@@ -1,4 +1,10 @@
-"""Reading the task breakdown (stdin or ``--input-file``) and writing JSON to stdout: the CLI's only stdout."""
+"""Reading the task breakdown (stdin or ``--input-file``) and writing JSON to stdout: the CLI's only stdout.
+
+A run's result document is streamed (``emit_output``): its ``results`` array is
+written one task at a time, so a 100k-task run never holds the whole document
+(as a dict, then as one string) in memory.  The bytes are exactly those of
+``json.dumps(output.model_dump(mode="json"), indent=2)``.
+"""
 from __future__ import annotations
 
 import json
@@ -32,6 +38,41 @@ def read_input(input_file: Optional[str], load_phase_state: Optional[str]) -> Op
     return parse_input(text, "stdin")
 
 
+STREAMED = "results"  # the one field of a DispatchOutput that grows with the run
+
+
 def emit(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def emit_output(output: Any, stream: Optional[Any] = None) -> None:
+    """A ``DispatchOutput`` on stdout, its ``results`` streamed; byte for byte what ``emit`` would write."""
+    out = stream or sys.stdout
+    head = output.model_dump(mode="json", exclude={STREAMED})  # everything but the results: small
+    names = [n for n in type(output).model_fields if n in head or n == STREAMED]
+    names += [n for n in head if n not in names]  # a computed field, should one appear
+    out.write("{")
+    for i, name in enumerate(names):
+        out.write(("," if i else "") + "\n  " + json.dumps(name) + ": ")
+        if name == STREAMED:
+            _write_items(out, getattr(output, STREAMED))
+        else:  # a value one level down: json.dumps's own text, each line indented once more
+            out.write(json.dumps(head[name], indent=2, default=str).replace("\n", "\n  "))
+    out.write("\n}\n")
+    out.flush()
+
+
+def _write_items(out: Any, items: list) -> None:
+    if not items:
+        out.write("[]")
+        return
+    out.write("[")
+    chunk: list[str] = []
+    for i, item in enumerate(items):  # JSON strings hold no raw newline: re-indenting by replace is exact
+        text = json.dumps(item.model_dump(mode="json"), indent=2, default=str).replace("\n", "\n    ")
+        chunk.append(("," if i else "") + "\n    " + text)
+        if len(chunk) >= 256:
+            out.write("".join(chunk))
+            chunk.clear()
+    out.write("".join(chunk) + "\n  ]")

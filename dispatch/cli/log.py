@@ -7,7 +7,7 @@ stdout is never touched here: it carries the JSON result only.
 from __future__ import annotations
 
 import sys
-from typing import Optional, TextIO
+from typing import Any, Optional, TextIO
 
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, TaskResult
 
@@ -86,7 +86,8 @@ def _phase_lines(result: PhaseResult, state: PhaseState, max_retries: int) -> li
             return lines + [f"{FAIL} Phase 1 failed in {ms:.1f}ms {conf}: {result.error}".replace("  ", " ")]
         if state.quorum_result and state.quorum_result.decision == "RETRY":
             lines.append(f"{WARN} Max retries exceeded: continuing with the current breakdown")
-        return lines + [f"{OK} Phase 1 completed in {ms:.1f}ms {conf}".rstrip()]
+        return lines + [(f"{OK} Phase 1 completed in {ms:.1f}ms {conf}".rstrip()
+                         + spent_note(state.quorum_result.usage if state.quorum_result else None))]
     if not result.success:
         return [f"{FAIL} Phase {n} failed in {ms:.0f}ms: {result.error}"]
     if phase == ExecutionPhase.TASK_PLANNING:
@@ -99,6 +100,7 @@ def _phase_lines(result: PhaseResult, state: PhaseState, max_retries: int) -> li
 
 
 SKIP = "⊘"
+PAUSE = "⏸"
 TASK_LINES = 20  # after phase 4, one line per task up to this many; failures are listed first beyond it
 
 
@@ -108,6 +110,8 @@ def task_line(task: TaskResult) -> str:
     from dispatch.report.common import fmt_ms, output_summary
 
     head = f"{one_line(task.task_id, 60)} {one_line(task.agent, 30)}"
+    if task.not_run:  # the run paused at a budget cap before it started: resume runs it
+        return f"{PAUSE} {head} {one_line(task.error or 'not run', 160)}"
     if task.skipped:
         why = task.error or "skipped"
         return f"{SKIP} {head} {one_line(why if why.startswith('skipped') else 'skipped: ' + why, 160)}"
@@ -158,8 +162,20 @@ def execution_lines(result: PhaseResult, state: PhaseState) -> list[str]:
     counts = f"{out.get('succeeded', 0)} succeeded, {out.get('failed', 0)} failed"
     if out.get("skipped"):
         counts += f", {out['skipped']} skipped"
+    if out.get("not_run"):
+        counts += f", {out['not_run']} not run"
+    counts += spent_note(out.get("usage"), "; spent ")
     return task_lines(state) + integration_lines(state) \
         + [f"{mark} Phase 4 completed in {result.duration_ms:.0f}ms ({counts})"] + threshold_lines(result)
+
+
+def spent_note(usage: Any, lead: str = " (spent ", tail: str = "") -> str:
+    """`` (spent ~$0.042, 18.3k tokens)`` after a phase line; nothing when no model was called."""
+    from dispatch.common.spend import describe
+    from dispatch.models import Usage
+
+    said = describe(Usage.model_validate(usage) if isinstance(usage, dict) else usage)
+    return f"{lead}{said}{tail or (')' if lead.startswith(' (') else '')}" if said else ""
 
 
 def _quorum_lines(state: PhaseState, max_retries: int) -> list[str]:

@@ -17,6 +17,7 @@ or an entry in ``LAZY_COMMANDS`` to import it only when it is used.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Optional, Sequence
 
@@ -105,7 +106,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
-        return code if isinstance(code, int) else 0
+        code = code if isinstance(code, int) else 0
+        exit_past_abandoned_phases(code)
+        return code
     except click.UsageError as exc:
         return usage_failed(exc)
     except click.ClickException as exc:
@@ -118,12 +121,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fail(str(exc))
         return exc.exit_code
     except Exception as exc:
-        from dispatch.runtime.connection import connection_errors
+        from dispatch.runtime.connection import connection_errors, full_redis_message, is_full_redis
 
+        if is_full_redis(exc):
+            from dispatch.config import Settings
+
+            fail(full_redis_message(Settings.from_env()))
+            return 1
         if not isinstance(exc, connection_errors()):
             raise
         fail(f"cannot reach the broker or Redis ({type(exc).__name__}: {exc})")
         return 1
+
+
+def exit_past_abandoned_phases(code: int) -> None:
+    """A phase past its timeout may leave a thread blocked (a read that never returns) that Python
+    would join at exit, forever: the run's outcome is written, so the process ends here instead."""
+    phases = sys.modules.get("dispatch.pipeline.phases")  # not imported: no phase ran in this process
+    if phases is not None and phases.abandoned_bodies():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def fail(text: str) -> None:

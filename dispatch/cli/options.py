@@ -103,6 +103,9 @@ def run_options(func: Callable) -> Callable:
                help="Skip these phases (comma-separated, e.g. 0,1)."),
         option("--save-phase-state", metavar="FILE", section=STATE,
                help="Write the run's state to FILE (atomically) when the run ends."),
+        option("--results-file", metavar="FILE", section=STATE,
+               help="Also write one JSON line per task to FILE as tasks finish (a TaskResult each; the "
+                    "tasks that never ran are added when the run ends)."),
         option("--load-phase-state", metavar="FILE", section=STATE,
                help="Start from a saved state: its context, quorum result and prepared tasks are reused, "
                     "its phases are not run again."),

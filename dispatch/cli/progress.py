@@ -37,6 +37,7 @@ class Progress:
         self.clock = clock
         self._phase: Optional[ExecutionPhase] = None
         self._started = 0.0
+        self.spent = ""
         self._last_plain = 0.0
         self._last_counts: Optional[tuple[int, int]] = None
         self._drawn = False
@@ -57,6 +58,7 @@ class Progress:
         self._phase = phase
         self._started = self._last_plain = self.clock()
         self._last_counts = None
+        self.spent = ""  # phase 4's spend so far, when its progress reports one (``~$0.04, 18.3k tokens``)
 
     def update(self, done: Optional[int] = None, total: Optional[int] = None) -> None:
         """Called on every poll with what the phase reports (``done/total`` for phase 4)."""
@@ -67,11 +69,12 @@ class Progress:
         counts = (done, total) if done is not None and total else None
         if self.live:
             if elapsed >= LIVE_DELAY_S:
-                self._draw(self.fit(self._phase, elapsed, counts, self.columns()))
+                self._draw(self.fit(self._phase, elapsed, counts, self.columns(), self.spent))
             return
         if elapsed >= self.interval_s and now - self._last_plain >= self.interval_s:
             if counts is None or counts != self._last_counts or now - self._last_plain >= 3 * self.interval_s:
-                self.stream.write(f"{PREFIX} {self.render(self._phase, elapsed, counts, bar=False)}\n")
+                line = self.render(self._phase, elapsed, counts, bar=False, spent=self.spent)
+                self.stream.write(f"{PREFIX} {line}\n")
                 self.stream.flush()
                 self._last_plain = now
                 self._last_counts = counts
@@ -101,9 +104,13 @@ class Progress:
         self._drawn = True
 
     @classmethod
-    def fit(cls, phase: ExecutionPhase, elapsed: float, counts: Optional[tuple[int, int]], columns: int) -> str:
+    def fit(cls, phase: ExecutionPhase, elapsed: float, counts: Optional[tuple[int, int]], columns: int,
+            spent: str = "") -> str:
         """The fullest live line shorter than the terminal (the last column would wrap on some terminals)."""
         room = max(columns - 1, 10)
+        full = f"{PREFIX} {cls.render(phase, elapsed, counts, bar=True, spent=spent)}"
+        if len(full) <= room:
+            return full
         full = f"{PREFIX} {cls.render(phase, elapsed, counts, bar=True)}"
         if len(full) <= room:
             return full
@@ -125,11 +132,13 @@ class Progress:
         return "[" + "#" * filled + "-" * (width - filled) + "]"
 
     @staticmethod
-    def render(phase: ExecutionPhase, elapsed: float, counts: Optional[tuple[int, int]], bar: bool) -> str:
+    def render(phase: ExecutionPhase, elapsed: float, counts: Optional[tuple[int, int]], bar: bool,
+               spent: str = "") -> str:
         head = f"Phase {phase.number} ({phase.title})"
         if counts is None:
             return f"{head} running, {elapsed:.0f}s elapsed"
         done, total = counts
         share = min(1.0, done / total)
         gauge = Progress.gauge(share, BAR_WIDTH) + " " if bar else ""
-        return f"{head} {gauge}{done}/{total} tasks finished ({share:.0%}), {elapsed:.0f}s elapsed"
+        return f"{head} {gauge}{done}/{total} tasks finished ({share:.0%}), {elapsed:.0f}s elapsed" \
+            + (f", spent {spent}" if spent else "")

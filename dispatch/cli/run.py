@@ -28,6 +28,7 @@ Examples:
   dispatch --only-phase 0 --enable-context --save-phase-state context_debug.json < tasks.json
   dispatch --stop-after-phase 3 --save-phase-state s.json -f tasks.json
   dispatch --load-phase-state s.json --only-phase 4
+  dispatch --results-file results.jsonl -f tasks.json   (one line per task as it finishes)
 """
 
 
@@ -56,6 +57,9 @@ def run_breakdown(args: SimpleNamespace) -> int:
     cfg = PhaseConfig(only_phase=args.only_phase, stop_after_phase=args.stop_after_phase,
                       skip_phases=args.skip_phases, enable_context=args.enable_context,
                       enable_quorum=args.enable_quorum, interactive=args.interactive)
+    if args.results_file and (args.interactive or args.resume_session):
+        raise UsageError("--results-file is not available with --interactive: each checkpoint shows the "
+                         "results, and --save-phase-state keeps them")
     if args.interactive or args.resume_session:
         from dispatch.cli.interactive.run import run_interactive
 
@@ -63,20 +67,40 @@ def run_breakdown(args: SimpleNamespace) -> int:
     if args.no_wait and settings.embedded:
         raise UsageError("--no-wait needs a broker (set DISPATCH_BROKER_URL): the embedded worker lives "
                          "only as long as this command")
+    results = open_results(args.results_file, args.no_wait)
     loaded = load_state_file(args.load_phase_state) if args.load_phase_state else None
     request = read_input(args.input_file, args.load_phase_state)
     prepared = prepare_state(request, cfg, config, loaded)
+    del request, loaded  # the run's state has what it needs: a 100k-task input is not held through the run
     report_prepared(prepared, log)
-    return execute(make_runner(settings, log), prepared.state, log, t0, wait=not args.no_wait,
-                   save_to=args.save_phase_state)
+    return execute(make_runner(settings, log, results), prepared.state, log, t0, wait=not args.no_wait,
+                   save_to=args.save_phase_state, results=results)
+
+
+def open_results(path: Optional[str], no_wait: bool) -> Any:
+    """The ``--results-file`` to write, opened now so a bad path is refused before anything runs."""
+    if not path:
+        return None
+    from dispatch.cli.results_file import ResultsFile
+    from dispatch.errors import UsageError
+
+    if no_wait:
+        raise UsageError("--results-file needs the run followed: drop --no-wait, or give --results-file to "
+                         "'dispatch wait RUN_ID'")
+    return ResultsFile(path)
+
+
+results_option = option("--results-file", metavar="FILE", section="State management",
+                        help="Also write one JSON line per task to FILE as tasks finish.")
 
 
 @click.command("wait", cls=SectionedCommand, short_help="Follow a run started elsewhere until it ends.")
 @click.argument("run_id")
 @option("--save-phase-state", metavar="FILE", section="State management",
         help="Write the run's final state to FILE (atomically).")
+@results_option
 @quiet_option
-def wait(run_id: str, save_phase_state: Optional[str], quiet: bool) -> int:
+def wait(run_id: str, save_phase_state: Optional[str], results_file: Optional[str], quiet: bool) -> int:
     """Follow RUN_ID (started with --no-wait, or from another machine) with the same progress, log, JSON
     result and exit code as a run in the foreground. Needs the broker the run was submitted to."""
     from dispatch.cli.execute import execute, make_runner
@@ -89,13 +113,14 @@ def wait(run_id: str, save_phase_state: Optional[str], quiet: bool) -> int:
     if settings.embedded:
         raise UsageError("wait follows a run on a broker (set DISPATCH_BROKER_URL to the one it was "
                          "submitted to): an embedded run lives only in the process that started it")
-    runner = make_runner(settings, log)
+    results = open_results(results_file, False)
+    runner = make_runner(settings, log, results)
     attached = runner.attach(run_id)
     if attached is None:
         raise UsageError(f"no run '{run_id}' in {runner.store.describe()} (see 'dispatch runs')")
-    state, results = attached
+    state, phase_results = attached
     log.line(f"Following run {run_id} ({state.status}; phases {', '.join(map(str, state.selected_phases))})")
-    return execute(runner, state, log, t0, save_to=save_phase_state, follow=results)
+    return execute(runner, state, log, t0, save_to=save_phase_state, follow=phase_results, results=results)
 
 
 @click.command("resume", cls=SectionedCommand, short_help="Continue a stored run under the same run id.")
@@ -108,9 +133,16 @@ def wait(run_id: str, save_phase_state: Optional[str], quiet: bool) -> int:
         help="Resume a run still marked pending or running (when its client and workers are gone).")
 @option("--no-wait", is_flag=True, section="Following the run",
         help="Submit, print the run id as JSON, return (follow it with 'dispatch wait RUN_ID').")
+@option("--max-cost-usd", type=float, metavar="USD", section="Budget",
+        help="Raise (or set) the run's [budget] max_cost_usd, e.g. after it paused at it.")
+@option("--max-tokens", type=int, metavar="N", section="Budget", help="Raise (or set) the run's max_tokens.")
+@option("--max-wall-s", type=float, metavar="S", section="Budget",
+        help="Raise (or set) the run's max_wall_s (counted from the run's start).")
+@results_option
 @quiet_option
 def resume(run_id: str, skip_phases: list[int], config: Optional[str], force: bool, no_wait: bool,
-           quiet: bool) -> int:
+           max_cost_usd: Optional[float], max_tokens: Optional[int], max_wall_s: Optional[float],
+           results_file: Optional[str], quiet: bool) -> int:
     """Continue RUN_ID from the state store, under the same run id: the phases after its last completed one
     run, the saved ones are kept (no state file needed). In phase 4 only the tasks that did not succeed
     run again."""
@@ -119,12 +151,14 @@ def resume(run_id: str, skip_phases: list[int], config: Optional[str], force: bo
     from dispatch.config import DispatchConfig, Settings
     from dispatch.errors import UsageError
     from dispatch.pipeline.prepare import resume_state
+    from dispatch.pipeline.spend import raise_caps
 
     log, t0 = Log(quiet=quiet), time.perf_counter()
     settings = Settings.from_env()
     if no_wait and settings.embedded:
         raise UsageError("--no-wait needs a broker (set DISPATCH_BROKER_URL)")
-    runner = make_runner(settings, log)
+    results = open_results(results_file, no_wait)
+    runner = make_runner(settings, log, results)
     store = runner.store
     stored = store.load(run_id)
     if stored is None:
@@ -132,7 +166,9 @@ def resume(run_id: str, skip_phases: list[int], config: Optional[str], force: bo
     prepared = resume_state(stored, skip_phases, DispatchConfig.load(config) if config else None, force=force)
     state = prepared.state
     report_prepared(prepared, log)
+    for change in raise_caps(state, max_cost_usd=max_cost_usd, max_tokens=max_tokens, max_wall_s=max_wall_s):
+        log.line(f"Budget: {change}")
     if not settings.embedded:
         runner.deployment.clear_cancel(state.run_id)
     log.line(f"Resuming run {state.run_id} with phases {', '.join(map(str, state.selected_phases))}")
-    return execute(runner, state, log, t0, wait=not no_wait)
+    return execute(runner, state, log, t0, wait=not no_wait, results=results)

@@ -22,8 +22,22 @@ Conventions, as the providers' own SDKs have them:
 Errors are ``ProviderError`` with ``transient=True`` for what a later attempt may
 cure and ``False`` otherwise (401, 400, a body that is not the protocol): which
 is which, key reading and error texts are ``common.http``'s policy, shared with
-every other JSON-over-HTTP call.  The client does not retry by itself: callers
-own their retry and circuit-breaker policy (``common.backoff``, ``common.breaker``).
+every other JSON-over-HTTP call.
+
+Rate limits and retries, one policy for every model call (``common.ratelimit``):
+
+- each call counts against a provider *name*: the component's ``provider_limit``,
+  else ``<provider>:<host>[:<port>]`` of its base URL (``config.provider_limit_name``);
+  its ``[providers.<name>]`` limits arrive as the ``provider_limits`` option;
+- before each attempt the call waits for a slot in the installed limiter (the
+  deployment's, shared by every worker), up to ``max_wait_s``;
+- a 429 or 503 with ``Retry-After`` is recorded there, so no caller of that
+  provider, on any worker, sends before then; a retry waits for it too;
+- the client itself retries transient failures ``retries`` times (default 0) with
+  ``common.backoff`` (capped, jittered, Retry-After a floor); after that its
+  caller's retry takes over (an agent task's, the quorum's), and the limiter
+  still holds it to the Retry-After.  Circuit breakers stay with the callers
+  (``common.breaker``, one per endpoint in the quorum).
 
 Structured output (``json_mode``, OpenAI protocol).  "Compatible" servers accept
 different ``response_format`` forms, and a refused form is an error, not a
@@ -52,19 +66,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import httpx
+from pydantic import ValidationError
 
+from dispatch.common.backoff import DEFAULT_CAP_S, backoff_delay
 from dispatch.common.http import HTTPCallError, MissingKey, auth_headers, post_json, read_key
-from dispatch.config import find_inline_secret, resolve_references
+from dispatch.common.ratelimit import LIMITER, RateLimiter, RateLimitTimeout, acquire, hold_off
+from dispatch.config import (DEFAULT_BASE_URLS, LIMIT_NAME, MODEL_PROVIDERS, ProviderLimits, find_inline_secret,
+                             format_validation_error, provider_limit_name, resolve_references)
 from dispatch.errors import ConfigError
 
-PROVIDERS = ("openai", "anthropic")
-DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+PROVIDERS = MODEL_PROVIDERS
 DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 ANTHROPIC_VERSION = "2023-06-01"
 FORMS = ("schema", "object_schema", "object", "off")  # strongest first
@@ -72,6 +91,10 @@ JSON_MODES = ("auto",) + FORMS
 NEGOTIATION_KEY_PREFIX = "structured-output:"
 NEGOTIATION_TTL_S = 24 * 3600  # a server upgrade may accept a stronger form: ask again daily
 REJECTABLE_FIELD = "response_format"
+HOLD_OFF_STATUSES = (429, 503)  # whose Retry-After every caller of the provider honours
+RETRY_BASE_S, RETRY_JITTER = 0.5, 0.5  # the client's own retries (``retries``): common.backoff's formula
+CHARS_PER_TOKEN = 4  # a request's tokens, estimated before the call; reconciled with its usage after
+OUTPUT_ESTIMATE = 512  # output tokens reserved when max_tokens is not set
 
 
 class ProviderError(HTTPCallError):
@@ -170,6 +193,14 @@ class ClientOptions:
     max_tokens: Optional[int] = None
     json_mode: str = "auto"
     headers: tuple[tuple[str, str], ...] = ()
+    limit_name: str = ""  # the provider the calls count against (``[providers.<name>]``)
+    limits: ProviderLimits = field(default_factory=ProviderLimits, compare=False)
+
+    @property
+    def lease_s(self) -> float:
+        """How long a call's ``max_concurrency`` lease lasts if never given back (its worker was killed):
+        past any call's end, as httpx applies ``timeout_s`` to connecting and to each read."""
+        return 2 * self.timeout_s + 10.0
 
     @property
     def endpoint(self) -> str:
@@ -200,6 +231,13 @@ class ClientOptions:
         json_mode = options.get("json_mode", "auto")
         if json_mode not in JSON_MODES:
             raise ConfigError(f"json_mode: must be one of {', '.join(JSON_MODES)} (got {json_mode!r})")
+        limit_name = options.get("provider_limit") or provider_limit_name(provider, base_url)
+        if not isinstance(limit_name, str) or not LIMIT_NAME.match(limit_name):
+            raise ConfigError(f"provider_limit: must be the name of a [providers.<name>] table (got {limit_name!r})")
+        try:  # put there by DispatchConfig from [providers.<name>]
+            limits = ProviderLimits.model_validate(options.get("provider_limits") or {})
+        except ValidationError as exc:
+            raise ConfigError(f"provider_limits: {format_validation_error(exc)}") from None
         return cls(
             provider=provider, model=model.strip(), base_url=base_url.rstrip("/"),
             api_key_env=key_env or (None if key_env == "" else DEFAULT_KEY_ENVS[provider]),
@@ -207,7 +245,7 @@ class ClientOptions:
             timeout_s=_number(options, "timeout_s", 30.0, positive=True),
             temperature=_number(options, "temperature", None),
             max_tokens=_integer(options, "max_tokens", 1024 if provider == "anthropic" else None),
-            json_mode=json_mode, headers=tuple(sorted(headers.items())))
+            json_mode=json_mode, headers=tuple(sorted(headers.items())), limit_name=limit_name, limits=limits)
 
 
 def _number(options: dict, key: str, default: Optional[float], positive: bool = False) -> Optional[float]:
@@ -235,10 +273,13 @@ class HTTPChatClient:
     takes_response_format = False  # the protocol has OpenAI's ``response_format``
 
     def __init__(self, options: ClientOptions, transport: Optional[httpx.BaseTransport] = None,
-                 shared_cache: Optional[SharedCache] = None, memory: FormMemory = NEGOTIATED) -> None:
+                 shared_cache: Optional[SharedCache] = None, memory: FormMemory = NEGOTIATED,
+                 limiter: Optional[RateLimiter] = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.options = options
         self.shared_cache = shared_cache  # may be set later (the quorum attaches its cache)
         self.memory = memory
+        self.limiter = limiter  # None: the process's installed one (``common.ratelimit.LIMITER``), at call time
+        self.sleep = sleep
         self._http = httpx.Client(timeout=httpx.Timeout(options.timeout_s), transport=transport)
 
     def __repr__(self) -> str:
@@ -320,18 +361,59 @@ class HTTPChatClient:
             raise ProviderError(f"{self.options.provider}: {exc}") from None
         headers = {"content-type": "application/json", **configured, **self._auth_headers(key)}
         secrets = [v for name, v in configured.items() if v != dict(self.options.headers).get(name)]
-        try:
-            reply = post_json(self._http, base_url + self.path, body, label=self.options.provider,
-                              headers=headers, key=key, config_fields=config_fields)
-        except HTTPCallError as exc:
-            detail = exc.detail
-            for value in secrets:
-                detail = detail.replace(value, "***")
-            raise ProviderError(exc.what, detail, status=exc.status, transient=exc.transient,
-                                retry_after=exc.retry_after, config_field=exc.config_field) from None
+        options, limits = self.options, self.options.limits
+        limiter = self.limiter or LIMITER.current()
+        reserved = self._estimate_tokens(body)
+        attempt = 0
+        while True:
+            try:
+                slot = acquire(limiter, options.limit_name, limits, reserved, options.lease_s, sleep=self.sleep)
+            except RateLimitTimeout as exc:
+                raise ProviderError(f"{options.provider}: {exc}", transient=True,
+                                    retry_after=exc.wait_s).after(attempt + 1) from None
+            try:
+                reply = post_json(self._http, base_url + self.path, body, label=options.provider,
+                                  headers=headers, key=key, config_fields=config_fields)
+            except HTTPCallError as exc:
+                if exc.status in HOLD_OFF_STATUSES and exc.retry_after:  # before the lease goes: no one slips in
+                    hold_off(limiter, options.limit_name, exc.retry_after)
+                # an HTTP error used no tokens; a timeout or a lost connection may have: the reservation stands
+                slot.release(0 if exc.status is not None else None)
+                if not exc.transient or attempt >= limits.retries or (exc.retry_after or 0) > limits.max_wait_s:
+                    detail = exc.detail
+                    for value in secrets:
+                        detail = detail.replace(value, "***")
+                    raise ProviderError(exc.what, detail, status=exc.status, transient=exc.transient,
+                                        retry_after=exc.retry_after, config_field=exc.config_field,
+                                        attempts=attempt + 1) from None
+                self.sleep(backoff_delay(attempt, RETRY_BASE_S, DEFAULT_CAP_S, RETRY_JITTER,
+                                         retry_after_s=exc.retry_after))
+                attempt += 1
+                continue
+            except BaseException:  # interrupted (a soft time limit): the lease goes back now, not when it lapses
+                slot.release(None)
+                raise
+            slot.release(self._used_tokens(reply.value))
+            break
         if not isinstance(reply.value, dict):
-            raise ProviderError(f"{self.options.provider}: response body is not a JSON object", status=reply.status)
+            raise ProviderError(f"{options.provider}: response body is not a JSON object", status=reply.status)
         return reply.value, reply.latency_ms
+
+    def _estimate_tokens(self, body: dict) -> int:
+        """What a call reserves against ``tokens_per_minute``: its request's length, plus its answer's cap."""
+        if not self.options.limits.tokens_per_minute:
+            return 0
+        size = len(json.dumps(body, separators=(",", ":")))
+        return math.ceil(size / CHARS_PER_TOKEN) + (self.options.max_tokens or OUTPUT_ESTIMATE)
+
+    def _used_tokens(self, raw: Any) -> Optional[int]:
+        """The tokens an answer reports it used (input + output), None when it does not say."""
+        try:
+            _, usage = self._parse(raw)
+        except Exception:  # noqa: BLE001 - a malformed answer is reported by complete(); here it says nothing
+            return None
+        counts = [_count(usage.get("input_tokens")), _count(usage.get("output_tokens"))]
+        return None if None in counts else sum(counts)
 
 
 class OpenAIClient(HTTPChatClient):
@@ -408,11 +490,12 @@ _CLIENTS: dict[str, type[HTTPChatClient]] = {"openai": OpenAIClient, "anthropic"
 
 
 def make_client(options: dict[str, Any], *, transport: Optional[httpx.BaseTransport] = None,
-                shared_cache: Optional[SharedCache] = None) -> HTTPChatClient:
+                shared_cache: Optional[SharedCache] = None, limiter: Optional[RateLimiter] = None) -> HTTPChatClient:
     """A client for ``options['provider']``; unknown keys are ignored (they belong to the caller).
 
     Raises ``ConfigError`` for bad options.  ``transport`` is for tests (``httpx.MockTransport``);
-    ``shared_cache`` shares negotiated structured-output forms across processes.
+    ``shared_cache`` shares negotiated structured-output forms across processes; ``limiter``
+    overrides the process's installed rate limiter (``common.ratelimit.LIMITER``).
     """
     parsed = ClientOptions.parse(options)
-    return _CLIENTS[parsed.provider](parsed, transport=transport, shared_cache=shared_cache)
+    return _CLIENTS[parsed.provider](parsed, transport=transport, shared_cache=shared_cache, limiter=limiter)

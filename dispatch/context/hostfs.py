@@ -64,16 +64,22 @@ def is_special(st_dev: int) -> bool:
 def allowed_workspace(path: str) -> Path:
     """The workspace as a resolved directory this worker may read, or a ``ContextGatheringError`` saying why not."""
     workspace = Path(path or ".").expanduser()
-    if not workspace.exists():
-        raise ContextGatheringError(f"workspace_path {path!r} does not exist")
-    if not workspace.is_dir():
-        raise ContextGatheringError(f"workspace_path {path!r} is not a directory")
-    refused = workspace_root_check(str(workspace))
-    if refused:
-        raise ContextGatheringError(refused)
-    real = workspace.resolve()
-    if is_special(real.stat().st_dev):
-        raise ContextGatheringError(f"workspace_path {path!r} is on a kernel file system, not files to read")
+    try:
+        if not workspace.exists():
+            raise ContextGatheringError(f"workspace_path {path!r} does not exist")
+        if not workspace.is_dir():
+            raise ContextGatheringError(f"workspace_path {path!r} is not a directory")
+        refused = workspace_root_check(str(workspace))
+        if refused:
+            raise ContextGatheringError(refused)
+        real = workspace.resolve()
+        if is_special(real.stat().st_dev):
+            raise ContextGatheringError(f"workspace_path {path!r} is on a kernel file system, not files to read")
+        if not os.access(real, os.R_OK | os.X_OK):
+            raise PermissionError(13, "permission denied")
+    except OSError as exc:  # a worker on another machine, or as another user (git workspaces need no access)
+        raise ContextGatheringError(f"workspace_path {path!r} cannot be read on this worker "
+                                    f"({exc.strerror or exc})") from None
     return real
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Collection, Optional
 
 from dispatch.agents import AGENTS, task_timeout
 from dispatch.config import ComponentConfig
@@ -21,9 +21,12 @@ from dispatch.models import (AgentPayload, ExecutionPhase, Integration, PhaseRes
 from dispatch.pipeline import status
 from dispatch.pipeline.thresholds import check_threshold
 from dispatch.pipeline.plan import agent_configs
+from dispatch.pipeline.spend import effective_budget, pause_reason, spent_before, started_epoch
+from dispatch.common.spend import total
 
 PHASE = ExecutionPhase.PARALLEL_EXECUTION
 NOT_RUN = "the run stopped before this task ran"
+CANCELLED_RUNNING = "cancelled while running"
 
 
 def task_payloads(state: PhaseState) -> dict[str, AgentPayload]:
@@ -40,6 +43,7 @@ def task_payloads(state: PhaseState) -> dict[str, AgentPayload]:
     extras = {k: v for k, v in state.input_extras.items() if k != "quorum_feedback"}
     order = {tid: i for i, tid in enumerate(state.plan.order)} if state.plan else {}
     git = state.workspace is not None and state.workspace.isolation == "git"
+    task_cap = effective_budget(state).per_task_max_cost_usd
     payloads = {}
     for i, task in enumerate(state.tasks_data):
         component = configs[task.agent]
@@ -48,7 +52,8 @@ def task_payloads(state: PhaseState) -> dict[str, AgentPayload]:
             user_prompt=state.user_prompt, workspace_path=state.workspace_path,
             timeout_s=task_timeout(component, state.run_config.timeout_seconds),
             progress_every=every, request_extras=extras,
-            dependency_order=sorted(dict.fromkeys(task.dependencies), key=lambda d: order.get(d, 0)))
+            dependency_order=sorted(dict.fromkeys(task.dependencies), key=lambda d: order.get(d, 0)),
+            prices=state.config.prices, max_cost_usd=task_cap)
         if git and edits_files(component):
             options = for_task(state.config.workspace, task, f"tasks[{i}]")
             if options.isolation != "shared":
@@ -86,14 +91,27 @@ def kept_results(state: PhaseState) -> dict[str, TaskResult]:
 
 
 def collect_results(state: PhaseState, finished: dict[str, TaskResult],
-                    stopped_reason: str = NOT_RUN) -> list[TaskResult]:
-    """Every input task exactly once, in input order; unfinished ones are skipped with the reason."""
+                    stopped_reason: str = NOT_RUN, running: Collection[str] = (),
+                    paused: Optional[str] = None) -> list[TaskResult]:
+    """Every input task exactly once, in input order; unfinished ones are skipped with the reason
+    (``running``: tasks that had started when the run was cancelled, and were stopped there)."""
     by_id: dict[str, TaskResult] = {}
     for task in _in_dependency_order(state):
         if task.task_id in finished:
             by_id[task.task_id] = finished[task.task_id]
+            if paused and by_id[task.task_id].not_run:  # refused at its start: the same words as the rest
+                by_id[task.task_id] = by_id[task.task_id].model_copy(update={"error": f"not run: {paused}"})
+            continue
+        if task.task_id in running:
+            by_id[task.task_id] = TaskResult(task_id=task.task_id, agent=task.agent, success=False, skipped=True,
+                                             error=CANCELLED_RUNNING)
             continue
         blockers = [d for d in task.dependencies if not (by_id.get(d) and by_id[d].success)]
+        if paused and all(by_id.get(d) is not None and by_id[d].not_run for d in blockers):
+            # the run paused at a cap before this task (or a dependency of it) could start: resume runs it
+            by_id[task.task_id] = TaskResult(task_id=task.task_id, agent=task.agent, success=False, not_run=True,
+                                             error=f"not run: {paused}")
+            continue
         reasons = []
         for dep in blockers:
             dep_result = by_id.get(dep)
@@ -114,13 +132,17 @@ def _in_dependency_order(state: PhaseState) -> list[TaskSpec]:
 def close_execution(state: PhaseState, finished: dict[str, TaskResult], started: float, *,
                     cancel_seen: bool = False, broken: Optional[str] = None,
                     lost: Optional[dict[str, str]] = None, integration: Optional[Integration] = None,
-                    integration_error: Optional[str] = None) -> PhaseResult:
+                    integration_error: Optional[str] = None, running: Collection[str] = (),
+                    paused: Optional[str] = None) -> PhaseResult:
     """Record phase 4's result from the scheduler's records and set the run's status.
 
     ``started``: the epoch seconds phase 4 started.  ``cancel_seen``: the run
     was cancelled.  ``broken``: why the chord could not deliver the outcome
     (a part's process was killed); ``lost`` names the tasks that took down
-    with the reason, reported failed rather than silently skipped.
+    with the reason, reported failed rather than silently skipped.  ``running``: tasks
+    that had started and not finished (a cancel stopped them), reported as such.  ``paused``: the
+    cap (``max_tokens``...) that stopped new tasks: the run ends ``paused`` and the tasks that did not
+    start say so (``not_run``), for ``dispatch resume``.
     """
     finished = dict(finished)
     agents = {t.task_id: t.agent for t in state.tasks_data}
@@ -128,8 +150,18 @@ def close_execution(state: PhaseState, finished: dict[str, TaskResult], started:
         if task_id in agents and task_id not in finished:
             finished[task_id] = TaskResult(task_id=task_id, agent=agents[task_id], success=False, error=error)
     stopped = cancel_seen or state.status == "cancelled"
-    state.task_results = collect_results(state, finished)
+    reason = None
+    if paused and not stopped:
+        spent = total([spent_before(state, {}), *(r.usage for r in finished.values())])
+        began = started_epoch(state)
+        reason = pause_reason(paused, effective_budget(state), spent, time.time() - began if began else None)
+    state.task_results = collect_results(state, finished, running=running if stopped else (), paused=reason)
     result = execution_result(state.task_results, started)
+    if reason and not result.output_data.get("not_run"):
+        reason = None  # the cap was reached by the last tasks: nothing is left to run, the run is not paused
+    if reason:
+        result.output_data["pause_reason"] = reason
+        result.error = f"paused: {reason} ({result.output_data['not_run']} of {len(state.tasks_data)} tasks not run)"
     why = "cancelled" if stopped else broken
     if why:
         result.success = False
@@ -146,21 +178,25 @@ def close_execution(state: PhaseState, finished: dict[str, TaskResult], started:
         result.output_data["integration_error"] = integration_error
     check_threshold(result, state.config)
     state.record(result)
-    status.after_execution(state, result, stopped)
+    status.after_execution(state, result, stopped, paused=reason)
     return result
 
 
 def execution_result(results: list[TaskResult], started: float) -> PhaseResult:
     succeeded = sum(1 for r in results if r.success)
     skipped = sum(1 for r in results if r.skipped)
-    failed = len(results) - succeeded - skipped
+    not_run = sum(1 for r in results if r.not_run)
+    failed = len(results) - succeeded - skipped - not_run
+    usage = total(r.usage for r in results)
     workers = sorted({r.worker for r in results if r.worker})
     now = time.time()
     return PhaseResult(
-        phase=PHASE, phase_name=PHASE.title, success=failed == 0 and skipped == 0,
+        phase=PHASE, phase_name=PHASE.title, success=failed == 0 and skipped == 0 and not_run == 0,
         duration_ms=round((now - started) * 1000, 1) if started else 0.0,
         started_at=iso(datetime.fromtimestamp(started, tz=timezone.utc)) if started else None,
         completed_at=iso(utcnow()),
         error=None if failed == 0 and skipped == 0 else f"{failed} failed, {skipped} skipped",
         output_data={"total_tasks": len(results), "succeeded": succeeded, "failed": failed,
-                     "skipped": skipped, "workers": workers})
+                     "skipped": skipped, "workers": workers,
+                     **({"not_run": not_run} if not_run else {}),
+                     **({"usage": usage.model_dump(mode="json")} if usage.calls else {})})

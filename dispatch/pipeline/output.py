@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from dispatch.models import DispatchOutput, ExecutionPhase, PhaseState, PhaseTiming, TimingSummary
+from dispatch.report.usage import run_usage
 from dispatch.pipeline.status import is_critical_failure
 
 
@@ -24,4 +25,5 @@ def build_output(state: PhaseState, total_ms: float, state_file: Optional[str] =
         timing_summary=TimingSummary(total_duration_ms=round(total_ms, 1), phases=timings),
         phases_executed=state.phases_executed, results=state.task_results, quorum_result=state.quorum_result,
         context_summary=(context.output_data.get("context_summary") if context and not context.skipped else None),
-        error=error, state_file=state_file, integration=state.integration)
+        error=error, state_file=state_file, integration=state.integration, usage=run_usage(state),
+        pause_reason=state.pause_reason if state.status == "paused" else None)

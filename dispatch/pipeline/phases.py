@@ -9,6 +9,8 @@ Celery shell in ``dispatch/tasks`` is a few lines.  Phase 4 is
 """
 from __future__ import annotations
 
+import contextvars
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,14 +50,24 @@ def run_phase(phase: ExecutionPhase, state: PhaseState, env: PhaseEnv,
 
     A body that raised is retried up to ``phases.retries`` times with
     exponential backoff; the result's ``retry_count`` says how many it took.
+    All attempts together get ``phases.timeouts_s`` (phases 0-3): past it the
+    phase fails with "timed out", even when its body is blocked where no
+    exception reaches it (``call_with_deadline``).
     """
     options = env.config.phases
+    timeout = options.timeout_for(phase.number)
+    deadline = None if timeout is None else time.monotonic() + timeout
     started = utcnow()
     t0 = time.perf_counter()
     attempt = 0
     while True:
         try:
-            result = body(state, env)
+            result = body(state, env) if deadline is None else call_with_deadline(body, state, env, deadline)
+            break
+        except PhaseTimedOut:
+            result = PhaseResult(phase=phase, phase_name=phase.title, success=False,
+                                 error=f"timed out: phase {phase.number} ran past its timeout ({timeout:g}s, "
+                                       f"[phases] timeouts_s) and was abandoned")
             break
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, never lost
             error = str(exc) if isinstance(exc, DispatchError) else f"{type(exc).__name__}: {exc}"
@@ -63,7 +75,8 @@ def run_phase(phase: ExecutionPhase, state: PhaseState, env: PhaseEnv,
                 result = PhaseResult(phase=phase, phase_name=phase.title, success=False, error=error)
                 break
             env.on_event(f"⚠ Phase {phase.number} attempt {attempt + 1} failed ({error}); retrying")
-            env.sleep(backoff_delay(attempt, options.retry_backoff_s, PHASE_RETRY_CAP_S))
+            delay = backoff_delay(attempt, options.retry_backoff_s, PHASE_RETRY_CAP_S)
+            env.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
             attempt += 1
     result.retry_count = max(result.retry_count, attempt)
     result.duration_ms = round((time.perf_counter() - t0) * 1000, 1)
@@ -72,6 +85,56 @@ def run_phase(phase: ExecutionPhase, state: PhaseState, env: PhaseEnv,
     check_threshold(result, env.config)
     state.record(result)
     return result
+
+
+class PhaseTimedOut(Exception):
+    """A phase body still running at its deadline."""
+
+
+ABANDONED: list[threading.Thread] = []  # bodies given up at their deadline, in this process
+
+
+def abandoned_bodies() -> int:
+    """Phase bodies of this process given up at their deadline and still blocked.  A thread pool inside
+    one (the quorum's) would make Python wait for it at exit: the CLI then exits without waiting."""
+    return sum(1 for thread in ABANDONED if thread.is_alive())
+
+
+def call_with_deadline(body: Callable[[PhaseState, PhaseEnv], PhaseResult], state: PhaseState, env: PhaseEnv,
+                       deadline: float) -> PhaseResult:
+    """``body(state, env)``, given up at ``deadline`` (``time.monotonic()``) with ``PhaseTimedOut``.
+
+    Why a thread and not Celery's time limits or a signal: the body may be
+    blocked in a syscall (a read that never returns), which only killing its
+    process ends, and phases run in threads pools and embedded in the CLI,
+    where neither Celery's limits nor SIGALRM reach them.  The body runs on a
+    shallow copy of the state (every phase body assigns whole fields), so one
+    abandoned past its deadline may go on but never writes into the run's
+    state; its fields are taken back only when it returns in time.
+    """
+    work = state.model_copy()
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()  # the caller's tracing span and logging context
+
+    def target() -> None:
+        try:
+            outcome["result"] = context.run(body, work, env)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as is
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"dispatch-phase-{state.run_id}", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if thread.is_alive():
+        ABANDONED.append(thread)
+        raise PhaseTimedOut()
+    if "error" in outcome:
+        raise outcome["error"]
+    for name in type(state).model_fields:
+        value = getattr(work, name)
+        if value is not getattr(state, name):
+            setattr(state, name, value)
+    return outcome["result"]
 
 
 def _result(phase: ExecutionPhase, success: bool = True, **kwargs: Any) -> PhaseResult:

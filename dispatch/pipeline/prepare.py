@@ -13,10 +13,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
+from dispatch.common.spend import total
 from dispatch.config import DispatchConfig
 from dispatch.errors import ConfigError, InputError, UsageError
 from dispatch.models import (ALL_PHASES, DispatchInput, ExecutionPhase, PhaseConfig, PhaseResult, PhaseState, TaskSpec,
-                             iso, utcnow)
+                             Usage, iso, utcnow)
 from dispatch.pipeline import status
 from dispatch.pipeline.plan import agent_configs, plan_run
 from dispatch.pipeline.selection import check_inputs_available, selected_phases, skip_reason
@@ -162,6 +163,12 @@ def remaining_phases(state: PhaseState, skip: list[int]) -> list[int]:
     return [n for n in pipeline if n > last and n not in skip]
 
 
+def dropped_usage(stored: PhaseState) -> Optional[Usage]:
+    """The spend of the results a resume drops (failed tasks, run again), on top of earlier drops."""
+    spent = total([stored.earlier_usage, *(r.usage for r in stored.task_results if not r.success)])
+    return spent if spent.calls or spent.total_tokens else None
+
+
 def resume_state(stored: PhaseState, skip: list[int], config: Optional[DispatchConfig],
                  force: bool = False) -> Prepared:
     """The state to submit for ``dispatch resume``: same run id, saved phases kept, the rest to run."""
@@ -193,6 +200,7 @@ def resume_state(stored: PhaseState, skip: list[int], config: Optional[DispatchC
         state.task_results = stored.task_results
     else:  # tasks that already succeeded keep their results and are not run (nor their side effects) again
         state.task_results = [r for r in stored.task_results if r.success]
+        state.earlier_usage = dropped_usage(stored)  # what the dropped attempts spent still counts
         if state.task_results:
             prepared.notes.append(f"Keeping {len(state.task_results)} succeeded task result(s) from the earlier "
                                   f"attempt")

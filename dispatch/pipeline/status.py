@@ -2,11 +2,13 @@
 
 A run starts ``pending``, is ``running`` while phases run, and ends
 ``succeeded``, ``failed`` or ``cancelled`` (or ``paused`` at an interactive
-checkpoint).  A cancel wins over anything a phase that was still running
+checkpoint, or at a budget cap with ``pause_reason`` naming it).  A cancel wins over anything a phase that was still running
 reports afterwards, and a stopped run stays stopped until it is prepared again
 (``dispatch resume``).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, RunStatus
 
@@ -22,6 +24,7 @@ def is_stopped(state: PhaseState) -> bool:
 def prepared(state: PhaseState) -> None:
     """A state about to be submitted (new, loaded or resumed)."""
     state.status = "pending"
+    state.pause_reason = None
 
 
 def running(state: PhaseState) -> None:
@@ -68,15 +71,22 @@ def after_phase(state: PhaseState, phase: ExecutionPhase, result: PhaseResult, c
         state.status = "running"
 
 
-def after_execution(state: PhaseState, result: PhaseResult, cancel_seen: bool) -> None:
-    """Phase 4 closed: its outcome is the run's, unless the run was cancelled."""
+def after_execution(state: PhaseState, result: PhaseResult, cancel_seen: bool,
+                    paused: Optional[str] = None) -> None:
+    """Phase 4 closed: its outcome is the run's, unless the run was cancelled or paused at a budget cap
+    (``paused``: why, kept as ``pause_reason``)."""
     if cancel_seen or state.status == "cancelled":
         state.status = "cancelled"
+    elif paused:
+        state.status = "paused"
+        state.pause_reason = paused
     else:
         state.status = "succeeded" if result.success else "failed"
 
 
 def finished_interactively(state: PhaseState, failed: bool) -> None:
+    if state.status == "paused" and state.pause_reason:
+        return  # phase 4 stopped at a budget cap: the run stays paused for ``dispatch resume``
     if state.status != "cancelled":
         state.status = "failed" if failed else "succeeded"
 

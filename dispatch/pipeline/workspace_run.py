@@ -5,17 +5,21 @@ run's repository is a git work tree and the agent's kind may edit files).  A
 start commit that cannot be made (the dependencies' changes conflict) or a
 failing ``setup`` fails the task before the agent runs; whatever the agent
 changed, even when it failed, is committed on a ref of the run, so no work is
-lost.  The git side is ``dispatch.workspace``; this only sequences it.
+lost.  After phase 4, ``rebuild_integration`` makes the integration branch again
+without the changes a person dropped (the interactive phase-4 checkpoint).
+The git side is ``dispatch.workspace``; this only sequences it.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 from dispatch.agents import AgentInvocation, AgentOutcome, make_agent, resolve_agent, run_agent, task_timeout
-from dispatch.models import AgentPayload, IntegrationConflict, PhaseState, TaskChanges, TaskSpec
-from dispatch.workspace import (SetupFailed, StartConflict, WorkspaceError, commit_checkout, prepare_checkout,
-                                scope_fault)
+from dispatch.models import (AgentPayload, ExecutionPhase, Integration, IntegrationConflict, PhaseState, TaskChanges,
+                             TaskSpec)
+from dispatch.pipeline.execution import integration_order
+from dispatch.workspace import (SetupFailed, StartConflict, WorkspaceError, commit_checkout, integrate,
+                                prepare_checkout, scope_fault)
 
 # the agent, run in ``workdir`` with a note of which files each dependency changed
 Invoke = Callable[[str, dict[str, list[str]]], AgentOutcome]
@@ -76,3 +80,41 @@ def dependency_note(changed: dict[str, list[str]]) -> str:
     lines = [f"- {dep}: {', '.join(files)}" for dep, files in changed.items() if files]
     return ("\n\n## Files your dependencies changed (already in your checkout)\n\n" + "\n".join(lines) + "\n") \
         if lines else ""
+
+
+# ------------------------------------------------------------- after phase 4: dropping changes
+def integration_candidates(state: PhaseState) -> list[tuple[str, str]]:
+    """(task id, change commit) of every succeeded task with a change, in integration order: what the
+    integration branch may hold."""
+    if state.workspace is None or state.workspace.isolation != "git":
+        return []
+    return integration_order(state, {r.task_id: r for r in state.task_results})
+
+
+def rebuild_integration(state: PhaseState, dropped: Collection[str], *,
+                        cache_root: Optional[Path] = None) -> Integration:
+    """Make the integration branch again from the base without the changes of ``dropped``.
+
+    Their own refs stay (``dispatch diff`` still shows them); a task built on a dropped one is left out
+    too, as a conflict naming it.  ``state.integration`` and phase 4's result follow the new branch:
+    when every task succeeded, the phase succeeds exactly when nothing conflicts any more.  A git
+    failure raises ``WorkspaceError`` and changes nothing.
+    """
+    assert state.workspace is not None
+    candidates = integration_candidates(state)
+    integration = integrate(state.workspace, [(t, c) for t, c in candidates if t not in dropped],
+                            resolver=conflict_resolver(state), excluded=[(t, c) for t, c in candidates if t in dropped],
+                            cache_root=cache_root, timeout=state.config.workspace.git_timeout_s)
+    state.integration = integration
+    result = state.result_for(ExecutionPhase.PARALLEL_EXECUTION)
+    if result is not None:
+        result.output_data["integration"] = {"ref": integration.ref, "merged": len(integration.merged),
+                                             "conflicts": len(integration.conflicts),
+                                             "dropped": len(integration.dropped)}
+        result.output_data.pop("integration_error", None)
+        tasks_ok = all(r.success for r in state.task_results) and state.status != "cancelled"
+        if tasks_ok and (result.error is None or result.error.startswith("integration:")):
+            result.success = not integration.conflicts
+            names = ", ".join(f"{c.task_id} ({', '.join(c.files) or c.reason})" for c in integration.conflicts)
+            result.error = f"integration: left out of {integration.ref}: {names}" if names else None
+    return integration

@@ -14,13 +14,13 @@ from dispatch.quorum.planner import Planner, PlannerError
 from dispatch.quorum.report import render_quorum_log
 from dispatch.quorum.rules import check_breakdown
 from dispatch.quorum.runner import QuorumOutcome, retry_delay, run_quorum
-from dispatch.quorum.settings import history_size, wants_history
+from dispatch.quorum.settings import history_size, reads_context, wants_history
 from dispatch.quorum.stats import quorum_stats, render_stats, stats_json
 from dispatch.quorum.voting import Tally, tally
 
 __all__ = [
     "VALIDATORS", "AnswerError", "KeyValueCache", "MemoryCache", "Planner",
     "PlannerError", "QuorumOutcome", "Tally", "Validator", "Verdict", "build_validators", "check_breakdown",
-    "graph_faults", "history_size", "quorum_stats", "render_quorum_log", "render_stats", "retry_delay",
+    "graph_faults", "history_size", "quorum_stats", "reads_context", "render_quorum_log", "render_stats", "retry_delay",
     "run_quorum", "stats_json", "tally", "vote_key", "wants_history",
 ]

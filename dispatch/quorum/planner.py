@@ -24,8 +24,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from dispatch.config import ComponentConfig, format_validation_error
 from dispatch.errors import ConfigError
-from dispatch.models import DispatchInput, TaskSpec
+from dispatch.models import DispatchInput, TaskSpec, Usage
 from dispatch.common.providers import make_client
+from dispatch.common.spend import call_usage
 from dispatch.common.text import extract_json
 from dispatch.quorum.graph import graph_faults
 from dispatch.quorum.prompt import breakdown_json
@@ -96,8 +97,11 @@ def parse_breakdown(text: str) -> list[TaskSpec]:
 
 class Planner:
     def __init__(self, component: ComponentConfig, known_agents: Optional[set[str]] = None,
-                 configured_agents: Sequence[str] = (), shared_cache: Any = None) -> None:
+                 configured_agents: Sequence[str] = (), shared_cache: Any = None,
+                 prices: Optional[dict[str, Any]] = None) -> None:
         options = component.options
+        self.prices = prices or {}
+        self.usage = Usage()  # every revision asked, priced (phase 1's spend counts them)
         provider = options.get("provider") or component.kind
         self.max_tasks = options.get("max_tasks")
         if self.max_tasks is not None and (isinstance(self.max_tasks, bool) or not isinstance(self.max_tasks, int)
@@ -135,6 +139,9 @@ class Planner:
         system = SYSTEM_PROMPT.format(agents=", ".join(agents))
         reply = self.client.complete(system, [{"role": "user", "content": message}],
                                      json_schema=tasks_schema(agents, self.task_limit(request)))
+        model = self.client.options.model
+        self.usage = self.usage + call_usage(model if isinstance(model, str) else None, reply.input_tokens,
+                                             reply.output_tokens, self.prices)
         if reply.cut_off:
             raise PlannerError(f"the answer was cut off after {reply.output_tokens or 'max'} tokens "
                                f"(raise [planner] max_tokens, or lower max_tasks)")

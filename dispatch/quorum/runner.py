@@ -44,6 +44,11 @@ not decisive; the attempt records the tiers that voted, why each higher one was
 asked, and who was not asked.  Weights (``records``): ``quorum.weights =
 "learned"`` with ``history`` (recent saved runs) weighs each validator by how
 often the runs' outcomes bore its votes out; ``weights_used`` says which.
+
+Spend: each fresh vote carries its call's ``usage`` (priced from ``[prices]``; a
+cached vote cost nothing and has none), the planner adds up its revisions
+(``planner_usage``), and the result's ``usage`` is all of phase 1's calls: it
+counts against the run's ``[budget]`` before phase 4 starts.
 """
 from __future__ import annotations
 
@@ -56,7 +61,8 @@ from typing import Callable, Optional, Sequence
 
 from pydantic import ValidationError
 
-from dispatch.config import DispatchConfig, QuorumOptions
+from dispatch.common.spend import call_usage, total
+from dispatch.config import DispatchConfig, Price, QuorumOptions
 from dispatch.errors import ConfigError
 from dispatch.models import (DispatchInput, Escalation, PhaseState, QuorumAttempt, QuorumResult, TaskSpec,
                              ValidatorVote, ValidatorWeight)
@@ -112,11 +118,12 @@ def run_quorum(request: DispatchInput, config: DispatchConfig, *, cache: Optiona
             validator.share_cache(cache)
         weights = choose_weights(validators, settings, history)
         if config.planner is not None:
-            planner = Planner(config.planner, known_agents, list(config.agents), shared_cache=cache)
+            planner = Planner(config.planner, known_agents, list(config.agents), shared_cache=cache,
+                              prices=config.prices)
         session = QuorumSession(validators, options, planner=planner, cache=cache,
                                 breakers=breakers if breakers is not None else BREAKERS,
                                 emit=on_event or (lambda line: None), sleep=sleep, rng=rng or random.Random(),
-                                settings=settings, weights=weights)
+                                settings=settings, weights=weights, prices=config.prices)
         return session.run(request)
     finally:
         for validator in validators:
@@ -155,8 +162,10 @@ class QuorumSession:
                  cache: Optional[KeyValueCache], breakers: BreakerBoard, emit: Callable[[str], None],
                  sleep: Callable[[float], None], rng: random.Random,
                  settings: Optional[QuorumSettings] = None,
-                 weights: Optional[dict[str, ValidatorWeight]] = None) -> None:
+                 weights: Optional[dict[str, ValidatorWeight]] = None,
+                 prices: Optional[dict[str, Price]] = None) -> None:
         self.validators = validators
+        self.prices = prices or {}  # [prices]: each vote's call is priced where it is made
         self.options = options
         self.planner = planner
         self.cache = cache if options.cache_ttl_s > 0 else None
@@ -215,6 +224,9 @@ class QuorumSession:
                               warnings=warnings, calls_saved=sum(len(a.not_asked) for a in attempts),
                               weights="learned" if learned else "configured", weights_used=self.weights,
                               breakdown_digest=breakdown_digest(current.tasks))
+        planner_usage = self.planner.usage if self.planner is not None and self.planner.usage.calls else None
+        spent = total([*(v.usage for a in attempts for v in a.votes), planner_usage])
+        result.planner_usage, result.usage = planner_usage, spent if spent.calls else None
         # Warnings said live (planner notes) are not repeated; the rest close the log.
         self.emit_lines(warning_lines(final.warnings + [w for w in self.warnings if w not in self._said]))
         return QuorumOutcome(result=result, tasks=list(current.tasks))
@@ -306,7 +318,7 @@ class QuorumSession:
                                                          "weight": validator.weight, "tier": validator.tier,
                                                          "cached": True, "latency_ms": elapsed(), "error": None,
                                                          # a cached vote costs no call
-                                                         "input_tokens": 0, "output_tokens": 0})
+                                                         "input_tokens": 0, "output_tokens": 0, "usage": None})
                 except ValidationError:
                     pass  # a foreign or stale entry: ask again
         breaker = (self.breakers.get(validator.breaker_key, self.settings.breaker_failures,
@@ -333,8 +345,12 @@ class QuorumSession:
                              latency_ms=round(elapsed(), 3), tier=validator.tier,
                              input_tokens=verdict.input_tokens, output_tokens=verdict.output_tokens,
                              json_mode=verdict.json_mode)
+        if verdict.input_tokens is not None or verdict.output_tokens is not None:
+            model = validator.options.get("model") if isinstance(validator.options, dict) else None
+            vote.usage = call_usage(model if isinstance(model, str) else None, verdict.input_tokens,
+                                    verdict.output_tokens, self.prices)
         if key:
-            self._cache_set(key, vote.model_dump(mode="json", exclude={"cached", "latency_ms", "error"}))
+            self._cache_set(key, vote.model_dump(mode="json", exclude={"cached", "latency_ms", "error", "usage"}))
         return vote
 
     @staticmethod

@@ -56,6 +56,12 @@ def wants_history(config: DispatchConfig) -> bool:
     return (config.quorum.model_extra or {}).get("weights") == "learned"
 
 
+def reads_context(config: DispatchConfig) -> bool:
+    """Does phase 1 read what phase 0 gathers?  A validator declares it with ``reads_context = true``
+    (``[validators.<name>]``); the phase graph then runs phase 1 after phase 0 instead of beside it."""
+    return any(component.options.get("reads_context") is True for component in config.validators.values())
+
+
 def history_size(config: DispatchConfig) -> int:
     """How many recent runs to pass to ``run_quorum(history=...)``."""
     return QuorumSettings.of(config.quorum).learned_runs

@@ -29,7 +29,8 @@ def phase_status(result: PhaseResult) -> str:
 
 
 def task_status(result: TaskResult) -> str:
-    return SKIPPED if result.skipped else SUCCESS if result.success else FAILED
+    """A paused run's tasks that did not start (``not_run``) are drawn as skipped: nothing failed."""
+    return SKIPPED if result.skipped or result.not_run else SUCCESS if result.success else FAILED
 
 
 def fmt_ms(ms: Optional[float]) -> str:

@@ -17,6 +17,7 @@ from dispatch.report.common import (FAILED, SKIPPED, SUCCESS, critical_ids, desc
                                     task_counts, task_status)
 from dispatch.report.svg import render_chart
 from dispatch.report.timeline import phase_chart, task_chart
+from dispatch.report.usage import run_usage
 
 
 def _e(text: object) -> str:
@@ -186,6 +187,34 @@ def _quorum(state: PhaseState) -> str:
     return "".join(out)
 
 
+def _money(cost: Optional[float]) -> str:
+    return "-" if cost is None else f"${cost:.4f}" if cost >= 0.0001 or cost == 0 else f"${cost:.6f}"
+
+
+def _spend(state: PhaseState) -> str:
+    """Where the money went: the total, the cap a pause stopped at, and the spend by phase, agent and model."""
+    usage = run_usage(state)
+    paused = (f'<p class="err">Paused at a budget cap: {_e(state.pause_reason)} '
+              f"({_plural(sum(1 for r in state.task_results if r.not_run), 'task')} not run)</p>"
+              if state.status == "paused" and state.pause_reason else "")
+    if usage is None:
+        return f'<section id="spend"><h2>Spend</h2>{paused}<p class="empty">No model was called.</p></section>'
+    t = usage.total
+    facts = [("cost", _money(t.cost_usd)), ("input tokens", f"{t.input_tokens:,}"),
+             ("output tokens", f"{t.output_tokens:,}"), ("calls", f"{t.calls:,}")]
+    items = "".join(f'<li><span class="k">{k}</span><span class="v">{_e(v)}</span></li>' for k, v in facts)
+    out = [f'<section id="spend"><h2>Spend</h2>{paused}<ul class="facts">{items}</ul>']
+    headers = ("", "Calls", "Input tokens", "Output tokens", "Cost")
+    for title, bucket in (("By phase", usage.phases), ("By agent", usage.agents), ("By model", usage.models)):
+        rows = [f"<tr><td><code>{_e(name)}</code></td><td class=\"num\">{u.calls:,}</td>"
+                f"<td class=\"num\">{u.input_tokens:,}</td><td class=\"num\">{u.output_tokens:,}</td>"
+                f"<td class=\"num\">{_e(_money(u.cost_usd))}</td></tr>"
+                for name, u in sorted(bucket.items(), key=lambda kv: -(kv[1].cost_usd or 0) or -kv[1].total_tokens)]
+        out.append(f"<h3>{title}</h3>{_table(headers, rows, numeric=(1, 2, 3, 4))}")
+    out.append("</section>")
+    return "".join(out)
+
+
 OUTPUT_CHARS = 4000          # of each stream of one task, at most
 OUTPUT_PAGE_CHARS = 2_000_000  # of all tasks' output together: a 10k-task run still opens
 
@@ -312,7 +341,7 @@ def _contexts(state: PhaseState) -> str:
 def render_html(state: PhaseState) -> str:
     """The whole report as one HTML document: inline CSS, JS and SVG, nothing fetched."""
     sections = [_header(state), _phases(state), _timeline(state), _critical_path(state), _quorum(state),
-                _task_table(state), _changes(state), _contexts(state)]
+                _spend(state), _task_table(state), _changes(state), _contexts(state)]
     saved = f" from the state saved at {_e(state.saved_at)}" if state.saved_at else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{_e(CONTENT_SECURITY_POLICY)}">'

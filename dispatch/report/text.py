@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+from dispatch.common.spend import describe
 from dispatch.common.text import one_line, text_table
 from dispatch.models import PhaseState, ValidatorVote
 from dispatch.report.common import (FAILED, SKIPPED, SUCCESS, critical_ids, execution_origin, fmt_ms, offset_text,
                                     output_summary, phase_status, run_wall_ms, task_counts, task_status)
+from dispatch.report.usage import run_usage
 
 MARKS = {SUCCESS: "✓ ok", FAILED: "✗ failed", SKIPPED: "⚠ skipped"}
 
@@ -104,6 +106,11 @@ def render_text(state: PhaseState, max_tasks: Optional[int] = None) -> str:
     span = run_wall_ms(state)
     if span is not None:
         status += f" · wall time {fmt_ms(span)}"
+    usage = run_usage(state)
+    if usage is not None:
+        status += f" · spent {describe(usage.total)}"
+    if state.status == "paused" and state.pause_reason:
+        status += f" · paused: {one_line(state.pause_reason, 100)}"
     blocks = [[status] + ([f"prompt: {one_line(state.user_prompt, 100)}"] if state.user_prompt.strip() else []),
               _phases(state), _tasks(state, max_tasks), _quorum(state), _critical_path(state)]
     return "\n\n".join("\n".join(b) for b in blocks if b) + "\n"

@@ -18,12 +18,13 @@ from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
 from dispatch.config import Settings
-from dispatch.runtime import telemetry
+from dispatch.runtime import limits, telemetry, visibility, watchdog
 from dispatch.runtime.embedded import EmbeddedRedisBackend
 from dispatch.tasks.names import AGENT_QUEUE, AGENT_TASK, PHASE_QUEUE, agent_queue, phase_queue
 
 __all__ = ["AGENT_QUEUE", "PHASE_QUEUE", "create_app"]
 
+FULL_REDIS_TRANSPORT = "dispatch.runtime.transport:Transport"
 # Celery's built-in tasks a dispatch worker never needs; a message naming one is refused as unregistered
 UNUSED_BUILTINS = ("celery.backend_cleanup",)
 
@@ -72,6 +73,7 @@ def deployment_prefix(settings: Settings) -> str:
 
 def create_app(settings: Settings) -> Celery:
     telemetry.install()  # a no-op unless OTEL_* is set and the [otel] extra is installed
+    limits.install_on_workers()  # the deployment's provider rate limiter, on each worker that starts
     if settings.embedded:
         app = Celery("dispatch", broker="memory://", backend=EmbeddedRedisBackend, set_as_current=False,
                      amqp=ShadowNamedAMQP)
@@ -82,6 +84,14 @@ def create_app(settings: Settings) -> Celery:
         app.conf.broker_transport_options = broker_transport_options(settings)
         if settings.broker_url.startswith(("redis://", "rediss://")):
             app.conf.broker_transport_options["global_keyprefix"] = deployment_prefix(settings)
+        if settings.broker_url.startswith("redis://"):
+            # kombu's Redis transport, riding out a full Redis instead of exiting (dispatch.runtime.transport);
+            # rediss:// keeps kombu's own: the scheme is what selects its TLS connection
+            app.conf.broker_transport = FULL_REDIS_TRANSPORT
+            app.conf.broker_transport_options["dispatch_oom_wait_s"] = settings.reconnect_timeout_s
+            watchdog.install_on_workers()  # lost messages (a worker killed mid-delivery) are sent again
+        if settings.broker_url.startswith(("redis://", "rediss://")):
+            visibility.install_on_workers()  # warns when an agent may outlive the visibility timeout
         # give up on a lost backend within ~2 s: the CLI rides out outages in its own loop (with a message)
         # and workers retry each command for reconnect_timeout_s (dispatch.store.ride_out_outages)
         app.conf.result_backend_transport_options = {

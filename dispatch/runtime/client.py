@@ -1,5 +1,9 @@
 """The client side of a run: submit the chain of its selected phases, follow it, ride out outages.
 
+The chain's steps are ``pipeline.phase_graph.stages``: phases that do not wait
+for each other (0 and 1) go in one group and run at once; the run is still
+followed phase by phase in phase order, so each phase's log block comes whole.
+
 Both modes go through ``Runner.run``: embedded wraps the wait in an in-process
 worker; distributed only submits and waits on the result backend.  What a
 person sees while it runs is the caller's: the runner reports to a
@@ -14,7 +18,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Optional, Protocol
 
-from celery import chain
+from celery import chain, group
 from celery.exceptions import TimeoutError as ResultTimeout
 from celery.utils import uuid
 
@@ -24,11 +28,13 @@ from dispatch.errors import DispatchError, RunInterrupted
 from dispatch.models import ExecutionPhase, PhaseState, StateRef
 from dispatch.pipeline import status
 from dispatch.pipeline.execution import needs_workspace
+from dispatch.pipeline.phase_graph import stages
 from dispatch.runtime.app import create_app
 from dispatch.runtime.connection import connection_errors
 from dispatch.runtime.control import close_broken_chord, close_phase_4
 from dispatch.runtime.embedded import embedded_worker
 from dispatch.runtime import telemetry
+from dispatch.runtime.visibility import run_warning
 from dispatch.store import Deployment, StateStore, make_store
 from dispatch.tasks import phase_signature
 from dispatch.workspace import WorkspaceError, fetch_run_refs, snapshot_base
@@ -120,24 +126,28 @@ class Runner:
         return Deployment(self.settings, self.app.backend.client)
 
     def submit(self, state: PhaseState) -> list[Any]:
-        """Chain exactly the selected phases; return one AsyncResult per phase, in order."""
+        """Chain exactly the selected phases, a group for each step of several; return one AsyncResult
+        per phase, in phase order."""
         ref = state.ref().model_dump()  # the state itself is in the store (saved by ``run``)
-        signatures = [phase_signature(self.app, n) for n in state.selected_phases]
-        signatures[0] = phase_signature(self.app, state.selected_phases[0], ref, immutable=True)
+        warning = run_warning(self.settings, state)
+        if warning:
+            self.observer.warn(warning)
         # ids chosen up front and recorded before sending, so `dispatch cancel` can revoke queued phases
-        ids = {}
-        for number, signature in zip(state.selected_phases, signatures):
-            task_id = celery_id(state.run_id, f"phase{number}-{uuid()}")
-            ids[task_id] = f"phase_{number}"
-            signature.set(task_id=task_id)
-        self.deployment.ledger(state.run_id).record(ids)
-        last = chain(*signatures).apply_async() if len(signatures) > 1 else signatures[0].apply_async()
-        results = []
-        node = last
-        while node is not None:
-            results.append(node)
-            node = node.parent
-        return results[::-1]
+        ids: dict[str, int] = {}
+        steps = []
+        for index, step in enumerate(stages(state.selected_phases, state.config)):
+            signatures = []
+            for number in step:  # the first step gets the ref; the others what the step before returned
+                signature = phase_signature(self.app, number, ref, immutable=True) if index == 0 \
+                    else phase_signature(self.app, number)
+                task_id = celery_id(state.run_id, f"phase{number}-{uuid()}")
+                ids[task_id] = number
+                signatures.append(signature.set(task_id=task_id))
+            steps.append(signatures[0] if len(signatures) == 1 else group(signatures))
+        self.deployment.ledger(state.run_id).record({task_id: f"phase_{n}" for task_id, n in ids.items()})
+        (chain(*steps) if len(steps) > 1 else steps[0]).apply_async()
+        by_phase = {number: task_id for task_id, number in ids.items()}
+        return [self.app.AsyncResult(by_phase[n]) for n in state.selected_phases]
 
     def run(self, state: PhaseState, wait: bool = True) -> Optional[PhaseState]:
         if needs_workspace(state):  # the base every task's checkout starts from, recorded before submitting
@@ -231,14 +241,21 @@ class Runner:
         return stored, results
 
     def follow(self, state: PhaseState, results: list[Any]) -> PhaseState:
-        """Wait for each phase in turn, telling the observer as each starts and ends."""
+        """Wait for each phase in turn, telling the observer as each starts and ends.
+
+        Phases of one step ran at once: a peer that stopped the run (phase 1's FAIL) does not hide the
+        others' blocks, since they ran as they would have in the sequence; the run stops between steps.
+        """
         current = state
         if 0 in state.selected_phases and not state.phase_config.enable_context:
             self.observer.line("--only-phase 0 enables context gathering for this run")
+        step_of = {n: i for i, step in enumerate(stages(state.selected_phases, state.config)) for n in step}
+        previous = None
         for number, result in zip(state.selected_phases, results):
             phase = ExecutionPhase.of(number)
-            if status.is_stopped(current):
+            if status.is_stopped(current) and (step_of.get(number) != previous or current.status == "cancelled"):
                 break
+            previous = step_of.get(number)
             self.observer.phase_started(phase, current)
             with telemetry.phase_span(phase, current) as span:
                 current = self.wait(result, phase, current)
@@ -284,6 +301,8 @@ class Runner:
                     self.check_run_exists(state, "")
                     checked = time.monotonic()
                 if status == "PROGRESS" and isinstance(meta, dict):
+                    if meta.get("tokens") is not None and hasattr(self.observer, "spend"):  # phase 4 with spend
+                        self.observer.spend(meta.get("cost_usd"), meta.get("tokens"))
                     self.observer.progress(meta.get("done"), meta.get("total"))
                 else:
                     self.observer.progress()

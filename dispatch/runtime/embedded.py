@@ -59,6 +59,10 @@ def embedded_worker(app: Any, concurrency: int = 8) -> Iterator[Any]:
     from celery.app.trace import setup_worker_optimizations
     from celery.contrib.testing.worker import TestWorkController
 
+    from dispatch.runtime.memory import install
+
+    install()  # the whole-run tasks give their memory back, here as on a worker
+
     level = "CRITICAL" if _SILENT else os.environ.get("DISPATCH_WORKER_LOG_LEVEL", "ERROR")
     # what Celery's test harness does to ready an app for an in-process worker, less making it the
     # process's current and default app: the client's app stays its own (set_as_current=False)

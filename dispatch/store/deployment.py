@@ -20,6 +20,11 @@ from dispatch.store.scheduler import DagScheduler
 from dispatch.store.state import DirectoryStateStore, RedisStateStore, StateStore
 
 
+# after phase 4 closes: how long a cancelled/broken run's scheduler keys linger, and the "closed" mark
+RETIRE_LINGER_S = 600
+CLOSED_MARK_S = 24 * 3600
+
+
 class RedisCache:
     """``KeyValueCache`` for the quorum's result cache, in the deployment's Redis."""
 
@@ -67,6 +72,21 @@ class Deployment:
     def scheduler(self, run_id: str) -> DagScheduler:
         return DagScheduler(self.redis, self.prefix, run_id, self.ttl_s)
 
+    def retire(self, run_id: str, linger_s: int = 0) -> None:
+        """Phase 4 of ``run_id`` closed: its scheduler and ledger keys go, or, with ``linger_s``, expire
+        that soon (a cancelled or broken run's late duplicates may still complete into them): a closed
+        run keeps only its compacted state, however many tasks it had."""
+        scheduler = self.scheduler(run_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for name, key in scheduler.keys.items():
+            if linger_s > 0 or name == "closed":  # ``closed`` stays a while: a late chord must not close again
+                pipe.expire(key, min(self.ttl_s, max(linger_s, CLOSED_MARK_S)) if name == "closed"
+                            else min(self.ttl_s, linger_s))
+            else:
+                pipe.delete(key)
+        self.ledger(run_id).close(linger_s, pipe)
+        pipe.execute()
+
     # the cancel flag: set by `dispatch cancel`, read by every phase and agent task of the run
     def cancel(self, run_id: str) -> None:
         self.redis.set(self.keys.cancel(run_id), "1", ex=max(1, self.ttl_s))
@@ -85,10 +105,31 @@ def ride_out_outages(client: Any, seconds: float) -> None:
     failure: a task finishing while Redis is away would otherwise lose its
     result and leave its message for the visibility timeout to redeliver.
     """
+    import logging
+    import time
+
     from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError, OutOfMemoryError, TimeoutError
     from redis.retry import Retry
 
-    client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), max(3, int(seconds) + 6)))
+    warned = [0.0]
+
+    class WarningRetry(Retry):
+        """Also through a full Redis (maxmemory under noeviction): writes wait for memory to be freed, as
+        for a restart, with one warning a minute (else a task would wait silently)."""
+
+        def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+            def failed(error: Exception, *count: Any) -> Any:
+                if isinstance(error, OutOfMemoryError) and time.monotonic() - warned[0] > 60:
+                    warned[0] = time.monotonic()
+                    logging.getLogger("dispatch.store").warning(
+                        "Redis is out of memory (maxmemory reached, eviction off): writes wait up to %gs "
+                        "for memory to be freed (%s)", seconds, error)
+                return fail(error, *count)
+            return super().call_with_retry(do, failed, *args, **kwargs)
+
+    client.set_retry(WarningRetry(ExponentialBackoff(cap=1.0, base=0.05), max(3, int(seconds) + 6),
+                                  supported_errors=(ConnectionError, TimeoutError, OutOfMemoryError)))
 
 
 def make_store(settings: Settings, backend_client: Any = None) -> StateStore:

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 
 # The phase-4 scheduler's keys of one run (see ``dispatch.store.scheduler``).
 DAG_KEYS = ("remaining", "ready", "inflight", "results", "payloads", "dependents", "depends", "priority",
-            "outbox", "claims", "state", "limit", "started", "reported", "closed")
+            "outbox", "claims", "state", "limit", "started", "reported", "closed", "finished",
+            # the run's budget (dispatch.pipeline.spend): its caps and default estimates, what is spent and
+            # reserved, each task's agent and own estimate, each agent's finished spend, the cap that paused it
+            "budget", "spent", "reserved", "estimates", "agent_spend", "paused",
+            # the stall watchdog (dispatch.store.stall): the run's chords (group id -> callback) and its lock
+            "chords", "watchdog")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,11 @@ class Keys:
         """Hash of Celery task id -> ``phase_N`` / ``agent:<task_id>``: what the run has sent."""
         return f"{self.prefix}:tasks:{run_id}"
 
+    def phases(self, run_id: str) -> str:
+        """Hash of Celery task id -> ``phase_N``: a run's phase tasks, kept with its state (``wait``
+        finds them there); the agent tasks' entries (``ledger``) go when phase 4 closes."""
+        return f"{self.prefix}:phases:{run_id}"
+
     def progress(self, run_id: str) -> str:
         """Phase 4's Celery id and task count: where its progress is reported."""
         return f"{self.prefix}:progress:{run_id}"
@@ -48,3 +58,12 @@ class Keys:
     def cache(self, key: str) -> str:
         """The quorum's result cache."""
         return f"{self.prefix}:cache:{key}"
+
+    def provider_rate(self, name: str) -> str:
+        """Hash of one provider's limiter state (``dispatch.store.limiter``): when its next request
+        and its next token may go (GCRA, ms) and the Retry-After hold-off."""
+        return f"{self.prefix}:provider:{name}"
+
+    def provider_leases(self, name: str) -> str:
+        """Sorted set of lease id -> expiry (ms): the calls in flight to one provider (``max_concurrency``)."""
+        return f"{self.prefix}:provider-leases:{name}"

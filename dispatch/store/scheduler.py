@@ -17,7 +17,9 @@ completion costs one round trip:
 - ``depends``: hash task_id -> its dependencies, so a starting task reads its
   payload and its dependencies' outputs in one script (``prepare``);
 - ``claims``: hash task_id -> the Celery id that runs it, so a task sent twice
-  (a redelivered completer re-sending what it may not have sent) runs its agent once.
+  (a redelivered completer re-sending what it may not have sent) runs its agent once;
+- ``finished``: list of task ids in the order they finished, so a follower
+  (``--results-file``) reads only what is new at each poll.
 
 A dependent hop costs what Celery's own does plus two scripts: ``finish`` on
 the completer (which also names the tasks it takes and records them in the
@@ -25,10 +27,19 @@ run's ledger) and ``prepare`` on the started task.
 
 A failed task never releases its dependents: they stay unscheduled and the
 collect step reports them ``skipped`` with the reason.
+
+With a budget (``dispatch.pipeline.spend``), ``prepare`` also reserves the
+starting task's estimate against the run's caps and ``finish`` replaces the
+reservation by what the task spent, both in the same scripts, so workers
+starting at once overshoot a cap by at most their reservations.  A task that
+would pass a cap does not start (``OverBudget``), the run's ``paused`` key
+names the cap, and no further task is taken: phase 4 closes when the running
+ones finish.
 """
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional
@@ -37,7 +48,9 @@ from importlib.resources import files
 
 from pydantic import BaseModel
 
+from dispatch.common.spend import to_nano
 from dispatch.models import PhaseState, TaskResult
+from dispatch.pipeline.spend import budget_plan, spent_before
 from dispatch.planning.graph import bottom_levels
 from dispatch.store.keys import Keys
 
@@ -71,6 +84,8 @@ class Completion:
     """What recording one finished task decided."""
 
     finished: Optional[int] = None  # tasks of the run finished so far; None for a duplicate completion
+    spent_cost: float = 0.0  # dollars phase 4 has counted so far (with what was spent before it)
+    spent_tokens: int = 0
     progress_target: Any = None     # the raw progress target when this completion should report progress
     sends: list[tuple[str, str, Optional[float]]] = field(default_factory=list)  # (task id, Celery id, limit)
 
@@ -88,6 +103,14 @@ class Prepared(NamedTuple):
 
 class AlreadyClaimed(Exception):
     """Another Celery task runs (or ran) this task: this one is a second send of it."""
+
+
+class OverBudget(Exception):
+    """The task would pass one of the run's caps: it does not start, and the run pauses."""
+
+    def __init__(self, cap: str, agent: str = "") -> None:
+        super().__init__(cap)
+        self.cap, self.agent = cap, agent  # the task's agent (its payload is not read: it does not start)
 
 
 class NoSuchRun(Exception):
@@ -158,6 +181,19 @@ class DagScheduler:
                      if not remaining[t.task_id] and t.task_id not in finished}
             if roots:
                 pipe.zadd(k("ready"), roots)
+        spent = spent_before(state, finished)  # counted on from here: progress shows the run's spend so far
+        pipe.hset(k("spent"), mapping={"cost": to_nano(spent.cost_usd), "tokens": spent.total_tokens})
+        plan = budget_plan(state, finished)
+        if plan is not None:
+            pipe.hset(k("budget"), mapping=plan.hash())
+            if plan.agent_spend:
+                pipe.hset(k("agent_spend"), mapping=plan.agent_spend)
+            if plan.estimates:
+                pipe.hset(k("estimates"), mapping={tid: f"{agent}\t{'' if own is None else own}"
+                                                    for tid, (agent, own) in plan.estimates.items()})
+            cap = plan.passed(time.time())
+            if cap:  # the quorum (or an earlier attempt) already spent it: nothing starts
+                pipe.set(k("paused"), cap)
         for key in self.keys.values():
             pipe.expire(key, self.ttl_s)
         pipe.execute()
@@ -178,7 +214,11 @@ class DagScheduler:
         """
         k = self.key
         reply = self._prepare(keys=[k("payloads"), cancel_key or f"{k('state')}:no-cancel-key", k("depends"),
-                                    k("results"), k("claims")], args=[task_id, celery_id, self.ttl_s])
+                                    k("results"), k("claims"), k("budget"), k("spent"), k("reserved"),
+                                    k("estimates"), k("agent_spend"), k("paused")],
+                              args=[task_id, celery_id, self.ttl_s, repr(time.time())])
+        if reply[1] == -3:
+            raise OverBudget(_text(reply[2]), _text(reply[3]) if len(reply) > 3 and reply[3] else "")
         if reply[1] == -1:
             raise AlreadyClaimed(f"run {self.run_id}: task '{task_id}' is claimed by another Celery task")
         if reply[1] == -2:
@@ -203,21 +243,26 @@ class DagScheduler:
         after a duplicate), so progress needs no extra round trip.
         """
         k = self.key
+        usage = result.usage
         unused = f"{self.key('state')}:unused"  # never written: the script touches keys 9-11 only with ``send``
         extra = [send.ledger, send.limits, send.progress] if send else [unused] * 3
         reply = self._complete(
             keys=[k("results"), k("dependents"), k("remaining"), k("priority"), k("ready"), k("inflight"),
-                  k("limit"), k("outbox"), *extra, k("reported")],
+                  k("limit"), k("outbox"), *extra, k("reported"), k("finished"),
+                  k("budget"), k("spent"), k("reserved"), k("agent_spend"), k("paused")],
             args=[result.task_id, result.model_dump_json(), "1" if result.success else "0", self.ttl_s,
                   max(0, send.progress_every) if send else 0, f"{self.run_id}-{uuid.uuid4().hex[:20]}-" if send else "",
-                  max(1, send.progress_gap_ms) if send else 1])
+                  max(1, send.progress_gap_ms) if send else 1, result.agent,
+                  to_nano(usage.cost_usd) if usage else 0, usage.total_tokens if usage else 0,
+                  "0" if result.not_run else "1", repr(time.time())])
         if not reply:
             self.finished = None
             return Completion()
         self.finished = int(reply[0])
         sends = [(_text(tid), _text(cid), float(limit) if limit else None)
-                 for tid, cid, limit in zip(reply[2::3], reply[3::3], reply[4::3])]
-        return Completion(self.finished, reply[1], sends)
+                 for tid, cid, limit in zip(reply[4::3], reply[5::3], reply[6::3])]
+        return Completion(self.finished, progress_target=reply[1], sends=sends,
+                          spent_cost=int(reply[2]) / 1e9, spent_tokens=int(reply[3]))
 
     def sent(self, task_id: str) -> None:
         """The tasks ``task_id``'s completion unblocked have been sent: clear its outbox entry."""
@@ -229,7 +274,8 @@ class DagScheduler:
         return [t for t in _text(raw).split("\n") if t] if raw else []
 
     def take_ready(self) -> list[str]:
-        taken = self._take_ready(keys=[self.key("ready"), self.key("inflight"), self.key("limit")])
+        taken = self._take_ready(keys=[self.key("ready"), self.key("inflight"), self.key("limit"),
+                                       self.key("paused")])
         return [_text(t) for t in taken]
 
     # ---------------------------------------------------------------- collect
@@ -244,6 +290,13 @@ class DagScheduler:
         return {_text(k): TaskResult.model_validate_json(v)
                 for k, v in self.client.hgetall(self.key("results")).items()}
 
+    def results_since(self, cursor: int) -> list[tuple[str, str]]:
+        """``(task_id, result JSON)`` of the tasks finished after the first ``cursor`` (in finishing order,
+        from ``finished``): a follower reads each result once, however long the run."""
+        ids = [_text(t) for t in self.client.lrange(self.key("finished"), cursor, -1)]
+        raws = self.client.hmget(self.key("results"), ids) if ids else []
+        return [(tid, _text(raw)) for tid, raw in zip(ids, raws) if raw is not None]
+
     def exists(self) -> bool:
         """Phase 4 of this run is under way (started and not yet closed)."""
         return bool(self.client.exists(self.key("state")))
@@ -253,9 +306,14 @@ class DagScheduler:
         return self.unsent(START)
 
     def quiet(self) -> bool:
-        """Nothing is running and nothing is waiting: every task that can run has finished."""
+        """Nothing is running and nothing is waiting (or what waits cannot start: the run paused at a cap)."""
         inflight = int(self.client.get(self.key("inflight")) or 0)
-        return inflight <= 0 and not self.client.zcard(self.key("ready"))
+        return inflight <= 0 and (not self.client.zcard(self.key("ready")) or self.paused() is not None)
+
+    def paused(self) -> Optional[str]:
+        """The cap (``max_cost_usd``, ``max_tokens``, ``max_wall_s``) that stopped new tasks, or None."""
+        raw = self.client.get(self.key("paused"))
+        return _text(raw) if raw else None
 
     def claim_close(self) -> bool:
         """The one caller allowed to close phase 4 (several chords may end over one scheduler)."""

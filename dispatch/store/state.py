@@ -5,13 +5,19 @@ design's Redis-backed JSON store, keyed by run id, with a TTL) and
 ``DirectoryStateStore`` for the embedded default (one JSON file per run, so
 history survives the process).  State files written by ``--save-phase-state``
 use the same atomic write and the same validation.
+
+In Redis a state is kept compacted (``pack_state``): zlib of its compact JSON,
+a tenth of the indented text, so a closed 100k-task run costs the server well
+under 1 KB per task.  Uncompressed states written before that still load.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+import zlib
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from pydantic import ValidationError
 
@@ -26,8 +32,14 @@ from dispatch.store.keys import Keys
 MAX_STATE_FILE_BYTES = 512 * 1024 * 1024
 
 
+StateChange = Callable[[Optional[PhaseState]], PhaseState]  # the stored state (None: gone) -> what to store
+UPDATE_ATTEMPTS = 50  # a Redis update that keeps losing its WATCH race gives up (never seen: 2 writers)
+
+
 class StateStore(Protocol):
     def save(self, state: PhaseState) -> None: ...
+    # read, change and save one run atomically: what two phases saving the same run at once use
+    def update(self, run_id: str, change: StateChange) -> PhaseState: ...
     def load(self, run_id: str) -> Optional[PhaseState]: ...
     def exists(self, run_id: str) -> bool: ...
     def list_runs(self, limit: int = 20) -> list[PhaseState]: ...
@@ -139,6 +151,26 @@ def read_state_file(path: str | Path, strict: bool = False) -> PhaseState:
     return parse_state(text, str(path))
 
 
+ZLIB_LEVEL = 1  # the fastest level: a 100k-task state packs in well under a second, about 10x smaller
+
+
+def pack_state(state: PhaseState) -> bytes:
+    """The stored form in Redis: zlib of the compact JSON (no indentation: nobody reads it there)."""
+    return zlib.compress(state.model_dump_json().encode("utf-8"), ZLIB_LEVEL)
+
+
+def unpack_state(raw: bytes | str, source: str) -> str:
+    """The JSON text of a stored state, packed or (written by an older dispatch) plain."""
+    if isinstance(raw, str):
+        return raw
+    if raw[:1] == b"{" or not raw.strip():  # plain JSON starts with "{"; zlib's header never does
+        return raw.decode("utf-8")
+    try:
+        return zlib.decompress(raw).decode("utf-8")
+    except (zlib.error, UnicodeDecodeError) as exc:
+        raise StateFileError(f"{source}: corrupt stored state ({exc})") from None
+
+
 class DirectoryStateStore:
     """One ``<run_id>.json`` per run under a directory (embedded mode)."""
 
@@ -154,6 +186,20 @@ class DirectoryStateStore:
         state.saved_at = iso(utcnow())
         state.version += 1
         atomic_write(self._path(state.run_id), dump_state(state))
+
+    def update(self, run_id: str, change: StateChange) -> PhaseState:
+        """Under an exclusive lock on ``.<run_id>.lock`` beside the file, which every updater of the run
+        takes (the threads of the embedded worker, or processes sharing the folder)."""
+        lock = self._path(run_id).with_name(f".{run_id}.lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                state = change(self.load(run_id))
+                self.save(state)
+                return state
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def load(self, run_id: str) -> Optional[PhaseState]:
         path = self._path(run_id)
@@ -200,23 +246,42 @@ class RedisStateStore:
     def describe(self) -> str:
         return f"{self.where} (key prefix '{self.prefix}')"
 
-    def save(self, state: PhaseState) -> None:
+    def save(self, state: PhaseState, pipe: Any = None) -> None:
+        """``pipe``: a pipeline in MULTI after a WATCH (``update``): the writes are queued on it."""
         state.saved_at = iso(utcnow())
         state.version += 1
         started = utcnow().timestamp()
-        pipe = self.client.pipeline()
-        pipe.set(self.key(state.run_id), dump_state(state), ex=self.ttl_s or None)
+        pipe = self.client.pipeline() if pipe is None else pipe
+        pipe.set(self.key(state.run_id), pack_state(state), ex=self.ttl_s or None)
         pipe.zadd(self.index_key, {state.run_id: started}, nx=True)
         if self.ttl_s:  # the index forgets runs older than the TTL, and goes when no run is left
             pipe.zremrangebyscore(self.index_key, "-inf", started - self.ttl_s)
             pipe.expire(self.index_key, self.ttl_s)
         pipe.execute()
 
+    def update(self, run_id: str, change: StateChange) -> PhaseState:
+        """WATCH the run's key, read, change, save in MULTI/EXEC; another save in between (a peer phase, a
+        cancel) makes EXEC fail, and the change is made again on what that save stored."""
+        from redis.exceptions import WatchError
+
+        for _ in range(UPDATE_ATTEMPTS):
+            with self.client.pipeline() as pipe:
+                try:
+                    pipe.watch(self.key(run_id))
+                    state = change(self.load(run_id))
+                    pipe.multi()
+                    self.save(state, pipe)
+                    return state
+                except WatchError:
+                    continue
+        raise StateFileError(f"run {run_id}: could not save the state: it kept changing under "
+                             f"{UPDATE_ATTEMPTS} attempts")
+
     def load(self, run_id: str) -> Optional[PhaseState]:
         raw = self.client.get(self.key(run_id))
         if raw is None:
             return None
-        return parse_state(raw.decode() if isinstance(raw, bytes) else raw, f"run {run_id}")
+        return parse_state(unpack_state(raw, f"run {run_id}"), f"run {run_id}")
 
     def list_runs(self, limit: int = 20) -> list[PhaseState]:
         ids = self.client.zrevrange(self.index_key, 0, limit * 2)

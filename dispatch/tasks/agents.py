@@ -23,7 +23,10 @@ from dispatch.models import AgentPayload, ExecutionPhase, TaskResult, iso, utcno
 from dispatch.pipeline.execution import close_execution, integration_order
 from dispatch.pipeline.workspace_run import conflict_resolver, dependency_note, run_isolated
 from dispatch.workspace import WorkspaceError, integrate
-from dispatch.store import AlreadyClaimed, Completion, DagScheduler, Deployment, NoSuchRun, RunLedger, SendKeys
+from dispatch.common.spend import priced
+from dispatch.store import (AlreadyClaimed, Completion, DagScheduler, Deployment, NoSuchRun, OverBudget, RunLedger,
+                            SendKeys)
+from dispatch.store import stall
 from dispatch.tasks.names import AGENT_TASK, COLLECT_TASK, agent_queue, agent_shadow, celery_id
 from dispatch.tasks.support import deployment_of
 
@@ -81,6 +84,7 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     """
     deployment = deployment_of(self.app)
     scheduler = deployment.scheduler(run_id)
+    remember_chord(self, deployment, run_id)
     if (self.request.delivery_info or {}).get("redelivered") and \
             scheduler.client.hexists(scheduler.key("results"), task_id):
         # its worker died after recording the result, before acking: the result stands, and whatever
@@ -92,7 +96,7 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
             scheduler.sent(task_id)
         return {"task_id": task_id, "success": None, "duplicate": True}
     started, t0 = utcnow(), time.perf_counter()
-    agent_name, prompt, payload, changes = "?", None, None, None
+    agent_name, prompt, payload, changes, not_run = "?", None, None, None, False
     try:
         raw, cancelled, deps, commits = scheduler.prepare(task_id, deployment.keys.cancel(run_id), self.request.id)
         payload = AgentPayload.model_validate_json(raw)
@@ -104,6 +108,9 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     except AlreadyClaimed:
         # sent twice (its completer was redelivered after sending it): the other Celery task runs it
         return {"task_id": task_id, "success": None, "duplicate": True}
+    except OverBudget as exc:  # it would pass a cap: it does not start, and the run pauses (resume runs it)
+        outcome, not_run = AgentOutcome(success=False, error=f"not run: the run's {exc.cap} is reached"), True
+        agent_name = exc.agent or agent_name
     except NoSuchRun:
         logger.warning("ignored an agent message for run %s (task %s): no phase 4 of it under way here",
                        run_id, task_id)
@@ -123,7 +130,8 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     result = TaskResult(task_id=task_id, agent=agent_name, success=outcome.success, output=outcome.output,
                         error=outcome.error, duration_ms=round((time.perf_counter() - t0) * 1000, 1),
                         worker=self.request.hostname, attempts=self.request.retries + 1,
-                        started_at=iso(started), completed_at=iso(utcnow()), prompt=prompt, changes=changes)
+                        started_at=iso(started), completed_at=iso(utcnow()), prompt=prompt, changes=changes,
+                        usage=priced(outcome.usage, payload.prices) if payload else outcome.usage, not_run=not_run)
     every = payload.progress_every if payload else 1
     completion = scheduler.finish(result, send_keys(deployment.ledger(run_id), every))
     if completion.progress_target is not None:
@@ -133,6 +141,19 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     if completion.sends:
         scheduler.sent(task_id)
     return {"task_id": task_id, "success": result.success}
+
+
+_CHORDS_SEEN: set[tuple[str, str]] = set()  # (run, group) this process has recorded: one write per chord
+
+
+def remember_chord(task: Any, deployment: Deployment, run_id: str) -> None:
+    """The chord this task is a part of, recorded for the stall watchdog (``dispatch.store.stall``): a lost
+    message of the run is sent again as a part of it."""
+    group, chord = task.request.group, task.request.chord
+    # not embedded: its in-memory broker loses no message
+    if group and chord and (run_id, group) not in _CHORDS_SEEN and not deployment.settings.embedded:
+        stall.remember_chord(deployment.redis, deployment.keys, run_id, group, dict(chord), deployment.ttl_s)
+        _CHORDS_SEEN.add((run_id, group))
 
 
 def send_keys(ledger: RunLedger, progress_every: int) -> SendKeys:
@@ -145,8 +166,10 @@ def report_phase_progress(task: Any, run_id: str, completion: Completion) -> Non
     """``done/total`` on phase 4's task id, where Flower and the CLI look (every ~1% of the run)."""
     target = RunLedger.parse_target(completion.progress_target)
     if target is not None:
-        task.backend.store_result(target[0], {"run_id": run_id, "phase": "PARALLEL_EXECUTION",
-                                              "done": completion.finished, "total": target[1]}, "PROGRESS")
+        meta = {"run_id": run_id, "phase": "PARALLEL_EXECUTION", "done": completion.finished, "total": target[1]}
+        if completion.spent_cost or completion.spent_tokens:  # the run's spend so far
+            meta.update(cost_usd=round(completion.spent_cost, 6), tokens=completion.spent_tokens)
+        task.backend.store_result(target[0], meta, "PROGRESS")
 
 
 def invoke_in_checkout(task: Any, run_id: str, payload: AgentPayload, deps: dict[str, Any],
@@ -171,7 +194,8 @@ def invoke_agent(task: Any, run_id: str, payload: AgentPayload, cancelled: bool,
     invocation = AgentInvocation(task=payload.task, context=payload.context, dependency_outputs=deps,
                                  user_prompt=payload.user_prompt, workspace_path=workdir or payload.workspace_path,
                                  run_id=run_id, attempt=task.request.retries + 1, timeout_s=payload.timeout_s,
-                                 prompt=prompt, request_extras=payload.request_extras)
+                                 prompt=prompt, request_extras=payload.request_extras, prices=payload.prices,
+                                 max_cost_usd=payload.max_cost_usd)
     agent = cached_agent(payload.task.agent, payload.agent.model_dump_json())
     return run_agent(agent, invocation), prompt
 
@@ -202,9 +226,9 @@ def finish_execution(deployment: Deployment, scheduler: DagScheduler) -> dict:
     finished = scheduler.results()
     integration, error = integrate_changes(state, finished)
     close_execution(state, finished, scheduler.started(), cancel_seen=deployment.cancelled(state.run_id),
-                    integration=integration, integration_error=error)
+                    integration=integration, integration_error=error, paused=scheduler.paused())
     deployment.store.save(state)
-    scheduler.reset(keep_closed=True)
+    deployment.retire(state.run_id)  # scheduler and ledger keys: a closed run keeps only its state
     return state.ref().model_dump()
 
 

@@ -2,11 +2,15 @@
 
 The message carries a ``StateRef`` (run id and state version), never the state,
 so messages stay small at any number of tasks.  The CLI chains exactly the
-selected phases.  A task whose run has already failed or been cancelled passes
+selected phases, as the steps of ``pipeline.phase_graph`` (phases 0 and 1 in a
+group: a step after a group gets the list of its phases' refs, and reads the
+newest).  A task whose run has already failed or been cancelled passes
 the state through untouched (the pipeline decides), so a chain never needs an
 exception to stop early.  A phase task delivered again after its phase ran (its
 worker died before acking) finds the stored state past its message's version
-and passes it on instead of running the phase twice.
+and passes it on instead of running the phase twice; a phase of a parallel step
+tells its own earlier run from a peer's save by the state's ``ran_from``, and
+saves by merging its writes into what its peer stored (``store.update``).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
 
 from dispatch.models import ExecutionPhase, PhaseState, StateRef
-from dispatch.pipeline import status
+from dispatch.pipeline import phase_graph, status
 from dispatch.pipeline.execution import kept_results, task_payloads
 from dispatch.pipeline.phases import PhaseEnv, execute_phase
 from dispatch.store import Deployment
@@ -36,10 +40,19 @@ def report_progress(task: Any, state: PhaseState, phase: ExecutionPhase, **extra
         task.update_state(state="PROGRESS", meta={"run_id": state.run_id, "phase": phase.value, **extra})
 
 
-def load_state(deployment: Deployment, ref_json: dict) -> tuple[PhaseState, bool]:
-    """The run's stored state, and whether it is the version this message was sent with (False: a later
-    save happened: this phase, or a cancel, already moved the run on)."""
-    ref = StateRef.model_validate(ref_json)
+def newest_ref(ref_json: dict | list) -> StateRef:
+    """A step after a group is given the list of its phases' refs: the last one saved holds them all."""
+    if isinstance(ref_json, list):
+        return max((newest_ref(item) for item in ref_json), key=lambda ref: ref.version)
+    return StateRef.model_validate(ref_json)
+
+
+def load_state(deployment: Deployment, ref_json: dict | list,
+               phase: ExecutionPhase | None = None) -> tuple[PhaseState, bool]:
+    """The run's stored state, and whether this phase is to run on it (False: a later save happened: this
+    phase, or a cancel, already moved the run on).  A phase of a parallel step whose peer saved first still
+    runs (``phase_graph.ran_beside_peers``)."""
+    ref = newest_ref(ref_json)
     state = deployment.store.load(ref.run_id)
     if state is None:  # an unknown run (or another deployment's): nothing is run, nothing written
         logger.warning("ignored a phase message for run %s: no such run in %s", ref.run_id,
@@ -48,45 +61,52 @@ def load_state(deployment: Deployment, ref_json: dict) -> tuple[PhaseState, bool
     if state.version < ref.version:
         raise LookupError(f"run {ref.run_id}: the stored state (version {state.version}) is older than this "
                           f"message's (version {ref.version}): the store lost data")
-    return state, state.version == ref.version
+    if state.version == ref.version:
+        return state, True
+    return state, phase is not None and phase_graph.ran_beside_peers(phase.number, state, ref.version)
 
 
-def run_phase_task(task: Any, phase: ExecutionPhase, ref_json: dict) -> dict:
+def run_phase_task(task: Any, phase: ExecutionPhase, ref_json: dict | list) -> dict:
     deployment = deployment_of(task.app)
-    state, fresh = load_state(deployment, ref_json)
+    base = newest_ref(ref_json).version
+    state, fresh = load_state(deployment, ref_json, phase)
     if not fresh:
         return state.ref().model_dump()
+    phase_graph.as_branch_saw_it(state, phase.number, base)
     if not status.is_stopped(state):
         report_progress(task, state, phase)
     env = PhaseEnv(config=state.config, cache_dir=deployment.cache_dir, quorum_cache=deployment.quorum_cache,
                    run_history=deployment.store.list_runs)
     if execute_phase(phase, state, env, lambda: deployment.cancelled(state.run_id)):
-        deployment.store.save(state)
+        # a peer of a parallel step may have saved meanwhile: merge this phase's writes into what it stored
+        mine = state
+        state = deployment.store.update(
+            mine.run_id, lambda stored: phase_graph.merge_branch(stored, mine, phase.number, base))
     return state.ref().model_dump()
 
 
 @shared_task(bind=True, name=PHASE_TASK_NAMES[0])
-def phase_0_context_gathering(self: Any, ref: dict) -> dict:
+def phase_0_context_gathering(self: Any, ref: dict | list) -> dict:
     return run_phase_task(self, ExecutionPhase.CONTEXT_GATHERING, ref)
 
 
 @shared_task(bind=True, name=PHASE_TASK_NAMES[1])
-def phase_1_quorum_validation(self: Any, ref: dict) -> dict:
+def phase_1_quorum_validation(self: Any, ref: dict | list) -> dict:
     return run_phase_task(self, ExecutionPhase.QUORUM_VALIDATION, ref)
 
 
 @shared_task(bind=True, name=PHASE_TASK_NAMES[2])
-def phase_2_task_planning(self: Any, ref: dict) -> dict:
+def phase_2_task_planning(self: Any, ref: dict | list) -> dict:
     return run_phase_task(self, ExecutionPhase.TASK_PLANNING, ref)
 
 
 @shared_task(bind=True, name=PHASE_TASK_NAMES[3])
-def phase_3_context_filtering(self: Any, ref: dict) -> dict:
+def phase_3_context_filtering(self: Any, ref: dict | list) -> dict:
     return run_phase_task(self, ExecutionPhase.CONTEXT_FILTERING, ref)
 
 
 @shared_task(bind=True, name=PHASE_TASK_NAMES[4])
-def phase_4_parallel_execution(self: Any, ref: dict) -> dict:
+def phase_4_parallel_execution(self: Any, ref: dict | list) -> dict:
     """Fan out: replace this task by a chord whose header grows as dependencies complete."""
     deployment = deployment_of(self.app)
     state, fresh = load_state(deployment, ref)

@@ -35,14 +35,18 @@ def integrate(info: WorkspaceInfo, succeeded: Sequence[tuple[str, str]], resolve
     out too.
     """
     cache = Cache(source_of(info), cache_root, timeout=timeout)
-    cache.fetch({info.base_ref: info.base, **{task_ref(info.run_id, t): sha for t, sha in succeeded}})
+    # the excluded changes too: a dependent that carries one is told apart by ancestry
+    cache.fetch({info.base_ref: info.base, **{task_ref(info.run_id, t): sha for t, sha in [*succeeded, *excluded]}})
     git, touched = cache.git, TouchedFiles(cache.git)
     tip = info.base
     merged: list[tuple[str, str]] = []
     resolved: list[str] = []
     conflicts: list[IntegrationConflict] = []
+    dropped = [t for t, _ in excluded]
     left_out = [(t, sha) for t, sha in excluded if git.has_commit(sha)]
     for task_id, commit in succeeded:
+        if task_id in dropped:  # a dropped change is not merged, whatever the caller passed
+            continue
         carried = [t for t, sha in left_out if git.ok("merge-base", "--is-ancestor", sha, commit)]
         if carried:
             reason = f"builds on {', '.join(carried)}, which is not in the integration"
@@ -71,7 +75,7 @@ def integrate(info: WorkspaceInfo, succeeded: Sequence[tuple[str, str]], resolve
     if info.remote and info.repo and os.access(info.repo, os.R_OK | os.W_OK | os.X_OK):
         fetch_run_refs(Path(info.repo), info.remote, info.run_id, timeout=timeout)
     return Integration(ref=branch, commit=tip, base=info.base, merged=[t for t, _ in merged], resolved=resolved,
-                       conflicts=conflicts)
+                       conflicts=conflicts, dropped=dropped)
 
 
 def resolve(cache: Cache, run_id: str, tip: str, commit: str, conflict: IntegrationConflict,

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, field_validator
 from dispatch.agents.base import Agent, AgentInvocation, AgentOptions, AgentOutcome
 from dispatch.agents.process import ProcessResult, run_process
 from dispatch.agents.shell import DEFAULT_ENV_ALLOW
-from dispatch.models import CodingReport
+from dispatch.models import CodingReport, Usage
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 # Names that hold credentials: their values must come from the worker's environment, by name.
@@ -225,9 +225,19 @@ class CodingAgent(Agent):
             command=[PROMPT_PLACEHOLDER if arg == prompt else arg for arg in argv],
             stderr=result.stderr.text[-STDERR_KEEP_CHARS:], details=parsed.details)
         output = report.model_dump(mode="json")
-        if success:
-            return AgentOutcome.ok(output)
-        return AgentOutcome.fail(error or "failed", output, transient=parsed.transient and not result.timed_out)
+        outcome = AgentOutcome.ok(output) if success else \
+            AgentOutcome.fail(error or "failed", output, transient=parsed.transient and not result.timed_out)
+        outcome.usage = reported_usage(report, self.options.model)
+        return outcome
+
+
+def reported_usage(report: CodingReport, model: Optional[str]) -> Optional[Usage]:
+    """What the CLI said it spent: its tokens, and its own cost (which wins over the price table); None
+    when it reports neither, never a guessed zero."""
+    if report.tokens_in is None and report.tokens_out is None and report.cost_usd is None:
+        return None
+    return Usage(input_tokens=report.tokens_in or 0, output_tokens=report.tokens_out or 0,
+                 cost_usd=report.cost_usd, calls=max(1, report.turns or 1), model=model)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

@@ -151,3 +151,42 @@ def validate_context(raw: Any) -> GlobalContext:
         return GlobalContext.model_validate(raw)
     except ValidationError as exc:
         raise EditRejected("global_context." + format_validation_error(exc)) from None
+
+
+def validate_integration(raw: Any, candidates: list[str], tasks: list[TaskSpec]) -> list[str]:
+    """The task ids whose changes stay in the integration, in ``candidates``' order.
+
+    A kept task must not build on a dropped one: its checkout started from that change, so its
+    commit carries it (the engine would leave it out anyway; saying so here lets the user choose).
+    """
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise EditRejected("expected a JSON list of task ids (strings): the changes the integration keeps")
+    unknown = [item for item in raw if item not in candidates]
+    if unknown:
+        raise EditRejected(f"not a succeeded task with a change: {', '.join(map(repr, unknown))} "
+                           f"(the changes that can be integrated: {', '.join(candidates) or 'none'})")
+    kept = set(raw)
+    dropped = [t for t in candidates if t not in kept]
+    needs = {t.task_id: t.dependencies for t in tasks}
+
+    def ancestors(task_id: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(needs.get(task_id, []))
+        while todo:
+            dep = todo.pop()
+            if dep not in seen:
+                seen.add(dep)
+                todo += needs.get(dep, [])
+        return seen
+
+    problems = []
+    for task_id in (t for t in candidates if t in kept):
+        carried = [d for d in dropped if d in ancestors(task_id)]
+        if carried:
+            names = ", ".join(f"'{d}'" for d in carried)
+            which = "that change" if len(carried) == 1 else "those changes"
+            problems.append(f"'{task_id}' builds on {names} (its checkout started from {which}): "
+                            f"drop '{task_id}' too, or keep {names}")
+    if problems:
+        raise EditRejected("; ".join(problems))
+    return [t for t in candidates if t in kept]

@@ -7,8 +7,10 @@ before phase 4 when phase 3 did not run) a checkpoint shows what the phase
 produced and asks: approve, edit, retry, skip, batch-approve the rest, or quit.
 
 What a human decides is applied to the ``PhaseState`` itself, which is what the
-next submission carries, so an edit reaches every later phase.  The session
-file (``dispatch/session.py``) is rewritten after every step.
+next submission carries, so an edit reaches every later phase.  After phase 4
+of a run with git workspaces, edit is the list of tasks whose changes the
+integration branch keeps: dropping one rebuilds the branch without it.  The
+session file (``session.py``) is rewritten after every step.
 
 The terminal is opened directly (``/dev/tty``): the task breakdown may be
 arriving on stdin, stdout carries only the JSON result, and the log goes to
@@ -22,10 +24,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dispatch.cli.execute import make_runner
-from dispatch.cli.interactive.editor import EDIT_HELP, Editor, validate_context, validate_tasks
+from dispatch.cli.interactive.editor import EDIT_HELP, Editor, validate_context, validate_integration, validate_tasks
 from dispatch.cli.interactive.session import Checkpoint, Decision, Session, SessionFlags
 from dispatch.cli.interactive.terminal import Terminal
-from dispatch.cli.interactive.view import checkpoint_lines
+from dispatch.cli.interactive.view import checkpoint_lines, integration_edit_header
 from dispatch.cli.io import emit, read_input
 from dispatch.cli.log import Log
 from dispatch.config import DispatchConfig, Settings
@@ -35,8 +37,10 @@ from dispatch.pipeline import status
 from dispatch.pipeline.output import build_output
 from dispatch.pipeline.prepare import prepare_state
 from dispatch.pipeline.status import is_critical_failure
+from dispatch.pipeline.workspace_run import integration_candidates, rebuild_integration
 from dispatch.runtime.client import Runner
 from dispatch.store.state import load_state_file, save_state_file
+from dispatch.workspace import WorkspaceError
 
 ACTIONS = {"a": "approve", "e": "edit", "r": "retry", "s": "skip", "b": "batch-approve", "q": "quit"}
 LABELS = {"a": "[a]pprove", "e": "[e]dit", "r": "[r]etry", "s": "[s]kip", "b": "[b]atch-approve the rest",
@@ -196,8 +200,8 @@ class InteractiveRun:
     def choices(self, point: Checkpoint) -> str:
         if point.when == "before":
             return "aesbq"  # nothing ran yet, so nothing to retry
-        if point.phase == 4:
-            return "arq"  # the last phase: its results can be accepted or run again
+        if point.phase == 4:  # the last phase: its results can be accepted or run again, and with git
+            return "aerq" if self.state.integration is not None else "arq"  # workspaces changes dropped
         return "aersbq"
 
     def ask(self, point: Checkpoint, failed: bool) -> str:
@@ -250,6 +254,8 @@ class InteractiveRun:
     # ------------------------------------------------------------------ edits
     def edit(self, point: Checkpoint) -> None:
         """Edit in $VISUAL/$EDITOR; a task-list edit re-runs the phases derived from it (2, 3)."""
+        if point.when == "after" and point.phase == 4:
+            return self.edit_integration(point)
         if point.when == "after" and point.phase == 0:
             target, header = "global_context", ["Phase 0's global context (a GlobalContext object)."]
             document: Any = (self.state.global_context or GlobalContext()).model_dump(mode="json")
@@ -277,6 +283,40 @@ class InteractiveRun:
         dumped = [t.model_dump(mode="json") for t in value] if target == "tasks_data" else value.model_dump(mode="json")
         self.session.record(Decision(checkpoint=point.key, action="edit", target=target, value=dumped, rerun=rerun))
         self.save()
+
+    def edit_integration(self, point: Checkpoint) -> None:
+        """After phase 4 in a git workspace: the list of task ids whose changes the integration branch
+        keeps; removing one drops its change and the branch is rebuilt from the base without it."""
+        state = self.state
+        assert state.integration is not None
+        candidates = [t for t, _ in integration_candidates(state)]
+        document = [t for t in candidates if t not in state.integration.dropped]
+        branch = state.integration.ref.removeprefix("refs/heads/")
+        header = integration_edit_header(state, candidates)
+        try:
+            kept = self.editor.edit(document, lambda raw: validate_integration(raw, candidates, state.tasks_data),
+                                    "integration", header + EDIT_HELP)
+        except UsageError as exc:  # no usable editor: say so and ask again, the session goes on
+            self.term.say(f"✗ {exc}")
+            return
+        if kept is None:
+            return
+        dropped = [t for t in candidates if t not in kept]
+        self.term.say(f"Rebuilding {branch}" + (f" without {', '.join(dropped)} ..." if dropped else " ..."))
+        try:
+            integration = rebuild_integration(state, dropped)
+        except WorkspaceError as exc:  # git failed: the branch and the state are as they were
+            self.term.say(f"✗ The integration branch could not be rebuilt: {exc}")
+            return
+        merged = ", ".join(integration.merged) or "nothing"
+        self.log.line(f"Checkpoint {point.key}: integration rebuilt: merged {merged}"
+                      + (f"; dropped {', '.join(integration.dropped)}" if integration.dropped else ""))
+        self.session.record(Decision(checkpoint=point.key, action="edit", target="integration", value=kept))
+        self.save()
+        try:
+            self.runner.store.save(state)  # the run's record names the branch as it now is
+        except Exception as exc:  # noqa: BLE001 - the session file is the record that matters here
+            self.log.warn(f"could not update run {state.run_id} in the state store: {exc}")
 
     # ------------------------------------------------------------------- ends
     def pause(self, code: int = 0) -> int:

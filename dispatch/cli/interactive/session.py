@@ -54,7 +54,7 @@ class Decision(BaseModel):
     at: str = Field(default_factory=lambda: iso(utcnow()))
     auto: bool = False  # taken by batch-approve, not typed
     feedback: Optional[str] = None  # typed with a retry
-    target: Optional[str] = None  # what an edit replaced: "tasks_data" or "global_context"
+    target: Optional[str] = None  # what an edit replaced: "tasks_data", "global_context" or "integration"
     value: Any = None  # the accepted edit, as JSON
     rerun: list[int] = Field(default_factory=list)  # phases re-run because of this action
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import textwrap
 from typing import Any, Optional, Sequence
 
+from dispatch.common.spend import describe
 from dispatch.common.text import clip, text_table
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState
+from dispatch.pipeline.spend import effective_budget
+from dispatch.report.usage import run_usage
 
 RULE = "─"
 DEFAULT_WIDTH = 100
@@ -124,12 +127,84 @@ def results_summary(state: PhaseState, w: int) -> list[str]:
         ["task_id", "agent", "status", "time", "worker", "output / error"], rows, w)
 
 
+FILES_SHOWN = 8  # per task; the rest is counted
+
+
+def changes_summary(state: PhaseState, w: int) -> list[str]:
+    """Git workspaces: per task, ``+A -D path`` for each file its change touched; then the integration
+    branch (merged, dropped at this checkpoint, left out with the reason)."""
+    changed = [r for r in state.task_results if r.changes is not None]
+    integration = state.integration
+    result = state.result_for(ExecutionPhase.PARALLEL_EXECUTION)
+    error = result.output_data.get("integration_error") if result else None
+    if not changed and integration is None and not error:
+        return []
+    lines = [f"Changes ({sum(1 for r in changed if r.changes and r.changes.files)} of {len(changed)} tasks "
+             f"changed files):"]
+    pad = min(max((len(r.task_id) for r in changed), default=0), 30)
+    for r in changed:
+        assert r.changes is not None
+        files = r.changes.files
+        entries = [f"+{f.added} -{f.deleted} {f.path}" for f in files[:FILES_SHOWN]] or ["no change"]
+        if len(files) > FILES_SHOWN:
+            entries.append(f"... {len(files) - FILES_SHOWN} more files")
+        if not r.success:
+            entries[0] += "   (failed: kept on its ref, never merged)"
+        for i, entry in enumerate(entries):  # the task id once, then its files aligned under the first
+            head = (clip(r.task_id, 30) if i == 0 else "").ljust(pad)
+            lines.append(f"  {head}  {clip(entry, max(20, w - pad - 4))}")
+    if integration is not None:
+        lines.append(f"Integration: {integration.ref.removeprefix('refs/heads/')} ({integration.commit[:12]}): "
+                     f"merged {', '.join(integration.merged) or 'nothing'}")
+        if integration.dropped:
+            lines += bullets([f"dropped here: {', '.join(integration.dropped)} (each change stays on its own ref)"], w)
+        lines += bullets([f"✗ {c.task_id} left out: {', '.join(c.files) + ': ' if c.files else ''}{c.reason}"
+                          for c in integration.conflicts], w)
+    elif error:
+        lines += bullets([f"✗ the integration failed: {error}"], w)
+    return lines
+
+
+def integration_edit_header(state: PhaseState, candidates: Sequence[str]) -> list[str]:
+    """The comment on top of the integration edit: what the list means, and each task's change."""
+    assert state.integration is not None
+    by_id = {r.task_id: r for r in state.task_results}
+    pad = max((len(t) for t in candidates), default=0)
+    changes = []
+    for task_id in candidates:
+        changed = by_id[task_id].changes
+        files = changed.files if changed else []
+        summary = ", ".join(f"+{f.added} -{f.deleted} {f.path}" for f in files[:FILES_SHOWN]) or "no files"
+        more = f", {len(files) - FILES_SHOWN} more" if len(files) > FILES_SHOWN else ""
+        needs = [d for d in next((t.dependencies for t in state.tasks_data if t.task_id == task_id), [])
+                 if d in candidates]
+        changes.append(f"  {task_id.ljust(pad)}  {summary}{more}" + (f"   (builds on {', '.join(needs)})"
+                                                                      if needs else ""))
+    branch = state.integration.ref.removeprefix("refs/heads/")
+    return [f"The task changes the integration branch {branch} holds, as a JSON list of task ids.",
+            "Delete an id to drop that change: the branch is rebuilt from the base without it, and",
+            f"the change stays on its own ref (dispatch diff {state.run_id} TASK_ID). Put an id back to",
+            "merge it again. A task that builds on a dropped one carries its change: drop it too.",
+            "", "Changes:", *changes, ""]
+
+
 def _output_gist(output: Any) -> str:
     if isinstance(output, dict):
         for key in ("summary", "description", "text", "stdout", "result"):
             if output.get(key):
                 return str(output[key])
     return "" if output is None else str(output)
+
+
+def spend_line(state: PhaseState) -> list[str]:
+    """``Spent so far: ~$0.042, 18.3k tokens (budget: max_tokens 50000)``; nothing when no model was called."""
+    usage = run_usage(state)
+    if usage is None:
+        return []
+    budget = effective_budget(state)
+    caps = [f"{k} {v:g}" for k, v in (("max_cost_usd", budget.max_cost_usd), ("max_tokens", budget.max_tokens),
+                                      ("max_wall_s", budget.max_wall_s)) if v is not None]
+    return [f"Spent so far: {describe(usage.total)}" + (f" (budget: {', '.join(caps)})" if caps else "")]
 
 
 def checkpoint_lines(when: str, number: int, state: PhaseState, w: int = DEFAULT_WIDTH) -> list[str]:
@@ -139,7 +214,8 @@ def checkpoint_lines(when: str, number: int, state: PhaseState, w: int = DEFAULT
         return [heading(f"Before phase {number}: {phase.title}", w), *plan_summary(state, w)[:1 if state.plan else 0],
                 *task_table(state, w, with_context=bool(state.task_contexts))]
     result = state.result_for(phase)
-    lines = [heading(f"Checkpoint after phase {number}: {phase.title}", w), outcome_line(result)]
+    lines = [heading(f"Checkpoint after phase {number}: {phase.title}", w), outcome_line(result),
+             *spend_line(state)]
     if result is not None and result.error and phase != ExecutionPhase.QUORUM_VALIDATION:
         lines += bullets([result.error], w)  # the quorum's error repeats its deficiencies, shown below
     if phase == ExecutionPhase.CONTEXT_GATHERING:
@@ -153,5 +229,5 @@ def checkpoint_lines(when: str, number: int, state: PhaseState, w: int = DEFAULT
         lines += [f"Filtered {available} global context; next: phase 4 runs these tasks."]
         lines += task_table(state, w, with_context=True)
     else:
-        lines += results_summary(state, w)
+        lines += results_summary(state, w) + changes_summary(state, w)
     return lines

@@ -1,5 +1,6 @@
--- Pops the best ready tasks while slots are free.
--- KEYS: 1 ready, 2 inflight, 3 limit.  Returns the task ids taken.
+-- Pops the best ready tasks while slots are free (none once the run is paused at a budget cap).
+-- KEYS: 1 ready, 2 inflight, 3 limit, 4 paused.  Returns the task ids taken.
+if redis.call('EXISTS', KEYS[4]) == 1 then return {} end
 local limit = tonumber(redis.call('GET', KEYS[3]) or '1')
 local taken = {}
 while tonumber(redis.call('GET', KEYS[2]) or '0') < limit do

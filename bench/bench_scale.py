@@ -1,0 +1,135 @@
+"""P7 scale: N no-op tasks through phases 2-4 by the real CLI, on real workers and a private Redis.
+
+    .venv/bin/python bench/bench_scale.py [--tasks 1000,10000] [--workers 2] [--concurrency 4]
+
+For each N: the CLI's wall time against a bare Celery group of N no-ops on the
+same workers, the CLI's peak RSS (``wait4``'s ``ru_maxrss``), each worker's RSS
+before and after the run, and what the closed run keeps in Redis: the growth of
+``used_memory`` per task and the ``MEMORY USAGE`` of every key left naming the
+run (its compacted state, the phase ledger).  ``--results-file`` is on, so the
+streamed path is the one measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_pipeline import run_bare_group  # noqa: E402
+from bench.cluster import Cluster, cluster_parts  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def workers_rss(parts: Cluster) -> list[float]:
+    """RSS of each worker (the pool's main process; threads pool: the only one)."""
+    return [rss_mb(proc.pid) for proc in parts.pool.procs.values()]
+
+
+def document(n: int) -> dict:
+    return {"user_prompt": "no-op scale benchmark", "config": {"max_workers": n, "timeout_seconds": 60},
+            "tasks": [{"task_id": f"t{i}", "agent": "sleep", "description": f"no-op {i}",
+                       "input_data": {"duration_ms": 0}} for i in range(n)]}
+
+
+def run_cli(parts: Cluster, n: int, tmp: Path) -> dict:
+    """The CLI as a user runs it; seconds, peak RSS, the run id, the results file's line count."""
+    source, out, lines = tmp / f"in-{n}.json", tmp / f"out-{n}.json", tmp / f"results-{n}.jsonl"
+    source.write_text(json.dumps(document(n)))
+    t0 = time.perf_counter()
+    with open(out, "w") as stdout, open(tmp / f"err-{n}.txt", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "--skip-phases", "0,1", "-q", "-f",
+                                 str(source), "--results-file", str(lines)], stdout=stdout, stderr=stderr,
+                                env=parts.env, cwd=tmp)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"the CLI failed: {(tmp / f'err-{n}.txt').read_text()[-2000:]}")
+    with open(out) as fh:
+        run_id = json.load(fh)["run_id"]
+    with open(lines) as fh:
+        count = sum(1 for _ in fh)
+    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024, "run_id": run_id, "lines": count}
+
+
+def redis_kept(parts: Cluster, run_id: str) -> tuple[int, dict[str, int]]:
+    import redis
+
+    client = redis.Redis.from_url(parts.redis.url)
+    keys = {k.decode(): client.memory_usage(k) or 0 for k in client.scan_iter(f"*{run_id}*")}
+    return int(client.info("memory")["used_memory"]), keys
+
+
+def used_memory(parts: Cluster) -> int:
+    import redis
+
+    return int(redis.Redis.from_url(parts.redis.url).info("memory")["used_memory"])
+
+
+def measure(parts: Cluster, n: int) -> dict:
+    tmp = parts.tmp / f"scale-{n}"
+    tmp.mkdir(exist_ok=True)
+    bare = run_bare_group(parts.settings, n)
+    time.sleep(0.5)
+    before_rss, before_mem = workers_rss(parts), used_memory(parts)
+    ours = run_cli(parts, n, tmp)
+    time.sleep(1.0)  # the last acks and chord bookkeeping
+    after_rss = workers_rss(parts)
+    after_mem, kept = redis_kept(parts, ours["run_id"])
+    return {"n": n, "bare_s": bare, **ours, "rss_before": before_rss, "rss_after": after_rss,
+            "redis_growth_per_task": (after_mem - before_mem) / n, "kept_keys": kept,
+            "kept_per_task": sum(kept.values()) / n}
+
+
+def rows_of(m: dict, shape: str) -> list[dict]:
+    n = m["n"]
+    growth = max(a - b for a, b in zip(m["rss_after"], m["rss_before"]))
+    return [
+        {"name": f"P7 {n} no-op tasks by the CLI, phases 2-4, --results-file ({shape}) vs bare group",
+         "value": round(m["seconds"], 2), "unit": "s", "baseline": round(m["bare_s"], 2),
+         "ratio": round(m["seconds"] / m["bare_s"], 3), "target": "<= 1.10"},
+        {"name": f"P7 {n} tasks: CLI peak RSS vs the 150 MB target", "value": round(m["peak_mb"]), "unit": "MB",
+         "baseline": 150, "ratio": round(m["peak_mb"] / 150, 2), "target": "<= 1.00"},
+        {"name": f"P7 {n} tasks: worst worker RSS growth over the run vs the 30 MB target",
+         "value": round(growth, 1), "unit": "MB", "baseline": 30, "ratio": round(growth / 30, 2),
+         "target": "<= 1.00"},
+        {"name": f"P7 {n} tasks: Redis kept per task once closed (keys of the run) vs 1 KB",
+         "value": round(m["kept_per_task"]), "unit": "B", "baseline": 1024,
+         "ratio": round(m["kept_per_task"] / 1024, 3), "target": "<= 1.00"},
+    ]
+
+
+def run(tasks: tuple[int, ...] = (1000,), workers: int = 2, concurrency: int = 4, verbose: bool = False) -> list[dict]:
+    rows = []
+    with cluster_parts(workers, concurrency) as parts:
+        run_bare_group(parts.settings, 20)  # warm imports on the workers
+        run_cli(parts, 20, parts.tmp)
+        for n in tasks:
+            m = measure(parts, n)
+            if verbose:
+                print(json.dumps(m, indent=1), file=sys.stderr)
+            rows += rows_of(m, f"{workers}x{concurrency} threads")
+    return rows
+
+
+if __name__ == "__main__":
+    from bench.bench_pipeline import print_rows
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="1000,10000", help="comma-separated task counts")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4)
+    a = parser.parse_args()
+    print_rows(run(tuple(int(x) for x in a.tasks.split(",")), a.workers, a.concurrency, verbose=True))

@@ -1,0 +1,54 @@
+"""A worker gives the memory of a whole-run task back to the system once the task ends.
+
+Why: the phase tasks and the collect step each hold a run's whole state for a
+moment (100k tasks: hundreds of MB of pydantic objects).  Freed, that memory
+stays in the process (the C heap is only returned from its top, and arenas
+with one live object stay), so a worker's RSS would keep the peak of the
+largest run it ever closed.  After those tasks only (never after an agent
+task: they are small and many), a full collection and glibc's ``malloc_trim``
+hand it back.  Elsewhere than glibc the trim is skipped.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+from typing import Any, Callable, Optional
+
+from celery.signals import task_postrun
+
+from dispatch.tasks.names import COLLECT_TASK, PHASE_TASK_NAMES
+
+WHOLE_RUN_TASKS = frozenset((*PHASE_TASK_NAMES, COLLECT_TASK))
+_trim: Optional[Callable[[int], int]] = None
+_installed = False
+
+
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim with
+        return None
+
+
+def release() -> None:
+    """Collect garbage and return the freed heap to the system."""
+    global _trim
+    gc.collect()
+    if _trim is None:
+        _trim = _malloc_trim() or (lambda pad: 0)
+    _trim(0)
+
+
+def _after_task(sender: Any = None, task: Any = None, **_: Any) -> None:
+    if getattr(task or sender, "name", None) in WHOLE_RUN_TASKS:
+        release()
+
+
+def install() -> None:
+    """Release after every whole-run task of this process (a worker, or the embedded one); idempotent."""
+    global _installed
+    if not _installed:
+        task_postrun.connect(_after_task, weak=False)
+        _installed = True

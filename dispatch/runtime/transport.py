@@ -1,0 +1,80 @@
+"""kombu's Redis transport, riding out a full Redis (``maxmemory`` reached under ``noeviction``).
+
+Why: kombu counts redis-py's ``OutOfMemoryError`` (a ``ResponseError``) as a
+channel error, which Celery's consumer does not recover from: every worker
+exited ("Unrecoverable error") when Redis filled up mid-run.  Worse, a message
+taken off its queue (BRPOP) whose unacked record then failed to be written was
+lost.  This transport, selected by ``broker_transport`` (``runtime/app.py``):
+
+- counts a full Redis as a connection error, so the consumer restarts and
+  retries the way it does after a lost connection, instead of exiting;
+- retries the two writes a message cannot do without, its publish (``LPUSH``)
+  and its unacked record, with the project's backoff for up to
+  ``dispatch_oom_wait_s`` (``DISPATCH_RECONNECT_TIMEOUT_S``), logging one warning
+  per outage, so nothing is lost or run twice while memory is freed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, TypeVar
+
+from kombu.transport import redis as kombu_redis
+from redis.exceptions import OutOfMemoryError
+
+from dispatch.common.backoff import backoff_delay
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+OOM_BACKOFF_S, OOM_CAP_S = 0.1, 2.0
+DEFAULT_OOM_WAIT_S = 60.0
+_last_warning = 0.0  # one warning per outage (per ~minute), not one per retried write
+
+
+def full_redis_message(maxmemory: Any = None) -> str:
+    """What a person is told when Redis refuses writes for lack of memory."""
+    limit = f"maxmemory {maxmemory}" if maxmemory not in (None, "", 0, "0") else "maxmemory reached, eviction off"
+    return f"Redis is out of memory ({limit}): it refuses writes until memory is freed or maxmemory is raised"
+
+
+def ride_out_full_redis(write: Callable[[], T], wait_s: float, what: str) -> T:
+    """``write()``, retried with backoff while Redis is full, for up to ``wait_s`` seconds."""
+    global _last_warning
+    deadline = time.monotonic() + max(0.0, wait_s)
+    attempt = 0
+    while True:
+        try:
+            return write()
+        except OutOfMemoryError:
+            if time.monotonic() >= deadline:
+                raise
+            if time.monotonic() - _last_warning > 60:
+                _last_warning = time.monotonic()
+                logger.warning("%s; retrying %s for up to %gs", full_redis_message(), what, wait_s)
+            time.sleep(min(backoff_delay(attempt, OOM_BACKOFF_S, OOM_CAP_S), max(0.0, deadline - time.monotonic())))
+            attempt += 1
+
+
+def oom_wait_s(channel: Any) -> float:
+    options = channel.connection.client.transport_options or {}
+    return float(options.get("dispatch_oom_wait_s", DEFAULT_OOM_WAIT_S))
+
+
+class QoS(kombu_redis.QoS):
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        # the message is already off its queue: without its unacked record it would be lost, not redelivered
+        ride_out_full_redis(lambda: super(QoS, self).append(message, delivery_tag), oom_wait_s(self.channel),
+                            "a delivered message's unacked record")
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        ride_out_full_redis(lambda: super(Channel, self)._put(queue, message, **kwargs), oom_wait_s(self),
+                            "publishing a message")
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+    connection_errors = kombu_redis.Transport.connection_errors + (OutOfMemoryError,)

@@ -1,0 +1,136 @@
+"""The stall watchdog: every Redis-broker worker sends a lost phase-4 message again (``dispatch.store.stall``).
+
+Why on workers, on a timer: a run submitted with ``--no-wait`` has no client
+following it, and a lost message has nobody else to notice it; a run with no
+worker left makes no progress anyway.  Every ``DISPATCH_STALL_CHECK_S`` a worker
+looks at the runs whose phase 4 is under way; a send found lost on two checks
+in a row (so a message that is merely between the queue and its unacked record
+is never taken for lost) is sent again, under a per-run lock, with its own
+Celery id, time limits and chord, so the chord still counts it once and the
+claim in ``prepare`` keeps its agent from running twice.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Optional
+
+from celery import signals
+
+from dispatch.store import stall
+from dispatch.tasks.agents import agent_signature
+from dispatch.tasks.names import agent_queue
+from dispatch.tasks.support import deployment_of
+
+logger = logging.getLogger(__name__)
+PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: queue keys of priorities other than 0
+PRIORITY_STEPS = (3, 6, 9)
+
+_connected = threading.Lock()
+_done = False
+
+
+class StallWatchdog:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.deployment = deployment_of(app)
+        self.suspects: dict[tuple[str, str], int] = {}  # (run, Celery id) -> checks it was found lost in a row
+        self.stopped = threading.Event()
+
+    def broker_keys(self) -> tuple[list[str], str]:
+        """The agent queue's list keys and the unacked hash, as kombu names them under the deployment's prefix."""
+        prefix = self.app.conf.broker_transport_options.get("global_keyprefix", "")
+        queue = f"{prefix}{agent_queue(self.deployment.prefix)}"
+        return [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)], f"{prefix}unacked"
+
+    def check_once(self) -> list[tuple[str, str, str]]:
+        """One look at every run; returns the ``(run_id, task_id, celery_id)`` sent again."""
+        client, keys = self.deployment.redis, self.deployment.keys
+        queues, unacked = self.broker_keys()
+        resent, seen = [], set()
+        for run_id in stall.phase_4_runs(client, keys):
+            sends = stall.unaccounted_sends(client, keys, run_id)
+            if not sends:
+                continue
+            present = stall.messages_present(client, sends, queues, unacked)
+            by_task: dict[str, list[str]] = {}
+            for cid, tid in sends.items():
+                by_task.setdefault(tid, []).append(cid)
+            lost = {cid: tid for tid, cids in by_task.items() if not present.intersection(cids) for cid in cids}
+            for cid in lost:
+                seen.add((run_id, cid))
+                self.suspects[(run_id, cid)] = self.suspects.get((run_id, cid), 0) + 1
+            due = {cid: tid for cid, tid in lost.items() if self.suspects[(run_id, cid)] >= 2}
+            if due:
+                resent += self.resend(run_id, due)
+        self.suspects = {k: v for k, v in self.suspects.items() if k in seen}
+        return resent
+
+    def resend(self, run_id: str, lost: dict[str, str]) -> list[tuple[str, str, str]]:
+        client, keys = self.deployment.redis, self.deployment.keys
+        interval = self.deployment.settings.stall_check_s
+        if not stall.lock(client, keys, run_id, interval):
+            return []  # another worker's watchdog is at it
+        context = stall.chord_context(client, keys, run_id)
+        if context is None:
+            logger.warning("run %s: %d phase-4 message(s) lost, but no chord of the run is recorded to send "
+                           "them in", run_id, len(lost))
+            return []
+        group_id, chord = context
+        # the last look, under the lock: a send claimed or queued meanwhile is not lost
+        still = stall.unaccounted_sends(client, keys, run_id)
+        lost = {cid: tid for cid, tid in lost.items() if cid in still}
+        queues, unacked = self.broker_keys()
+        lost = {cid: tid for cid, tid in lost.items() if cid not in stall.messages_present(client, lost, queues,
+                                                                                            unacked)}
+        limits = stall.limits(client, keys, run_id, set(lost.values()))
+        done = []
+        for cid, tid in sorted(lost.items(), key=lambda item: item[1]):
+            signature = agent_signature(self.app, run_id, tid, limits.get(tid))
+            signature.set(task_id=cid, group_id=group_id, chord=chord).apply_async()
+            self.suspects.pop((run_id, cid), None)
+            done.append((run_id, tid, cid))
+        if done:
+            logger.warning("run %s: sent %d lost phase-4 message(s) again: %s", run_id, len(done),
+                           ", ".join(tid for _, tid, _ in done))
+        return done
+
+    def run_forever(self) -> None:
+        interval = self.deployment.settings.stall_check_s
+        while not self.stopped.wait(interval):
+            try:
+                self.check_once()
+            except Exception as exc:  # noqa: BLE001 - a broker or Redis outage: try again next time
+                logger.debug("stall watchdog: %s: %s", type(exc).__name__, exc)
+
+
+def install_on_workers() -> None:
+    """Connect the handlers once per process (``create_app`` calls this for each distributed app)."""
+    global _done
+    with _connected:
+        if not _done:
+            signals.worker_ready.connect(_on_worker_ready, weak=False)
+            signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
+            _done = True
+
+
+_watchdogs: dict[int, StallWatchdog] = {}
+
+
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    settings = getattr(app, "dispatch_settings", None)
+    if settings is None or settings.embedded or not (settings.broker_url or "").startswith("redis://"):
+        return  # not a dispatch worker on a Redis broker (RabbitMQ redelivers on its own; embedded loses nothing)
+    watchdog = StallWatchdog(app)
+    _watchdogs[id(app)] = watchdog
+    threading.Thread(target=watchdog.run_forever, name="dispatch-stall-watchdog", daemon=True).start()
+
+
+def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    for watchdog in _watchdogs.values():
+        watchdog.stopped.set()
+
+
+def watchdog_of(app: Any) -> Optional[StallWatchdog]:
+    return _watchdogs.get(id(app))

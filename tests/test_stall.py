@@ -1,0 +1,58 @@
+"""Issue 14's chaos stall: a phase-4 message lost between the queue and kombu's unacked record (its worker
+killed -9) left the run running forever.  The workers' stall watchdog sends it again, with its own Celery id
+and chord: the run completes, each agent once, also when nobody follows it (``--no-wait``)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from conftest import run_cli
+from test_faults import wait_for
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def logged(tmp_path: Path, log: Path) -> Path:
+    config = tmp_path / "agents.json"
+    config.write_text(json.dumps({"agents": {"step": {"kind": "shell", "command": [
+        "sh", "-c", f"echo {{task_id}} >> {log}"]}}}))
+    return config
+
+
+def test_a_lost_phase_4_message_is_sent_again_and_the_run_completes_each_agent_once(distributed, tmp_path):
+    env = {**distributed["env"], "DISPATCH_STALL_CHECK_S": "1"}
+    workers, prefix = distributed["workers"], distributed["prefix"]
+    workers.env = env
+    workers.start("phases", queues="phases")  # nothing takes agent messages yet: one can be lost on purpose
+    log = tmp_path / "executions.log"
+    tasks = [{"task_id": "a", "agent": "step", "description": "a"},
+             {"task_id": "b", "agent": "step", "description": "b"},
+             {"task_id": "c", "agent": "step", "description": "c", "dependencies": ["a", "b"]}]
+    submitted = run_cli(["--no-wait", "--config", str(logged(tmp_path, log))], stdin=json.dumps({"tasks": tasks}),
+                        env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.json["run_id"]
+    client = redis.Redis.from_url(distributed["redis"].url)
+    queue = f"{prefix}:{prefix}.agents"  # kombu's list under the deployment's global_keyprefix
+    wait_for(lambda: client.llen(queue) == 2, what="phase 4 to send a and b")
+    lost = [m for m in client.lrange(queue, 0, -1) if b"dispatch.agent:b" in m]
+    assert len(lost) == 1 and client.lrem(queue, 1, lost[0]) == 1  # as a worker killed after BRPOP would
+
+    workers.start("agents", queues="agents")
+    deadline = time.time() + 60
+    while run_cli(["show", "--json", run_id], env=env).json["status"] != "succeeded":
+        assert time.time() < deadline, (tmp_path / "agents.log").read_text()[-3000:]
+        time.sleep(0.5)
+    shown = run_cli(["show", "--json", run_id], env=env).json
+    assert sorted(r["task_id"] for r in shown["task_results"] if r["success"]) == ["a", "b", "c"]
+    assert sorted(log.read_text().split()) == ["a", "b", "c"]  # each agent once
+    logs = (tmp_path / "agents.log").read_text() + (tmp_path / "phases.log").read_text()
+    assert "sent 1 lost phase-4 message(s) again: b" in logs
+    time.sleep(2.5)  # two more looks of the watchdog: nothing is sent twice
+    assert logs.count("lost phase-4 message") == ((tmp_path / "agents.log").read_text()
+                                                  + (tmp_path / "phases.log").read_text()).count("lost phase-4 message")
+    assert sorted(log.read_text().split()) == ["a", "b", "c"]
