@@ -149,14 +149,16 @@ def resent_by_watchdog(logs: Path) -> list[str]:
 
 def diagnose(url: str) -> str:
     """Where a run that did not finish stands: the scheduler's counters, queues and unacked messages."""
-    client = redis.Redis.from_url(url, decode_responses=True)
+    client = redis.Redis.from_url(url)  # bytes: a compacted state is zlib, not text
     parts = []
-    for key in sorted(client.keys("*")):
-        kind = client.type(key)
+    for raw_key in sorted(client.keys("*")):
+        key, kind = raw_key.decode(errors="replace"), client.type(raw_key).decode()
         size = {"hash": client.hlen, "list": client.llen, "zset": client.zcard, "set": client.scard}.get(kind)
-        value = size(key) if size else (client.get(key) or "")[:60]
+        value = size(raw_key) if size else (client.get(raw_key) or b"")[:60].decode(errors="replace")
         if ":dag:" in key and kind == "zset":
-            value = client.zrange(key, 0, -1)
+            value = [m.decode(errors="replace") for m in client.zrange(raw_key, 0, -1)]
+        if key.endswith((":inflight", ":outbox", ":claims")) or key.endswith("unacked"):
+            value = client.get(raw_key) if kind == "string" else value
         parts.append(f"{key}={value}")
     return "; ".join(parts)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -170,4 +171,8 @@ def test_on_redis_a_hung_validator_fails_phase_1_and_the_worker_goes_on(distribu
     failed = run_cli(["--enable-quorum", "--config", str(config)], stdin=TASKS, env=env, timeout=60)
     assert trickle.requests >= 1
     check_failed_then_resumed(failed, env, tmp_path)  # the same worker runs the resumed phases
-    assert distributed["workers"].procs["w1"].poll() is None
+    worker = distributed["workers"].procs["w1"]
+    assert worker.poll() is None
+    os.killpg(worker.pid, signal.SIGTERM)  # the abandoned body is still blocked on the server: no hang at exit
+    worker.wait(20)
+    assert "still blocked: exiting without waiting" in (tmp_path / "w1.log").read_text()

@@ -295,3 +295,37 @@ def test_embedded_runs_share_the_limiter_too(cli, tmp_path, llm_server):
     # granted 250 ms apart; arrivals jitter by tens of ms on a busy machine (unlimited, all 4 came in ~0.2 s)
     assert len(times) == 4 and times[-1] - times[0] >= 0.65, times
     assert min(b - a for a, b in zip(times, times[1:])) >= 0.1, times
+
+
+def test_an_agent_tasks_own_retry_waits_for_retry_after(cli, tmp_path, llm_server):
+    """No ``[providers]`` table: the task is retried once the server's Retry-After has passed (it used to
+    come back after about one second)."""
+    llm_server.openai(Reply(status=429, headers={"Retry-After": "2"}))
+    llm_server.fallback = answer_text("done")
+    config = tmp_path / "dispatch.json"
+    config.write_text(json.dumps({"agents": {"writer": {
+        "kind": "llm", "provider": "openai", "model": "m", "base_url": llm_server.openai_base_url}}}))
+    result = cli("--config", str(config), "--skip-phases", "0,1", stdin=json.dumps(
+        {"user_prompt": "p", "tasks": [{"task_id": "t", "agent": "writer", "description": "d"}]}))
+    assert result.returncode == 0, result.stderr[-2000:]
+    (task,) = result.json["results"]
+    assert task["success"] and task["attempts"] == 2
+    first, second = (r.at for r in llm_server.requests)
+    assert second - first >= 1.95, (first, second)
+
+
+def test_a_transient_agent_failure_carries_the_servers_retry_after(llm_server):
+    """What the agent task's Celery retry takes as its countdown floor, so the wait is spent in the broker
+    rather than in a worker thread held by the limiter."""
+    from dispatch.agents import AgentInvocation, run_agent
+    from dispatch.agents.resolve import make_agent
+    from dispatch.models import TaskSpec
+
+    llm_server.openai(Reply(status=429, headers={"Retry-After": "7"}))
+    cfg = DispatchConfig.model_validate({"agents": {"a": {
+        "kind": "llm", "provider": "openai", "model": "m", "base_url": llm_server.openai_base_url}}})
+    task = TaskSpec(task_id="t", agent="a", description="d")
+    invocation = AgentInvocation(task=task, context=None, dependency_outputs={}, user_prompt="p", workspace_path=".",
+                                 run_id="r", attempt=1, timeout_s=10)
+    outcome = run_agent(make_agent("a", cfg), invocation)
+    assert not outcome.success and outcome.transient and outcome.retry_after_s == 7

@@ -125,7 +125,7 @@ def test_states_are_compacted_in_redis_and_old_plain_states_still_load():
         store.load("r3")
 
 
-def test_a_closed_run_keeps_no_scheduler_or_agent_ledger_keys_and_a_late_duplicate_writes_none():
+def test_a_closed_run_keeps_no_scheduler_keys_its_agent_ledger_expires_and_a_late_duplicate_writes_none():
     client = fakeredis.FakeRedis()
     deployment = Deployment(Settings(key_prefix="p"), client)
     sched = deployment.scheduler("run")
@@ -143,8 +143,13 @@ def test_a_closed_run_keeps_no_scheduler_or_agent_ledger_keys_and_a_late_duplica
     assert sched.quiet() and sched.claim_close()  # what the collect step does before closing
     deployment.retire("run")
     left = sorted(k.decode() for k in client.keys("*"))
-    assert left == ["p:dag:run:closed", "p:phases:run"], left
-    assert ledger.tasks() == {"phase-id": "phase_4"}  # `dispatch wait` still finds the phase tasks
+    assert left == ["p:dag:run:closed", "p:limits:run", "p:phases:run", "p:progress:run", "p:tasks:run"], left
+    lingering = {k: client.ttl(k) for k in ("p:limits:run", "p:progress:run", "p:tasks:run")}
+    assert all(0 < ttl <= 600 for ttl in lingering.values()), lingering  # the agent ledger: minutes, not days
+    assert ledger.tasks()["phase-id"] == "phase_4"  # `dispatch wait` still finds the phase tasks
+    client.delete("p:tasks:run", "p:limits:run", "p:progress:run")  # as when they have expired
+    assert ledger.tasks() == {"phase-id": "phase_4"}
+    left = sorted(k.decode() for k in client.keys("*"))
     with pytest.raises(NoSuchRun):  # a redelivered agent message after the close
         sched.prepare("a", deployment.keys.cancel("run"), "cel-a-again")
     assert sorted(k.decode() for k in client.keys("*")) == left

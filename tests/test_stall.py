@@ -11,10 +11,34 @@ import pytest
 import redis
 
 from conftest import run_cli
+from dispatch.store import Keys, stall
 from test_faults import wait_for
 
-pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(120)]
 
+def test_only_sends_nothing_accounts_for_and_whose_message_is_gone_count_as_lost():
+    import fakeredis
+
+    client, keys = fakeredis.FakeRedis(), Keys("p")
+    dag = keys.dag("r1")
+    client.hset(keys.ledger("r1"), mapping={"c-a": "agent:a", "c-b": "agent:b", "c-c": "agent:c", "c-d": "agent:d",
+                                             "c-e": "agent:e", "c-p": "phase_4"})
+    client.hset(dag["results"], "a", "{}")                      # finished
+    client.hset(dag["claims"], "b", "c-b")                      # running
+    client.hset(dag["outbox"], mapping={"a": "c", "__start__": "d\ne"})  # a's completer may not have sent c yet
+    client.set(dag["state"], "{}")
+    assert stall.phase_4_runs(client, keys) == ["r1"]
+    assert stall.unaccounted_sends(client, keys, "r1") == {"c-d": "d", "c-e": "e"}
+    client.lpush("p:p.agents", b'{"headers": {"id": "c-d"}}')
+    assert stall.messages_present(client, ["c-d", "c-e"], ["p:p.agents"], "p:unacked") == {"c-d"}
+    client.hset("p:unacked", "tag", b'[{"headers": {"id": "c-e"}}]')
+    assert stall.messages_present(client, ["c-d", "c-e"], ["p:p.agents"], "p:unacked") == {"c-d", "c-e"}
+    client.set(dag["paused"], "max_cost_usd")                  # held at a budget cap on purpose
+    assert stall.unaccounted_sends(client, keys, "r1") == {}
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 
 def logged(tmp_path: Path, log: Path) -> Path:
     config = tmp_path / "agents.json"

@@ -62,14 +62,16 @@ class AgentOutcome:
     error: Optional[str] = None
     transient: bool = False
     usage: Optional[Usage] = None  # the model calls this attempt made (tokens, cost when known)
+    retry_after_s: Optional[float] = None  # a transient failure's server-given wait (HTTP Retry-After)
 
     @classmethod
     def ok(cls, output: Any = None) -> "AgentOutcome":
         return cls(True, output)
 
     @classmethod
-    def fail(cls, error: str, output: Any = None, *, transient: bool = False) -> "AgentOutcome":
-        return cls(False, output, error, transient)
+    def fail(cls, error: str, output: Any = None, *, transient: bool = False,
+             retry_after_s: Optional[float] = None) -> "AgentOutcome":
+        return cls(False, output, error, transient, retry_after_s=retry_after_s)
 
 
 class AgentOptions(BaseModel):
@@ -129,7 +131,8 @@ def run_agent(agent: Agent, inv: AgentInvocation) -> AgentOutcome:
         outcome = agent.run(inv)
     except (Exception, SystemExit) as exc:
         return AgentOutcome.fail(redact_text(truncate(describe_exception(exc), MAX_ERROR_CHARS)),
-                                 transient=bool(getattr(exc, "transient", False)))
+                                 transient=bool(getattr(exc, "transient", False)),
+                                 retry_after_s=getattr(exc, "retry_after", None))
     if not isinstance(outcome, AgentOutcome):
         return AgentOutcome.fail(f"agent '{agent.name}' returned {type(outcome).__name__}, not an AgentOutcome")
     try:

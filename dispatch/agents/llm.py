@@ -107,7 +107,8 @@ class LlmAgent(Agent):
                 try:
                     reply = client.complete(opts.system_prompt, messages, json_schema=schema)
                 except ProviderError as exc:
-                    return _spent(AgentOutcome.fail(str(exc), transient=exc.transient), calls)
+                    return _spent(AgentOutcome.fail(str(exc), transient=exc.transient, retry_after_s=exc.retry_after),
+                                  calls)
                 latency_ms += reply.latency_ms
                 calls.append(call_usage(model, reply.input_tokens, reply.output_tokens, inv.prices))
                 for key in usage:

@@ -18,7 +18,8 @@ from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
 from dispatch.config import Settings
-from dispatch.runtime import limits, telemetry, visibility, watchdog
+from dispatch.runtime import backend, limits, shutdown, telemetry, visibility, watchdog
+from dispatch.runtime.backend import WorkerRedisBackend
 from dispatch.runtime.embedded import EmbeddedRedisBackend
 from dispatch.tasks.names import AGENT_QUEUE, AGENT_TASK, PHASE_QUEUE, agent_queue, phase_queue
 
@@ -79,19 +80,23 @@ def create_app(settings: Settings) -> Celery:
                      amqp=ShadowNamedAMQP)
         app.conf.broker_transport_options = {"polling_interval": 0.005}
     else:
-        app = Celery("dispatch", broker=settings.broker_url, backend=settings.result_backend,
-                     set_as_current=False, amqp=ShadowNamedAMQP)
+        # a Redis backend's clients ride out a lost or full Redis on workers, one per pool thread (runtime/backend.py)
+        on_redis = str(settings.result_backend).startswith(("redis://", "rediss://"))
+        app = Celery("dispatch", broker=settings.broker_url, set_as_current=False, amqp=ShadowNamedAMQP,
+                     backend=WorkerRedisBackend if on_redis else settings.result_backend)
+        if on_redis:
+            backend.install_on_workers()
+        shutdown.install_on_workers()  # a phase body blocked past its timeout never holds up a stopping worker
         app.conf.broker_transport_options = broker_transport_options(settings)
         if settings.broker_url.startswith(("redis://", "rediss://")):
             app.conf.broker_transport_options["global_keyprefix"] = deployment_prefix(settings)
+            visibility.install_on_workers()  # warns when an agent may outlive the visibility timeout
+            watchdog.install_on_workers()  # lost messages (a worker killed mid-delivery) are sent again
         if settings.broker_url.startswith("redis://"):
             # kombu's Redis transport, riding out a full Redis instead of exiting (dispatch.runtime.transport);
             # rediss:// keeps kombu's own: the scheme is what selects its TLS connection
             app.conf.broker_transport = FULL_REDIS_TRANSPORT
             app.conf.broker_transport_options["dispatch_oom_wait_s"] = settings.reconnect_timeout_s
-            watchdog.install_on_workers()  # lost messages (a worker killed mid-delivery) are sent again
-        if settings.broker_url.startswith(("redis://", "rediss://")):
-            visibility.install_on_workers()  # warns when an agent may outlive the visibility timeout
         # give up on a lost backend within ~2 s: the CLI rides out outages in its own loop (with a message)
         # and workers retry each command for reconnect_timeout_s (dispatch.store.ride_out_outages)
         app.conf.result_backend_transport_options = {

@@ -8,6 +8,8 @@ lost.  This transport, selected by ``broker_transport`` (``runtime/app.py``):
 
 - counts a full Redis as a connection error, so the consumer restarts and
   retries the way it does after a lost connection, instead of exiting;
+- keeps a consumer restarting after a lost Redis from exiting on kombu's
+  ``AttributeError`` when it closes a channel of the collected connection;
 - retries the two writes a message cannot do without, its publish (``LPUSH``)
   and its unacked record, with the project's backoff for up to
   ``dispatch_oom_wait_s`` (``DISPATCH_RECONNECT_TIMEOUT_S``), logging one warning
@@ -65,6 +67,17 @@ class QoS(kombu_redis.QoS):
         # the message is already off its queue: without its unacked record it would be lost, not redelivered
         ride_out_full_redis(lambda: super(QoS, self).append(message, delivery_tag), oom_wait_s(self.channel),
                             "a delivered message's unacked record")
+
+    def restore_unacked(self, client: Any = None) -> Any:
+        if client is None and self.channel.connection.client is None:
+            # closing a channel after its connection was already collected (the consumer restarting after
+            # Redis went away): kombu would build a pool from the closed transport and raise AttributeError,
+            # which no one catches and the worker exits (found by bench/chaos.py).  The messages stay in
+            # the unacked hash; the visibility timeout's sweep on any worker restores them.
+            logger.debug("unacked messages left to the visibility timeout: the connection is closed")
+            self._delivered.clear()
+            return None
+        return super().restore_unacked(client)
 
 
 class Channel(kombu_redis.Channel):

@@ -3,7 +3,8 @@
 Why on workers, on a timer: a run submitted with ``--no-wait`` has no client
 following it, and a lost message has nobody else to notice it; a run with no
 worker left makes no progress anyway.  Every ``DISPATCH_STALL_CHECK_S`` a worker
-looks at the runs whose phase 4 is under way; a send found lost on two checks
+looks at the runs whose phase 4 is under way and made no progress since its
+last look (two counters: cheap for a run of any size); a send found lost on two checks
 in a row (so a message that is merely between the queue and its unacked record
 is never taken for lost) is sent again, under a per-run lock, with its own
 Celery id, time limits and chord, so the chord still counts it once and the
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from celery import signals
 
@@ -35,6 +36,7 @@ class StallWatchdog:
         self.app = app
         self.deployment = deployment_of(app)
         self.suspects: dict[tuple[str, str], int] = {}  # (run, Celery id) -> checks it was found lost in a row
+        self.progress: dict[str, tuple[int, int]] = {}  # run -> (results, claims) at the last look
         self.stopped = threading.Event()
 
     def broker_keys(self) -> tuple[list[str], str]:
@@ -48,7 +50,12 @@ class StallWatchdog:
         client, keys = self.deployment.redis, self.deployment.keys
         queues, unacked = self.broker_keys()
         resent, seen = [], set()
+        progress = {}
         for run_id in stall.phase_4_runs(client, keys):
+            # a run whose tasks still start or finish is not stalled: only a still one is looked at closely
+            progress[run_id] = stall.progress(client, keys, run_id)
+            if self.progress.get(run_id) != progress[run_id]:
+                continue
             sends = stall.unaccounted_sends(client, keys, run_id)
             if not sends:
                 continue
@@ -64,6 +71,7 @@ class StallWatchdog:
             if due:
                 resent += self.resend(run_id, due)
         self.suspects = {k: v for k, v in self.suspects.items() if k in seen}
+        self.progress = progress
         return resent
 
     def resend(self, run_id: str, lost: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -120,7 +128,7 @@ _watchdogs: dict[int, StallWatchdog] = {}
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     settings = getattr(app, "dispatch_settings", None)
-    if settings is None or settings.embedded or not (settings.broker_url or "").startswith("redis://"):
+    if settings is None or not str(settings.broker_url).startswith(("redis://", "rediss://")):
         return  # not a dispatch worker on a Redis broker (RabbitMQ redelivers on its own; embedded loses nothing)
     watchdog = StallWatchdog(app)
     _watchdogs[id(app)] = watchdog
@@ -130,7 +138,3 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
     for watchdog in _watchdogs.values():
         watchdog.stopped.set()
-
-
-def watchdog_of(app: Any) -> Optional[StallWatchdog]:
-    return _watchdogs.get(id(app))

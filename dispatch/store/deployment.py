@@ -73,9 +73,9 @@ class Deployment:
         return DagScheduler(self.redis, self.prefix, run_id, self.ttl_s)
 
     def retire(self, run_id: str, linger_s: int = 0) -> None:
-        """Phase 4 of ``run_id`` closed: its scheduler and ledger keys go, or, with ``linger_s``, expire
-        that soon (a cancelled or broken run's late duplicates may still complete into them): a closed
-        run keeps only its compacted state, however many tasks it had."""
+        """Phase 4 of ``run_id`` closed: its scheduler keys go, or, with ``linger_s``, expire that soon (a
+        cancelled or broken run's late duplicates may still complete into them); its ledger of agent tasks
+        expires within ``RETIRE_LINGER_S``: a closed run soon keeps only its compacted state and phase ids."""
         scheduler = self.scheduler(run_id)
         pipe = self.redis.pipeline(transaction=False)
         for name, key in scheduler.keys.items():
@@ -84,7 +84,9 @@ class Deployment:
                             else min(self.ttl_s, linger_s))
             else:
                 pipe.delete(key)
-        self.ledger(run_id).close(linger_s, pipe)
+        # the ledger of agent tasks always lingers a little: a cancel racing the close still revokes from it,
+        # and an operator can still see what was sent twice after a worker died
+        self.ledger(run_id).close(max(linger_s, RETIRE_LINGER_S), pipe)
         pipe.execute()
 
     # the cancel flag: set by `dispatch cancel`, read by every phase and agent task of the run

@@ -4,8 +4,9 @@ Recorded as tasks are sent (phases by the client at submit, agent tasks by
 whoever dispatches them), so ``cancel`` can revoke tasks that have not started
 yet.  Two hashes: the phase tasks' few entries stay as long as the run's state
 (``dispatch wait`` attaches to a run through them); the agent tasks' entries,
-one per task, and phase 4's limits and progress target, go when phase 4 closes
-(``close``): a closed run keeps no per-task key but its compacted state.
+one per task, and phase 4's limits and progress target, expire minutes after
+phase 4 closes (``close``): a closed run then keeps no per-task key but its
+compacted state.
 """
 from __future__ import annotations
 

@@ -49,6 +49,16 @@ def phase_4_runs(client: Any, keys: Keys) -> list[str]:
     return [_text(k)[len(head):-len(tail)] for k in client.scan_iter(match=f"{head}*{tail}", count=1000)]
 
 
+def progress(client: Any, keys: Keys, run_id: str) -> tuple[int, int]:
+    """(tasks finished, tasks claimed) of the run: unchanged between two looks, the run stands still."""
+    dag = keys.dag(run_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.hlen(dag["results"])
+    pipe.hlen(dag["claims"])
+    finished, claimed = pipe.execute()
+    return int(finished), int(claimed)
+
+
 def unaccounted_sends(client: Any, keys: Keys, run_id: str) -> dict[str, str]:
     """``{celery_id: task_id}`` of agent sends nothing accounts for yet: no result, no claim, no outbox entry."""
     dag = keys.dag(run_id)

@@ -32,7 +32,7 @@ from dispatch.tasks.support import deployment_of
 
 logger = get_task_logger(__name__)
 TRANSIENT_RETRIES = 3
-TRANSIENT_BACKOFF_S, TRANSIENT_CAP_S = 1.0, 30.0
+TRANSIENT_BACKOFF_S, TRANSIENT_CAP_S, TRANSIENT_JITTER = 1.0, 30.0, 0.5
 # An agent's own timeout (timeout_s, else the run's timeout_seconds) fires first.  Celery's soft limit,
 # a little later, interrupts code that ignores it (reported "timed out"); the hard limit then kills the
 # pool process (prefork), so a stuck task always frees its slot.
@@ -84,7 +84,6 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     """
     deployment = deployment_of(self.app)
     scheduler = deployment.scheduler(run_id)
-    remember_chord(self, deployment, run_id)
     if (self.request.delivery_info or {}).get("redelivered") and \
             scheduler.client.hexists(scheduler.key("results"), task_id):
         # its worker died after recording the result, before acking: the result stands, and whatever
@@ -99,6 +98,7 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
     agent_name, prompt, payload, changes, not_run = "?", None, None, None, False
     try:
         raw, cancelled, deps, commits = scheduler.prepare(task_id, deployment.keys.cancel(run_id), self.request.id)
+        remember_chord(self, deployment, run_id)  # after prepare: a message of an unknown run writes nothing
         payload = AgentPayload.model_validate_json(raw)
         agent_name = payload.task.agent
         if payload.workspace is not None and not cancelled:
@@ -125,8 +125,12 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
         outcome = AgentOutcome(success=False, error=f"timed out: the task ran past its soft time limit "
                                                     f"({soft:g}s) and was interrupted" if soft else "timed out")
     if not outcome.success and outcome.transient and self.request.retries < TRANSIENT_RETRIES:
-        raise self.retry(countdown=backoff_delay(self.request.retries, TRANSIENT_BACKOFF_S, TRANSIENT_CAP_S),
-                         max_retries=TRANSIENT_RETRIES)
+        # the server's Retry-After is the floor (the provider limiter holds every worker to it as well), so
+        # the retried task waits in the broker, not in a worker thread; jittered so failures that came
+        # together do not retry together
+        delay = backoff_delay(self.request.retries, TRANSIENT_BACKOFF_S, TRANSIENT_CAP_S, TRANSIENT_JITTER,
+                              retry_after_s=outcome.retry_after_s)
+        raise self.retry(countdown=delay, max_retries=TRANSIENT_RETRIES)
     result = TaskResult(task_id=task_id, agent=agent_name, success=outcome.success, output=outcome.output,
                         error=outcome.error, duration_ms=round((time.perf_counter() - t0) * 1000, 1),
                         worker=self.request.hostname, attempts=self.request.retries + 1,
@@ -152,7 +156,13 @@ def remember_chord(task: Any, deployment: Deployment, run_id: str) -> None:
     group, chord = task.request.group, task.request.chord
     # not embedded: its in-memory broker loses no message
     if group and chord and (run_id, group) not in _CHORDS_SEEN and not deployment.settings.embedded:
-        stall.remember_chord(deployment.redis, deployment.keys, run_id, group, dict(chord), deployment.ttl_s)
+        try:
+            stall.remember_chord(deployment.redis, deployment.keys, run_id, group, dict(chord), deployment.ttl_s)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping: the next task of the chord records it
+            logger.debug("run %s: chord not recorded (%s)", run_id, exc)
+            return
+        if len(_CHORDS_SEEN) > 10_000:  # a long-lived worker: forget old runs (a repeat write is harmless)
+            _CHORDS_SEEN.clear()
         _CHORDS_SEEN.add((run_id, group))
 
 
