@@ -8,6 +8,13 @@ before and after the run, and what the closed run keeps in Redis: the growth of
 ``used_memory`` per task and the ``MEMORY USAGE`` of every key left naming the
 run (its compacted state, the phase ledger).  ``--results-file`` is on, so the
 streamed path is the one measured.
+
+    .venv/bin/python bench/bench_scale.py --collect 100000 [--whole]
+
+measures phase 4's close alone, in a fresh process: N no-op results in a real
+Redis hash, then the close and the save, streamed (the collect step's way) or,
+with ``--whole``, with every result loaded as an object first (the way before
+issue 17); it prints the peak and the RSS left over the process's start.
 """
 from __future__ import annotations
 
@@ -27,9 +34,9 @@ from bench.cluster import Cluster, cluster_parts  # noqa: E402
 from dispatch.store.deployment import RETIRE_LINGER_S  # noqa: E402
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS:") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -130,6 +137,52 @@ def run(tasks: tuple[int, ...] = (1000,), workers: int = 2, concurrency: int = 4
     return rows
 
 
+def collect_peak(n: int, whole: bool) -> str:
+    """The close of an N-task phase 4 on a private Redis: peak and left-over RSS over what came before."""
+    import gc
+    import tempfile
+
+    import redis
+
+    from dispatch.models import PhaseState, TaskPlan, TaskResult, TaskSpec, Usage
+    from dispatch.pipeline.execution import close_execution
+    from dispatch.store.scheduler import DagScheduler
+    from dispatch.store.state import RedisStateStore
+    from dispatch.tasks.agents import scanned
+    from dispatch.testing import RedisServer
+
+    server = RedisServer(Path(tempfile.mkdtemp(prefix="bench-collect-")))
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        tasks = [TaskSpec(task_id=f"t{i}", agent="sleep", description=f"no-op {i}") for i in range(n)]
+        state = PhaseState(run_id="r", tasks_data=tasks, selected_phases=[2, 3, 4],
+                           plan=TaskPlan(order=[t.task_id for t in tasks]))
+        scheduler = DagScheduler(client, "bench", "r")
+        pipe = client.pipeline()
+        for i in range(n):  # a no-op's result as a worker records it (its prompt included)
+            pipe.hset(scheduler.key("results"), f"t{i}", TaskResult(
+                task_id=f"t{i}", agent="sleep", success=True, output={"slept_ms": 0}, worker="w1@h",
+                duration_ms=0.2, started_at="2026-12-01T12:00:00.000Z", completed_at="2026-12-01T12:00:00.001Z",
+                prompt=f"Task: no-op {i}\n" + "x" * 200, usage=Usage()).model_dump_json())
+        pipe.execute()
+        del tasks
+        gc.collect()
+        base = rss_mb(os.getpid())
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: the close's own peak
+        finished = scheduler.results() if whole else scanned(scheduler)
+        close_execution(state, finished, time.time())
+        RedisStateStore(client, "bench").save(state)
+        del finished
+        state.task_results = []
+        gc.collect()
+        peak = rss_mb(os.getpid(), "VmHWM:") - base
+        return (f"close of {n} tasks ({'whole' if whole else 'streamed'}): peak +{peak:.0f} MB, "
+                f"left +{rss_mb(os.getpid()) - base:.0f} MB")
+    finally:
+        server.stop()
+
+
 if __name__ == "__main__":
     from bench.bench_pipeline import print_rows
 
@@ -137,5 +190,10 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", default="1000,10000", help="comma-separated task counts")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--collect", type=int, help="measure phase 4's close alone at this many tasks")
+    parser.add_argument("--whole", action="store_true", help="with --collect: every result loaded first")
     a = parser.parse_args()
+    if a.collect:
+        print(collect_peak(a.collect, a.whole))
+        sys.exit(0)
     print_rows(run(tuple(int(x) for x in a.tasks.split(",")), a.workers, a.concurrency, verbose=True))

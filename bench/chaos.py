@@ -42,6 +42,7 @@ class ChaosReport:
     reruns_explained: int = 0  # extra runs whose earlier run was on a worker that was killed
     faults: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)  # the stall watchdog's resends of lost messages
+    chords_closed: int = 0  # chords the watchdog closed (a part lost: its collect step sent instead)
     seconds: float = 0.0
     stderr_tail: str = ""
 
@@ -50,12 +51,12 @@ class ChaosReport:
         return sum(self.reruns.values()) - self.reruns_explained
 
 
-def random_dag(n: int, rng: random.Random) -> list[dict]:
+def random_dag(n: int, rng: random.Random, sleep_s: tuple[float, float] = (0.05, 0.25)) -> list[dict]:
     tasks = []
     for i in range(n):
         deps = sorted({f"t{rng.randrange(i)}" for _ in range(rng.randint(0, 2))}) if i else []
         tasks.append({"task_id": f"t{i}", "agent": "logged", "description": f"step {i}", "dependencies": deps,
-                      "input_data": {"s": f"{rng.uniform(0.05, 0.25):.3f}"}})
+                      "input_data": {"s": f"{rng.uniform(*sleep_s):.3f}"}})
     return tasks
 
 
@@ -70,7 +71,8 @@ def executions(log: Path) -> list[tuple[str, int]]:
 
 
 def run_chaos(tmp: Path, n_tasks: int = 300, workers: int = 3, kills: int = 3, seed: int = 1,
-              visibility_s: int = 6, timeout_s: float = 240, stall_check_s: float = 2) -> ChaosReport:
+              visibility_s: int = 6, timeout_s: float = 240, stall_check_s: float = 2,
+              sleep_s: tuple[float, float] = (0.05, 0.25)) -> ChaosReport:
     rng = random.Random(seed)
     (tmp / "redis").mkdir(parents=True, exist_ok=True)
     (tmp / "logs").mkdir(exist_ok=True)
@@ -87,7 +89,7 @@ def run_chaos(tmp: Path, n_tasks: int = 300, workers: int = 3, kills: int = 3, s
     config = tmp / "agents.json"
     config.write_text(json.dumps({"agents": {"logged": {"kind": "shell", "command": ["sh", "-c", script]}}}))
     document = tmp / "tasks.json"
-    document.write_text(json.dumps({"tasks": random_dag(n_tasks, rng),
+    document.write_text(json.dumps({"tasks": random_dag(n_tasks, rng, sleep_s),
                                     "config": {"max_workers": workers * 4, "timeout_seconds": 60}}))
     pool = WorkerPool(env, tmp / "logs")
     report = ChaosReport(tasks=n_tasks, exit_code=-1)
@@ -132,19 +134,21 @@ def run_chaos(tmp: Path, n_tasks: int = 300, workers: int = 3, kills: int = 3, s
     finally:
         pool.stop_all()
         server.stop()
-    report.resent = resent_by_watchdog(tmp / "logs")
+    report.resent, report.chords_closed = by_watchdog(tmp / "logs")
     report.seconds = round(time.monotonic() - t0, 1)
     return report
 
 
-def resent_by_watchdog(logs: Path) -> list[str]:
-    """The tasks whose lost message a worker's stall watchdog sent again (``dispatch.runtime.watchdog``)."""
-    found = []
+def by_watchdog(logs: Path) -> tuple[list[str], int]:
+    """What the workers' stall watchdog did (``dispatch.runtime.watchdog``): the tasks whose lost message it
+    sent again, and how many chords it closed."""
+    found, closed = [], 0
     for path in sorted(logs.glob("*.log")):
         for line in path.read_text(errors="replace").splitlines():
             if "lost phase-4 message(s) again: " in line:
                 found += [t.strip() for t in line.split("again: ", 1)[1].split(",")]
-    return found
+            closed += "sent its collect step" in line
+    return found, closed
 
 
 def diagnose(url: str) -> str:
@@ -167,7 +171,7 @@ def drive(server: RedisServer, pool: WorkerPool, names: list[str], env: dict, lo
           kills: int, rng: random.Random, killed: set[int], faults: list[str], cli: subprocess.Popen) -> None:
     """Inject the faults at points of the run's progress (share of executions logged), each once."""
     plan = [(0.10, "pause")] + [(0.2 + 0.5 * i / max(1, kills), "kill") for i in range(kills)] + \
-           [(0.35, "redis"), (0.5, "redeliver")]
+           [(0.35, "redis"), (0.15, "redeliver")]  # early: a short run may be over by half-way
     plan.sort()
     restarted = 0
     deadline = time.monotonic() + 180
@@ -227,8 +231,8 @@ def redeliver_phase_4(env: dict) -> "str | None":
     state = runs[0]
     labels = deployment.ledger(state.run_id).tasks()
     phase_4 = next((cid for cid, label in labels.items() if label == "phase_4"), None)
-    if phase_4 is None or state.status != "running":
-        return f"phase 4 not under way (status {state.status}, phase 4 id {phase_4})"
+    if phase_4 is None or not deployment.scheduler(state.run_id).exists():  # the scheduler's record, not the
+        return f"phase 4 not under way (phase 4 id {phase_4})"              # status, says phase 4 is running
     app.signature(PHASE_TASK_NAMES[4], args=({"run_id": state.run_id, "version": state.version - 1},),
                   queue=phase_queue(settings.key_prefix)).apply_async(task_id=phase_4)
     return None

@@ -34,9 +34,10 @@ def cluster(workers: int, concurrency: int, pool: str = "threads",
 
 @contextmanager
 def cluster_parts(workers: int, concurrency: int, pool: str = "threads",
-                  extra_env: Optional[dict[str, str]] = None) -> Iterator[Cluster]:
+                  extra_env: Optional[dict[str, str]] = None, appendonly: bool = False) -> Iterator[Cluster]:
+    """``appendonly``: Redis with AOF on, as a deployment that must survive a restart runs it (the soak)."""
     tmp = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
-    redis = RedisServer(tmp)
+    redis = RedisServer(tmp, appendonly=appendonly)
     redis.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
     env.update(DISPATCH_BROKER_URL=redis.url, DISPATCH_STATE_DIR=str(tmp / "state"),

@@ -1,12 +1,13 @@
 """Every benchmark side by side in one run: a table of absolute figures and ratios.
 
-    .venv/bin/python bench/run_all.py [--quick]
+    .venv/bin/python bench/run_all.py [--quick] [--slow [--soak-minutes 30]]
 
 P1 pipeline overhead vs a bare Celery group, P2 DAG makespan vs its lower bound
 (real Redis, real workers), P3 context index and query vs a naive scan, P4 CLI
 start vs ``celery --help``, P5 state save+load for 10k tasks, P6 phases 0 and 1 side by side vs in
 sequence (a slow retriever and a slow validator), P7 scale (N no-op tasks by the CLI: time vs a bare group,
-CLI peak RSS, worker RSS growth, Redis kept per closed task), P8 embedded throughput and hop cost.  Run it on a
+CLI peak RSS, worker RSS growth, Redis kept per closed task), P8 embedded throughput and hop cost.  ``--slow``
+adds the soak (``bench/soak.py``, 30 min: runs back to back while a worker is restarted).  Run it on a
 quiet machine: the ratios compare runs made minutes apart on the same cores.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import (bench_cli, bench_context, bench_embedded, bench_phase_dag, bench_pipeline,  # noqa: E402
-                   bench_scale, bench_state)
+                   bench_scale, bench_state, soak)
 
 
 def machine_line() -> str:
@@ -48,7 +49,12 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller P1 (a smoke run)")
+    parser.add_argument("--slow", action="store_true",
+                        help="also the soak (bench/soak.py: --soak-minutes long, workers restarted); not in CI")
+    parser.add_argument("--soak-minutes", type=float, default=30, metavar="MIN")
     args = parser.parse_args()
+    if args.soak_minutes <= 0:
+        parser.error("--soak-minutes must be positive")
     repeat = 1 if args.quick else 3
     rows: list[dict] = []
     t0 = time.time()
@@ -61,13 +67,23 @@ def main() -> int:
         ("P7", lambda: bench_scale.run(tasks=(300,) if args.quick else (1000, 10000))),
         ("P8", lambda: bench_embedded.run(tasks=300 if args.quick else 1000, chain=50 if args.quick else 200)),
     ]
+    soaked: list[bool] = []
+
+    def soak_rows() -> list[dict]:
+        summary = soak.summary(soak.soak(minutes=args.soak_minutes), warmup_s=60)
+        soak.print_summary(summary, out=sys.stderr)
+        soaked.append(summary["ok"])
+        return soak.rows(summary)
+
+    if args.slow:
+        suites.append(("soak", soak_rows))
     for name, suite in suites:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         rows += suite()
     print(machine_line())
     print(table(rows))
     print(f"(total {time.time() - t0:.0f} s)")
-    return 0
+    return 0 if all(soaked) else 1  # the soak lost something (its lines on stderr say what)
 
 
 if __name__ == "__main__":

@@ -391,6 +391,9 @@ class PhaseState(BaseModel):
     workspace: Optional["WorkspaceInfo"] = None
     # phase 4's integration branch: every succeeded task's change merged onto the base
     integration: Optional["Integration"] = None
+    # tasks whose changes a person dropped from the integration (interactive phase-4 [e]dit): every later
+    # integration of the run (phase 4 retried, resumed) leaves them out too
+    dropped_changes: list[str] = Field(default_factory=list)
     # the cap a budget pause stopped at (``status == "paused"``), e.g. "max_tokens 5000 reached (5120 used)"
     pause_reason: Optional[str] = None
     # spend of earlier attempts whose results ``dispatch resume`` dropped (failed tasks run again): it still counts

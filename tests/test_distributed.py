@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from conftest import run_cli
+from dispatch.store.state import unpack_state
 from pipeline_cases import assert_guide_output_shape, breakdown, executed, make_workspace
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -39,7 +40,7 @@ def test_guide_examples_on_redis_with_two_workers(distributed, tmp_path):
     assert workers == {"alpha", "beta"}, f"agent tasks ran on {workers}"
     # the run's state is in the Redis store under the deployment's prefix
     client = redis.Redis.from_url(distributed["redis"].url)
-    stored = json.loads(client.get(f"{distributed['prefix']}:run:{out['run_id']}"))
+    stored = json.loads(unpack_state(client.get(f"{distributed['prefix']}:run:{out['run_id']}"), "run"))
     assert stored["status"] == "succeeded" and len(stored["task_results"]) == 20
 
 

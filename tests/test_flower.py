@@ -86,7 +86,9 @@ def test_flower_shows_phase_and_agent_tasks_with_their_run_id(distributed, flowe
     assert metas and all(set(m) == {"run_id", "phase", "done", "total"} and m["run_id"] == run_id for m in metas)
     assert {m["total"] for m in metas} == {6} and max(m["done"] for m in metas) >= 1
 
-    ledger = {k.decode(): v.decode() for k, v in backend.hgetall(f"{distributed['prefix']}:tasks:{run_id}").items()}
+    # agent tasks in the run's ledger (kept minutes after phase 4 closes), phase tasks in their own hash
+    ledger = {k.decode(): v.decode() for name in ("tasks", "phases")
+              for k, v in backend.hgetall(f"{distributed['prefix']}:{name}:{run_id}").items()}
     assert sorted(ledger.values()) == sorted([f"agent:job-{i}" for i in range(6)] + ["phase_2", "phase_3", "phase_4"])
     tasks: dict = {}
     deadline = time.time() + 15

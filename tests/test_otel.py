@@ -168,9 +168,11 @@ def test_telemetry_is_off_by_default_and_costs_nothing(tmp_path):
 
 
 def test_spend_and_status_of_task_results():
-    assert telemetry.spend_of({"usage": {"input_tokens": 11, "output_tokens": 7}, "cost_usd": 0.002}) == {
+    from dispatch.models import Usage  # a task's typed usage (every attempt's calls), not its output
+    assert telemetry.spend_of(Usage(input_tokens=11, output_tokens=7, cost_usd=0.002, calls=1)) == {
         "tokens.input": 11, "tokens.output": 7, "cost_usd": 0.002}
-    assert telemetry.spend_of("text") == {} and telemetry.spend_of({"usage": {"input_tokens": True}}) == {}
+    assert telemetry.spend_of(Usage(input_tokens=11, calls=1)) == {"tokens.input": 11, "tokens.output": 0}
+    assert telemetry.spend_of(None) == {} and telemetry.spend_of(Usage()) == {}
 
 
 # ----------------------------------------------------------------- one trace across two workers

@@ -80,3 +80,65 @@ def test_a_lost_phase_4_message_is_sent_again_and_the_run_completes_each_agent_o
     assert logs.count("lost phase-4 message") == ((tmp_path / "agents.log").read_text()
                                                   + (tmp_path / "phases.log").read_text()).count("lost phase-4 message")
     assert sorted(log.read_text().split()) == ["a", "b", "c"]
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_chord_that_lost_a_part_is_closed_once_every_task_has_run(distributed, tmp_path):
+    """A duplicate send (a redelivered completer's) counted in the chord whose message was then lost: every
+    task has run, yet the chord waits for one more part.  The watchdog sends its collect step instead."""
+    env = {**distributed["env"], "DISPATCH_STALL_CHECK_S": "1"}
+    workers, prefix = distributed["workers"], distributed["prefix"]
+    workers.env = env
+    workers.start("phases", queues="phases")
+    log = tmp_path / "executions.log"
+    tasks = [{"task_id": "a", "agent": "step", "description": "a"},
+             {"task_id": "b", "agent": "step", "description": "b", "dependencies": ["a"]}]
+    submitted = run_cli(["--no-wait", "--config", str(logged(tmp_path, log))], stdin=json.dumps({"tasks": tasks}),
+                        env=env)
+    run_id = submitted.json["run_id"]
+    client = redis.Redis.from_url(distributed["redis"].url)
+    wait_for(lambda: client.llen(f"{prefix}:{prefix}.agents") == 1, what="phase 4 to send a")
+    (size_key,) = client.keys(f"{prefix}:celery-taskset-meta-*.s")
+    client.incr(size_key.decode()[:-2] + ".t")  # one more part counted, whose message never comes
+
+    workers.start("agents", queues="agents")
+    deadline = time.time() + 60
+    while run_cli(["show", "--json", run_id], env=env).json["status"] != "succeeded":
+        assert time.time() < deadline, (tmp_path / "phases.log").read_text()[-3000:]
+        time.sleep(0.5)
+    assert sorted(log.read_text().split()) == ["a", "b"]
+    logs = (tmp_path / "agents.log").read_text() + (tmp_path / "phases.log").read_text()
+    assert f"run {run_id}: phase 4 finished but its chord did not close" in logs
+    waited = run_cli(["wait", run_id], env=env, timeout=30)  # phase 4's own result came with the collect step
+    assert waited.returncode == 0, waited.stderr
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_close_claimed_by_a_collect_step_that_died_is_released(distributed, tmp_path):
+    """The collect step claimed phase 4's close, then its worker was killed before closing (bench/chaos.py
+    found it): its redelivery finds the claim taken and stores nothing.  A stale claim is released."""
+    env = {**distributed["env"], "DISPATCH_STALL_CHECK_S": "1"}
+    workers, prefix = distributed["workers"], distributed["prefix"]
+    workers.env = env
+    workers.start("phases", queues="phases")
+    log = tmp_path / "executions.log"
+    submitted = run_cli(["--no-wait", "--config", str(logged(tmp_path, log))],
+                        stdin=json.dumps({"tasks": [{"task_id": "a", "agent": "step", "description": "a"}]}), env=env)
+    run_id = submitted.json["run_id"]
+    client = redis.Redis.from_url(distributed["redis"].url)
+    wait_for(lambda: client.llen(f"{prefix}:{prefix}.agents") == 1, what="phase 4 to send a")
+    # as left by a closer killed 200 s ago (the claim lives for the state's TTL, 7 days)
+    client.set(Keys(prefix).dag(run_id)["closed"], "1", ex=7 * 24 * 3600 - 200)
+
+    workers.start("agents", queues="agents")
+    deadline = time.time() + 60
+    while run_cli(["show", "--json", run_id], env=env).json["status"] != "succeeded":
+        assert time.time() < deadline, (tmp_path / "phases.log").read_text()[-3000:]
+        time.sleep(0.5)
+    assert log.read_text().split() == ["a"]
+    logs = (tmp_path / "agents.log").read_text() + (tmp_path / "phases.log").read_text()
+    assert f"run {run_id}: phase 4's close was claimed 2" in logs and "ago and never done: released" in logs

@@ -68,6 +68,9 @@ def execute(runner: Any, state: Any, log: Log, t0: float, wait: bool = True, sav
     print the JSON result; the exit code says how it went.  ``results``: the ``--results-file``, completed
     from the run's final state and closed whatever happens."""
     ended: list[Any] = []  # the state the run ended with, once known
+    # everything below only reads the final state: a large run's results may stay in the store and be
+    # streamed from there (output, --results-file, summary), never all held as objects at once
+    runner.lean_results = True
     try:
         return _execute(runner, state, log, t0, wait, save_to, follow, ended)
     finally:

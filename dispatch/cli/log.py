@@ -137,8 +137,14 @@ def integration_lines(state: PhaseState) -> list[str]:
     lines = [f"{OK if not integration.conflicts else WARN} Integration: {len(integration.merged)} task change(s) "
              f"merged into {integration.ref.removeprefix('refs/heads/')} ({integration.commit[:12]})"]
     for conflict in integration.conflicts:
+        if not conflict.files and conflict.reason:  # no file collides: it builds on a change left out
+            lines.append(f"{FAIL} {conflict.task_id} left out: {conflict.reason} (its change stays on its own ref)")
+            continue
         lines.append(f"{FAIL} {conflict.task_id} left out: {', '.join(conflict.files)} conflict with "
                      f"{', '.join(conflict.with_) or 'the base'} (its change stays on its own ref)")
+    if integration.dropped:  # left out on purpose at the interactive phase-4 checkpoint
+        lines.append(f"{WARN} dropped at the checkpoint: {', '.join(integration.dropped)} "
+                     f"(each change stays on its own ref)")
     return lines
 
 
@@ -147,13 +153,21 @@ def task_lines(state: PhaseState, limit: int = TASK_LINES) -> list[str]:
     tasks = state.task_results
     if len(tasks) <= limit:
         return [task_line(t) for t in tasks]
-    worst = sorted(tasks, key=lambda t: 0 if not t.success and not t.skipped else 1 if t.skipped else 2)
-    lines = [task_line(t) for t in worst[:limit]]
-    rest = worst[limit:]
-    ok = sum(1 for t in rest if t.success)
+    # one pass keeping at most ``limit`` lines per rank (failed, skipped, succeeded): the results may be
+    # streamed from the store (a 100k-task run), never sorted as one list
+    ranked: list[list[Any]] = [[], [], []]
+    succeeded = 0
+    for t in tasks:
+        rank = 0 if not t.success and not t.skipped else 1 if t.skipped else 2
+        succeeded += bool(t.success)
+        if len(ranked[rank]) < limit:
+            ranked[rank].append((task_line(t), bool(t.success)))
+    shown = (ranked[0] + ranked[1] + ranked[2])[:limit]
+    lines = [line for line, _ in shown]
+    rest, ok = len(tasks) - limit, succeeded - sum(1 for _, success in shown if success)
     counts = ", ".join(part for part in (f"{ok} succeeded" if ok else "",
-                                         f"{len(rest) - ok} failed or skipped" if len(rest) > ok else "") if part)
-    return lines + [f"… and {len(rest)} more tasks ({counts}): dispatch show {state.run_id}"]
+                                         f"{rest - ok} failed or skipped" if rest > ok else "") if part)
+    return lines + [f"… and {rest} more tasks ({counts}): dispatch show {state.run_id}"]
 
 
 def execution_lines(result: PhaseResult, state: PhaseState) -> list[str]:

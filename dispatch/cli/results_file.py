@@ -8,7 +8,8 @@ poll, so every result is read from Redis once however long the run (embedded
 mode reads the in-process Redis the same way).  When the run ends, the tasks
 no line was written for yet (skipped, kept by ``resume``, finished after the
 last poll) are written from the final state, so the file always ends with
-exactly one line per task.
+exactly one line per task.  A large run's final state leaves its results in
+the store (``StoredResults``): that last pass reads them a chunk at a time.
 """
 from __future__ import annotations
 

@@ -29,7 +29,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
-import httpx
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where a call is made: start-up of a run that calls no model skips it
+    import httpx
 
 from dispatch.common.backoff import DEFAULT_CAP_S, backoff_delay, parse_retry_after
 from dispatch.common.text import clip
@@ -185,6 +188,8 @@ def post_json(client: httpx.Client, url: str, body: Any, *, label: str, headers:
 def _post_once(client: httpx.Client, url: str, body: Any, label: str, headers: Optional[Mapping[str, str]],
                key: Optional[str], attempt: int, config_fields: tuple[str, ...] = ()) -> JSONReply:
     started = time.perf_counter()
+    import httpx
+
     try:
         response = client.post(url, json=body, headers=dict(headers) if headers else None)
     except httpx.TimeoutException:

@@ -73,7 +73,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
-import httpx
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where a call is made: start-up of a run that calls no model skips it
+    import httpx
 from pydantic import ValidationError
 
 from dispatch.common.backoff import DEFAULT_CAP_S, backoff_delay
@@ -280,6 +283,8 @@ class HTTPChatClient:
         self.memory = memory
         self.limiter = limiter  # None: the process's installed one (``common.ratelimit.LIMITER``), at call time
         self.sleep = sleep
+        import httpx
+
         self._http = httpx.Client(timeout=httpx.Timeout(options.timeout_s), transport=transport)
 
     def __repr__(self) -> str:

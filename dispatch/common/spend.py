@@ -8,9 +8,11 @@ price known: the cost stays ``None`` and the tokens are still counted.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Optional
 
-from dispatch.config import Price
+from dispatch.config import BudgetOptions, Price
 from dispatch.models import Usage
 
 NANO = 1_000_000_000  # the store counts dollars in integer nano-dollars, so INCRBY stays exact
@@ -48,6 +50,46 @@ def total(usages: Iterable[Optional[Usage]]) -> Usage:
         if usage is not None:
             found = found + usage
     return found
+
+
+def cap_reached(budget: Optional[BudgetOptions], spent: Usage, started: Optional[float] = None,
+                now: Optional[float] = None) -> Optional[str]:
+    """The cap of ``budget`` that ``spent`` (or the time since ``started``, epoch seconds) has reached, else
+    None.  For spenders outside phase 4 (the quorum between its rounds), which have no reservations:
+    phase 4's own check is in its Lua scripts, where workers reserve and reconcile atomically."""
+    if budget is None:
+        return None
+    if budget.max_cost_usd is not None and to_nano(spent.cost_usd) >= to_nano(budget.max_cost_usd):
+        return "max_cost_usd"
+    if budget.max_tokens is not None and spent.total_tokens >= budget.max_tokens:
+        return "max_tokens"
+    if budget.max_wall_s is not None and started is not None and now is not None \
+            and now - started >= budget.max_wall_s:
+        return "max_wall_s"
+    return None
+
+
+@dataclass
+class SpendCap:
+    """A run's caps as a spender outside phase 4 sees them: what was spent before it, and when the run
+    started (epoch seconds, for ``max_wall_s``)."""
+
+    budget: BudgetOptions
+    spent_before: Usage = field(default_factory=Usage)
+    started: Optional[float] = None
+    clock: Callable[[], float] = time.time
+
+    def reached(self, spent: Usage) -> Optional[str]:
+        """The cap reached once ``spent`` is added to what was spent before, else None."""
+        return cap_reached(self.budget, self.spent_before + spent, self.started, self.clock())
+
+
+def over_attempts(earlier: Optional[dict], usage: Optional[Usage]) -> Optional[Usage]:
+    """A task's usage over all its attempts: ``earlier`` (what its retried attempts spent, as the retry's
+    message carries it) plus this attempt's; None when no attempt called a model.  A transient failure's
+    calls were paid for all the same."""
+    found = total([Usage.model_validate(earlier) if earlier else None, usage])
+    return found if found.calls or found.total_tokens else None
 
 
 def to_nano(dollars: Optional[float]) -> int:

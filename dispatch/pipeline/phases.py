@@ -24,6 +24,7 @@ from dispatch.errors import DispatchError
 from dispatch.models import ExecutionPhase, PhaseResult, PhaseState, iso, utcnow
 from dispatch.pipeline import status
 from dispatch.pipeline.plan import plan_run
+from dispatch.pipeline.spend import quorum_cap
 from dispatch.pipeline.thresholds import check_threshold
 from dispatch.quorum import history_size, run_quorum, wants_history
 
@@ -155,7 +156,7 @@ def execute_phase_1_quorum_validation(state: PhaseState, env: PhaseEnv) -> Phase
     if env.run_history is not None and wants_history(env.config):
         history = [s for s in env.run_history(history_size(env.config)) if s.run_id != state.run_id]
     outcome = run_quorum(state.request(), env.config, cache=env.quorum_cache, on_event=env.on_event,
-                         sleep=env.sleep, known_agents=known_agents, history=history)
+                         sleep=env.sleep, known_agents=known_agents, history=history, cap=quorum_cap(state))
     quorum = outcome.result
     state.quorum_result = quorum
     if [t.model_dump() for t in outcome.tasks] != [t.model_dump() for t in state.tasks_data]:

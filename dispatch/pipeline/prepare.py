@@ -52,6 +52,7 @@ def prepare_state(request: Optional[DispatchInput], cfg: PhaseConfig, config: Op
     state.run_id = run_id or new_run_id()
     if loaded is not None and state.run_id != loaded.run_id:
         state.workspace = state.integration = None  # a new run records its own base and refs
+        state.dropped_changes = []  # and its own changes, which nobody has dropped yet
     status.prepared(state)
     state.task_results = []
     if request is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
 
-from dispatch.common.spend import to_nano, total
+from dispatch.common.spend import SpendCap, to_nano, total
 from pydantic import ValidationError
 
 from dispatch.config import BudgetOptions, ComponentConfig, format_validation_error
@@ -36,6 +36,16 @@ def spent_before(state: PhaseState, kept: dict[str, TaskResult]) -> Usage:
     """What the run has spent before phase 4 starts: its quorum, the results a resume kept, and the
     earlier attempts' dropped results."""
     return total([quorum_usage(state), state.earlier_usage, *(r.usage for r in kept.values())])
+
+
+def quorum_cap(state: PhaseState) -> Optional[SpendCap]:
+    """The caps phase 1 checks between its rounds (None: the run has none), with what the run spent before
+    it (earlier attempts, results a resume kept); phase 1's own earlier result is what it replaces."""
+    budget = effective_budget(state)
+    if not budget.capped:
+        return None
+    before = total([state.earlier_usage, *(r.usage for r in state.task_results if r.success)])
+    return SpendCap(budget=budget, spent_before=before, started=started_epoch(state))
 
 
 def started_epoch(state: PhaseState) -> Optional[float]:

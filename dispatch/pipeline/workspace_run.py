@@ -6,18 +6,20 @@ start commit that cannot be made (the dependencies' changes conflict) or a
 failing ``setup`` fails the task before the agent runs; whatever the agent
 changed, even when it failed, is committed on a ref of the run, so no work is
 lost.  After phase 4, ``rebuild_integration`` makes the integration branch again
-without the changes a person dropped (the interactive phase-4 checkpoint).
+without the changes a person dropped (the interactive phase-4 checkpoint); the
+drops stay in the state (``dropped_changes``), and ``integration_parts`` leaves
+them out of every later integration of the run (phase 4 retried or resumed).
 The git side is ``dispatch.workspace``; this only sequences it.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Collection, Optional
+from typing import Callable, Collection, Mapping, Optional
 
 from dispatch.agents import AgentInvocation, AgentOutcome, make_agent, resolve_agent, run_agent, task_timeout
 from dispatch.models import (AgentPayload, ExecutionPhase, Integration, IntegrationConflict, PhaseState, TaskChanges,
-                             TaskSpec)
-from dispatch.pipeline.execution import integration_order
+                             TaskResult, TaskSpec)
+from dispatch.pipeline.execution import LEFT_OUT, integration_order, integration_summary, left_out_error
 from dispatch.workspace import (SetupFailed, StartConflict, WorkspaceError, commit_checkout, integrate,
                                 prepare_checkout, scope_fault)
 
@@ -83,7 +85,18 @@ def dependency_note(changed: dict[str, list[str]]) -> str:
 
 
 # ------------------------------------------------------------- after phase 4: dropping changes
-def integration_candidates(state: PhaseState) -> list[tuple[str, str]]:
+Changes = list[tuple[str, str]]  # (task id, change commit), in integration order
+
+
+def integration_parts(state: PhaseState, finished: Mapping[str, TaskResult]) -> tuple[Changes, Changes]:
+    """The changes an integration of ``finished`` merges, and those it leaves out because a person dropped
+    them (``state.dropped_changes``): the same split for phase 4's closer and for a rebuild."""
+    candidates = integration_order(state, dict(finished))
+    dropped = set(state.dropped_changes)
+    return [c for c in candidates if c[0] not in dropped], [c for c in candidates if c[0] in dropped]
+
+
+def integration_candidates(state: PhaseState) -> Changes:
     """(task id, change commit) of every succeeded task with a change, in integration order: what the
     integration branch may hold."""
     if state.workspace is None or state.workspace.isolation != "git":
@@ -96,8 +109,9 @@ def rebuild_integration(state: PhaseState, dropped: Collection[str], *,
     """Make the integration branch again from the base without the changes of ``dropped``.
 
     Their own refs stay (``dispatch diff`` still shows them); a task built on a dropped one is left out
-    too, as a conflict naming it.  ``state.integration`` and phase 4's result follow the new branch:
-    when every task succeeded, the phase succeeds exactly when nothing conflicts any more.  A git
+    too, as a conflict naming it.  The drops are the run's from now on (``state.dropped_changes``: a
+    retried phase 4 leaves them out as well).  ``state.integration`` and phase 4's result follow the new
+    branch: when every task succeeded, the phase succeeds exactly when nothing conflicts any more.  A git
     failure raises ``WorkspaceError`` and changes nothing.
     """
     assert state.workspace is not None
@@ -106,15 +120,13 @@ def rebuild_integration(state: PhaseState, dropped: Collection[str], *,
                             resolver=conflict_resolver(state), excluded=[(t, c) for t, c in candidates if t in dropped],
                             cache_root=cache_root, timeout=state.config.workspace.git_timeout_s)
     state.integration = integration
+    state.dropped_changes = [t for t, _ in candidates if t in dropped]
     result = state.result_for(ExecutionPhase.PARALLEL_EXECUTION)
     if result is not None:
-        result.output_data["integration"] = {"ref": integration.ref, "merged": len(integration.merged),
-                                             "conflicts": len(integration.conflicts),
-                                             "dropped": len(integration.dropped)}
+        result.output_data["integration"] = integration_summary(integration)
         result.output_data.pop("integration_error", None)
         tasks_ok = all(r.success for r in state.task_results) and state.status != "cancelled"
-        if tasks_ok and (result.error is None or result.error.startswith("integration:")):
+        if tasks_ok and (result.error is None or result.error.startswith(LEFT_OUT)):
             result.success = not integration.conflicts
-            names = ", ".join(f"{c.task_id} ({', '.join(c.files) or c.reason})" for c in integration.conflicts)
-            result.error = f"integration: left out of {integration.ref}: {names}" if names else None
+            result.error = left_out_error(integration)
     return integration

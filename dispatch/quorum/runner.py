@@ -48,7 +48,11 @@ often the runs' outcomes bore its votes out; ``weights_used`` says which.
 Spend: each fresh vote carries its call's ``usage`` (priced from ``[prices]``; a
 cached vote cost nothing and has none), the planner adds up its revisions
 (``planner_usage``), and the result's ``usage`` is all of phase 1's calls: it
-counts against the run's ``[budget]`` before phase 4 starts.
+counts against the run's ``[budget]`` before phase 4 starts.  With the run's caps given (``cap``, a
+``SpendCap``), the session also checks them between its rounds (before a higher tier is asked, before a
+planner revision, before a retry; never mid-call): once a cap is reached it stops asking, keeps the
+breakdown it has, and says so in a warning; phase 4 then starts nothing and the run pauses at that cap
+(``dispatch resume --max-tokens ...`` goes on).
 """
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ from typing import Callable, Optional, Sequence
 
 from pydantic import ValidationError
 
-from dispatch.common.spend import call_usage, total
+from dispatch.common.spend import SpendCap, call_usage, describe, total
 from dispatch.config import DispatchConfig, Price, QuorumOptions
 from dispatch.errors import ConfigError
 from dispatch.models import (DispatchInput, Escalation, PhaseState, QuorumAttempt, QuorumResult, TaskSpec,
@@ -96,14 +100,15 @@ def run_quorum(request: DispatchInput, config: DispatchConfig, *, cache: Optiona
                on_event: Optional[Callable[[str], None]] = None, sleep: Callable[[float], None] = time.sleep,
                rng: Optional[random.Random] = None, known_agents: Optional[set[str]] = None,
                breakers: Optional[BreakerBoard] = None,
-               history: Optional[Sequence[PhaseState]] = None) -> QuorumOutcome:
+               history: Optional[Sequence[PhaseState]] = None, cap: Optional[SpendCap] = None) -> QuorumOutcome:
     """Validate ``request``'s breakdown with the configured quorum (see the module docstring).
 
     ``on_event`` receives log lines as they happen (without the ``[DispatchRunner] ``
     prefix).  ``known_agents`` names the agents the run can resolve (default: the
     config's agents); the built-in kinds are always known.  ``history`` is the
     recent saved runs (the store's ``list_runs``) that ``quorum.weights = "learned"``
-    learns from; without it the configured weights are used.  Raises ``ConfigError``
+    learns from; without it the configured weights are used.  ``cap``: the run's budget, checked between
+    rounds (the module docstring).  Raises ``ConfigError``
     for a bad validator or planner configuration.
     """
     options = config.quorum
@@ -123,7 +128,7 @@ def run_quorum(request: DispatchInput, config: DispatchConfig, *, cache: Optiona
         session = QuorumSession(validators, options, planner=planner, cache=cache,
                                 breakers=breakers if breakers is not None else BREAKERS,
                                 emit=on_event or (lambda line: None), sleep=sleep, rng=rng or random.Random(),
-                                settings=settings, weights=weights, prices=config.prices)
+                                settings=settings, weights=weights, prices=config.prices, cap=cap)
         return session.run(request)
     finally:
         for validator in validators:
@@ -163,8 +168,11 @@ class QuorumSession:
                  sleep: Callable[[float], None], rng: random.Random,
                  settings: Optional[QuorumSettings] = None,
                  weights: Optional[dict[str, ValidatorWeight]] = None,
-                 prices: Optional[dict[str, Price]] = None) -> None:
+                 prices: Optional[dict[str, Price]] = None, cap: Optional[SpendCap] = None) -> None:
         self.validators = validators
+        self.cap = cap
+        self.spent_votes = total([])  # every fresh vote's usage so far, all attempts and tiers
+        self.stopped_at: Optional[str] = None  # the cap that stopped the asking
         self.prices = prices or {}  # [prices]: each vote's call is priced where it is made
         self.options = options
         self.planner = planner
@@ -206,6 +214,8 @@ class QuorumSession:
                 break
             if number > max_retries:
                 self._warn(f"Max retries exceeded ({max_retries}): continuing with the current breakdown")
+                break
+            if self.budget_reached():  # before a revision and a retry, each a call more
                 break
             if self.planner is not None:
                 current = self.replan(current, counted.deficiencies, number)
@@ -270,6 +280,9 @@ class QuorumSession:
         lowest = base_tier(self.validators)
         for index, (tier, group) in enumerate(tiers_left):
             if tier > lowest:
+                if self.budget_reached():
+                    not_asked = [v.name for _, later in tiers_left[index:] for v in later]
+                    break
                 reason = escalation(votes, self.count(votes), tier, self.options.min_answered_share,
                                     self.settings.escalate_below)
                 if reason is None:
@@ -303,7 +316,25 @@ class QuorumSession:
             else:
                 votes.append(self._vote(validator, error=f"no answer within {validator.deadline_s:g}s",
                                         latency_ms=(time.perf_counter() - started) * 1000))
+        self.spent_votes = total([self.spent_votes, *(v.usage for v in votes)])
         return votes
+
+    def budget_reached(self) -> bool:
+        """Whether the run's caps are reached by what was spent before phase 1 and what it spent so far
+        (votes, planner); the first time, the warning says so and the asking stops."""
+        if self.cap is None:
+            return False
+        if self.stopped_at is None:
+            planner = self.planner.usage if self.planner is not None else None
+            spent = total([self.spent_votes, planner])
+            cap = self.cap.reached(spent)
+            if cap is None:
+                return False
+            self.stopped_at = cap
+            shown = describe(self.cap.spent_before + spent) or "nothing"
+            self._warn(f"Budget: {cap} reached ({shown} spent so far): the quorum stopped asking and "
+                       f"keeps the current breakdown", live=True)
+        return True
 
     def cast_one(self, validator: Validator, request: DispatchInput, read_cache: bool) -> ValidatorVote:
         """One validator's vote; never raises (a failure is an abstention that says why)."""

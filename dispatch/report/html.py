@@ -269,6 +269,9 @@ def _changes(state: PhaseState) -> str:
         merged = ", ".join(f"<code>{_e(t)}</code>" for t in integration.merged) or "none"
         out.append(f'<p>Integration branch <code>{_e(integration.ref.removeprefix("refs/heads/"))}</code> '
                    f'(<code>{_e(integration.commit[:12])}</code>): merged {merged}.</p>')
+        if integration.dropped:  # left out on purpose at the interactive phase-4 checkpoint
+            dropped = ", ".join(f"<code>{_e(t)}</code>" for t in integration.dropped)
+            out.append(f"<p>Dropped at the checkpoint: {dropped} (each change stays on its own ref).</p>")
         if integration.conflicts:
             rows = [f'<tr><td class="mono">{_e(c.task_id)}</td><td>{_e(", ".join(c.files))}</td>'
                     f'<td>{_e(", ".join(c.with_) or "the base")}</td><td>{_e(c.reason or "")}</td></tr>'

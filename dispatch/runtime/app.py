@@ -79,6 +79,8 @@ def create_app(settings: Settings) -> Celery:
         app = Celery("dispatch", broker="memory://", backend=EmbeddedRedisBackend, set_as_current=False,
                      amqp=ShadowNamedAMQP)
         app.conf.broker_transport_options = {"polling_interval": 0.005}
+        # memory://, woken by each publish and ack instead of polling (dispatch.runtime.embedded_transport)
+        app.conf.broker_transport = "dispatch.runtime.embedded_transport:Transport"
     else:
         # a Redis backend's clients ride out a lost or full Redis on workers, one per pool thread (runtime/backend.py)
         on_redis = str(settings.result_backend).startswith(("redis://", "rediss://"))
@@ -123,8 +125,9 @@ def create_app(settings: Settings) -> Celery:
         worker_deduplicate_successful_tasks=True,
         worker_prefetch_multiplier=1,
         task_track_started=True,
-        task_send_sent_event=settings.task_events,
-        worker_send_task_events=settings.task_events,
+        # embedded: no one can listen (the broker is this process's memory), and each event cost a publish
+        task_send_sent_event=settings.task_events and not settings.embedded,
+        worker_send_task_events=settings.task_events and not settings.embedded,
         result_extended=True,
         result_expires=settings.state_ttl_s,
         broker_connection_retry_on_startup=True,

@@ -110,6 +110,9 @@ class Runner:
         self.settings = settings
         self.observer: RunObserver = observer or SilentObserver()
         self._app: Any = None
+        # the states ``follow`` returns may keep a large run's task results in the store (``StoredResults``):
+        # for a caller that only reads them (the CLI's output), never one that saves or dumps the state
+        self.lean_results = False
 
     @property
     def app(self) -> Any:
@@ -228,7 +231,7 @@ class Runner:
         if self.settings.embedded:
             raise DispatchError("following a run needs a broker (DISPATCH_BROKER_URL): an embedded run lives "
                                 "only in the process that started it")
-        stored = self.store.load(run_id)
+        stored = self.store.load_lean(run_id)  # only followed: a closed large run's results stay in the store
         if stored is None:
             return None
         by_phase = {label: celery_id for celery_id, label in self.deployment.ledger(run_id).tasks().items()
@@ -257,8 +260,12 @@ class Runner:
                 break
             previous = step_of.get(number)
             self.observer.phase_started(phase, current)
-            with telemetry.phase_span(phase, current) as span:
-                current = self.wait(result, phase, current)
+            # waiting needs only the run's id: the last phase's state is let go before the next one is
+            # loaded, so a large run's client never holds two of them at once
+            waiting = PhaseState(run_id=current.run_id, status=current.status)
+            current = None  # type: ignore[assignment]
+            with telemetry.phase_span(phase, waiting) as span:
+                current = self.wait(result, phase, waiting)
                 span.finish(current)
             if current.result_for(phase) is not None:
                 self.observer.phase_finished(phase, current)
@@ -275,7 +282,8 @@ class Runner:
     def state_after(self, returned: Any, state: PhaseState) -> PhaseState:
         """What a phase task returned (a ``StateRef``) -> the state it saved."""
         ref = StateRef.model_validate(returned)
-        stored = self.store.load(ref.run_id)
+        store = self.store
+        stored = store.load_lean(ref.run_id) if self.lean_results else store.load(ref.run_id)
         if stored is None or stored.version < ref.version:
             raise DispatchError(f"run {state.run_id}: phase state version {ref.version} is not in "
                                 f"{self.store.describe()} (the store lost data?)")

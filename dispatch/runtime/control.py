@@ -64,8 +64,9 @@ def close_phase_4(run_id: str, deployment: Deployment, *, cancel_seen: bool = Fa
     finished = scheduler.results()
     # claimed by an agent task (``prepare``) and not finished: it was running when the run stopped
     running = {tid for tid in claimed_tasks(scheduler) if tid not in finished} if cancel_seen else set()
+    # a cap reached before the chord broke still pauses the run (the tasks it kept from starting say so)
     close_execution(state, finished, scheduler.started(), cancel_seen=cancel_seen,
-                    broken=broken, lost=lost, running=running)
+                    broken=broken, lost=lost, running=running, paused=scheduler.paused())
     deployment.retire(run_id, linger_s=RETIRE_LINGER_S)  # soon gone, not at once (late duplicates)
     return state
 

@@ -177,6 +177,10 @@ def embedded_worker(app: Any, concurrency: int = 8) -> Iterator[Any]:
     from dispatch.runtime.memory import install
 
     install()  # the whole-run tasks give their memory back, here as on a worker
+    from dispatch.runtime import embedded_executor
+
+    # phase 4's agent tasks on threads of this process, without a message each (runtime/embedded_executor.py)
+    app.dispatch_phase_4_inline = embedded_executor.run_phase_4 if embedded_executor.enabled() else None
     embedded_server()  # started from this thread, which lives as long as the run (PDEATHSIG is per thread)
 
     level = "CRITICAL" if _SILENT else os.environ.get("DISPATCH_WORKER_LOG_LEVEL", "ERROR")
@@ -204,4 +208,4 @@ def embedded_worker(app: Any, concurrency: int = 8) -> Iterator[Any]:
         # exits.  The consumer notices the stop only at its next 2 s drain timeout,
         # so do not wait for that: the thread is a daemon and ends on its own.
         worker.stop(in_sighandler=False, exitcode=0)
-        thread.join(0.05)
+        thread.join(0.005)

@@ -37,7 +37,10 @@ import os
 import socket
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+if TYPE_CHECKING:
+    from dispatch.models import Usage
 
 log = logging.getLogger("dispatch.telemetry")
 
@@ -319,7 +322,7 @@ def _agent_finished(task: Any, span: Any, args: Any, retval: Any) -> None:
     attributes: dict[str, Any] = {"dispatch.agent": result.agent, "dispatch.worker": result.worker or "",
                                   "dispatch.attempt": result.attempts, "dispatch.status": outcome,
                                   "dispatch.duration_ms": result.duration_ms}
-    usage = spend_of(result.output)
+    usage = spend_of(result.usage)
     for key, value in usage.items():
         attributes[f"dispatch.{key}"] = value
     span.set_attributes(attributes)
@@ -347,20 +350,14 @@ def task_status(result: Any) -> str:
     return "timed_out" if "timed out" in error else "failed"
 
 
-def spend_of(output: Any) -> dict[str, Any]:
-    """Tokens and cost an agent reported in its output (``usage`` of the llm agent, ``cost_usd``)."""
-    if not isinstance(output, dict):
+def spend_of(usage: Optional["Usage"]) -> dict[str, Any]:
+    """A task's span attributes for its spend, from its typed ``TaskResult.usage`` (every attempt's calls):
+    ``tokens.input``, ``tokens.output`` and, when a price was known, ``cost_usd``; none without a call."""
+    if usage is None or not (usage.calls or usage.total_tokens):
         return {}
-    spend: dict[str, Any] = {}
-    usage = output.get("usage")
-    if isinstance(usage, dict):
-        for direction in ("input", "output"):
-            value = usage.get(f"{direction}_tokens")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                spend[f"tokens.{direction}"] = int(value)
-    cost = output.get("cost_usd", (usage or {}).get("cost_usd") if isinstance(usage, dict) else None)
-    if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-        spend["cost_usd"] = float(cost)
+    spend: dict[str, Any] = {"tokens.input": usage.input_tokens, "tokens.output": usage.output_tokens}
+    if usage.cost_usd is not None:
+        spend["cost_usd"] = float(usage.cost_usd)
     return spend
 
 

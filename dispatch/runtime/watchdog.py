@@ -8,7 +8,12 @@ last look (two counters: cheap for a run of any size); a send found lost on two 
 in a row (so a message that is merely between the queue and its unacked record
 is never taken for lost) is sent again, under a per-run lock, with its own
 Celery id, time limits and chord, so the chord still counts it once and the
-claim in ``prepare`` keeps its agent from running twice.
+claim in ``prepare`` keeps its agent from running twice.  A run whose tasks
+have all run (the scheduler is quiet) while its chord stays open on two looks
+lost a part of the chord itself (a duplicate send's message): its callback, the
+collect step that closes phase 4 from the scheduler's records, is sent instead;
+and a close claimed by a collect step whose worker then died is released after
+``CLOSE_STUCK_S`` so that it can be done again.
 """
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ from dispatch.tasks.support import deployment_of
 logger = logging.getLogger(__name__)
 PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: queue keys of priorities other than 0
 PRIORITY_STEPS = (3, 6, 9)
+CLOSE = "<close>"  # a suspect that is not a send: a run's chord that will not close
+CLOSE_STUCK_S = 120.0  # a close claimed this long ago with the run still open: its closer died (a close of
+#                        100,000 tasks takes seconds)
 
 _connected = threading.Lock()
 _done = False
@@ -46,7 +54,8 @@ class StallWatchdog:
         return [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)], f"{prefix}unacked"
 
     def check_once(self) -> list[tuple[str, str, str]]:
-        """One look at every run; returns the ``(run_id, task_id, celery_id)`` sent again."""
+        """One look at every run; returns the ``(run_id, task_id, celery_id)`` sent again (``(run_id, "", CLOSE)``
+        for a chord closed)."""
         client, keys = self.deployment.redis, self.deployment.keys
         queues, unacked = self.broker_keys()
         resent, seen = [], set()
@@ -55,6 +64,23 @@ class StallWatchdog:
             # a run whose tasks still start or finish is not stalled: only a still one is looked at closely
             progress[run_id] = stall.progress(client, keys, run_id)
             if self.progress.get(run_id) != progress[run_id]:
+                continue
+            if self.deployment.scheduler(run_id).quiet():
+                # nothing runs or waits, yet phase 4 is open: its chord lost a part (a duplicate send whose
+                # message was lost) and its callback will never come; on the second look it is sent here.
+                # Or a collect step claimed the close and its worker died before closing: a redelivery of it
+                # finds the claim taken and stores nothing; past CLOSE_STUCK_S the claim is released.
+                claimed = stall.close_claim_age(client, keys, run_id, self.deployment.ttl_s)
+                if claimed is not None:
+                    if claimed < CLOSE_STUCK_S:
+                        continue
+                    stall.release_close_claim(client, keys, run_id)
+                    logger.warning("run %s: phase 4's close was claimed %.0fs ago and never done: released",
+                                   run_id, claimed)
+                seen.add((run_id, CLOSE))
+                self.suspects[(run_id, CLOSE)] = self.suspects.get((run_id, CLOSE), 0) + 1
+                if self.suspects[(run_id, CLOSE)] >= 2 and self.close(run_id):
+                    resent.append((run_id, "", CLOSE))
                 continue
             sends = stall.unaccounted_sends(client, keys, run_id)
             if not sends:
@@ -102,6 +128,24 @@ class StallWatchdog:
             logger.warning("run %s: sent %d lost phase-4 message(s) again: %s", run_id, len(done),
                            ", ".join(tid for _, tid, _ in done))
         return done
+
+    def close(self, run_id: str) -> bool:
+        """Send the callback of the run's phase-4 chord (its collect step, under phase 4's task id, so the
+        run's chain and whoever waits on it go on); collect closes phase 4 from the scheduler's records,
+        once: a late callback of the chord itself then stores nothing."""
+        client, keys = self.deployment.redis, self.deployment.keys
+        if not stall.lock(client, keys, run_id, self.deployment.settings.stall_check_s):
+            return False
+        context = stall.chord_context(client, keys, run_id)
+        if context is None or client.exists(keys.dag(run_id)["closed"]):
+            return False  # a collect step already claimed the close (it may still be saving the run)
+        if not self.deployment.scheduler(run_id).quiet():
+            return False
+        self.app.signature(context[1]).apply_async(args=([],))
+        self.suspects.pop((run_id, CLOSE), None)
+        logger.warning("run %s: phase 4 finished but its chord did not close (a part of it was lost): "
+                       "sent its collect step", run_id)
+        return True
 
     def run_forever(self) -> None:
         interval = self.deployment.settings.stall_check_s

@@ -38,6 +38,7 @@ ones finish.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -57,6 +58,7 @@ from dispatch.store.keys import Keys
 SCRIPTS = files("dispatch.store") / "lua"
 
 
+@functools.lru_cache(maxsize=None)  # read once per process: a scheduler is built per agent task
 def script(name: str) -> str:
     """A Lua script of ``lua/`` (each file says its KEYS, ARGV and reply)."""
     return (SCRIPTS / f"{name}.lua").read_text(encoding="utf-8")

@@ -35,11 +35,13 @@ def remember_chord(client: Any, keys: Keys, run_id: str, group_id: str, chord: A
 
 
 def chord_context(client: Any, keys: Keys, run_id: str) -> Optional[tuple[str, dict]]:
-    """(group id, callback) of the run's phase-4 chord; the first recorded when a redelivered phase 4 made more."""
+    """(group id, callback) of the run's phase-4 chord.  A redelivered phase 4 makes a second chord over the
+    same scheduler; which one a lost send joins is not recorded, so one of them is taken (either closes the
+    phase: its collect step reads the scheduler's records, and the watchdog sends it if a chord stays open)."""
     chords = client.hgetall(keys.dag(run_id)["chords"])
     if not chords:
         return None
-    group, chord = sorted(chords.items())[0] if len(chords) > 1 else next(iter(chords.items()))
+    group, chord = min(chords.items())
     return _text(group), json.loads(chord)
 
 
@@ -102,6 +104,17 @@ def limits(client: Any, keys: Keys, run_id: str, task_ids: Iterable[str]) -> dic
         return {}
     raw = client.hmget(keys.limits(run_id), ids)
     return {tid: float(x) if x else None for tid, x in zip(ids, raw)}
+
+
+def close_claim_age(client: Any, keys: Keys, run_id: str, ttl_s: int) -> "float | None":
+    """Seconds since a collect step claimed phase 4's close (``DagScheduler.claim_close``), None if none did."""
+    left = client.ttl(keys.dag(run_id)["closed"])
+    return None if left is None or left < 0 else max(0.0, float(ttl_s - left))
+
+
+def release_close_claim(client: Any, keys: Keys, run_id: str) -> None:
+    """The collect step that claimed the close died before closing (its worker killed): let another close."""
+    client.delete(keys.dag(run_id)["closed"])
 
 
 def lock(client: Any, keys: Keys, run_id: str, seconds: float) -> bool:

@@ -9,6 +9,14 @@ use the same atomic write and the same validation.
 In Redis a state is kept compacted (``pack_state``): zlib of its compact JSON,
 a tenth of the indented text, so a closed 100k-task run costs the server well
 under 1 KB per task.  Uncompressed states written before that still load.
+
+A run of more than ``INLINE_RESULTS`` tasks keeps its ``task_results`` apart,
+in a hash of zlib chunks beside the state (``<prefix>:run:<id>:results``),
+written in the same MULTI.  ``load`` reads them back into the state as
+before; ``load_lean`` leaves them in Redis behind a ``StoredResults`` that
+iterates them a chunk at a time, so a follower prints a 100k-task run without
+holding 100k ``TaskResult`` objects at once.  Files stay one JSON document:
+``save_state_file`` streams such results into it.
 """
 from __future__ import annotations
 
@@ -17,13 +25,13 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from dispatch.config import format_validation_error
 from dispatch.errors import StateFileError
-from dispatch.models import SCHEMA_VERSION, PhaseState, iso, utcnow
+from dispatch.models import SCHEMA_VERSION, PhaseState, TaskResult, iso, utcnow
 from dispatch.pipeline.inputs import load_json
 from dispatch.planning.graph import GraphError, check_graph
 from dispatch.store.keys import Keys
@@ -41,6 +49,8 @@ class StateStore(Protocol):
     # read, change and save one run atomically: what two phases saving the same run at once use
     def update(self, run_id: str, change: StateChange) -> PhaseState: ...
     def load(self, run_id: str) -> Optional[PhaseState]: ...
+    # the same state, its task results possibly left in the store behind a ``StoredResults`` (read-only use)
+    def load_lean(self, run_id: str) -> Optional[PhaseState]: ...
     def exists(self, run_id: str) -> bool: ...
     def list_runs(self, limit: int = 20) -> list[PhaseState]: ...
     def describe(self) -> str: ...  # where it looks, for messages: "the folder ..." / "Redis ... (prefix ...)"
@@ -48,6 +58,65 @@ class StateStore(Protocol):
 
 def dump_state(state: PhaseState) -> str:
     return state.model_dump_json(indent=2)
+
+
+RESULTS = "task_results"
+_RESULT_LIST = TypeAdapter(list[TaskResult])
+
+
+def write_state(state: PhaseState, fh: Any) -> None:
+    """``dump_state``'s document written to ``fh``, its ``task_results`` one at a time: the same JSON
+    (indentation aside: re-read, it is the same state) whether they are a list or a ``StoredResults``."""
+    if isinstance(state.task_results, list):
+        fh.write(dump_state(state))
+        return
+    head = state.model_dump_json(indent=2, exclude={RESULTS})
+    fh.write(head[:-2] + f',\n  "{RESULTS}": [')  # the head ends "\n}"
+    for i, result in enumerate(state.task_results):
+        fh.write(("," if i else "") + "\n    " + result.model_dump_json(indent=2).replace("\n", "\n    "))
+    fh.write("\n  ]\n}")
+
+
+class StoredResults:
+    """A run's task results left in Redis: iterable (a chunk read at a time) and sized like the list it
+    stands for.  Anything that needs them all at once makes ``list(...)`` of it."""
+
+    def __init__(self, client: Any, key: str, count: int, chunks: int, source: str) -> None:
+        self.client, self.key, self.count, self.chunks, self.source = client, key, count, chunks, source
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __iter__(self) -> Iterator[TaskResult]:
+        for i in range(self.chunks):
+            yield from read_chunk(self.client.hget(self.key, str(i)), i, self.source)
+
+    def __repr__(self) -> str:
+        return f"StoredResults({self.count} task results in {self.key})"
+
+
+def read_chunk(raw: Optional[bytes], index: int, source: str) -> list[TaskResult]:
+    if raw is None:
+        raise StateFileError(f"{source}: task results chunk {index} is missing (expired or deleted)")
+    try:
+        return _RESULT_LIST.validate_json(zlib.decompress(raw))
+    except (zlib.error, ValidationError) as exc:
+        raise StateFileError(f"{source}: corrupt stored task results, chunk {index} ({exc})") from None
+
+
+def results_chunks(results: Iterable[TaskResult], size: int) -> Iterator[bytes]:
+    """zlib chunks of ``size`` results each, as compact JSON arrays; only one chunk is held as objects."""
+    chunk: list[str] = []
+    for result in results:
+        chunk.append(result.model_dump_json())
+        if len(chunk) >= size:
+            yield zlib.compress(("[" + ",".join(chunk) + "]").encode("utf-8"), ZLIB_LEVEL)
+            chunk = []
+    if chunk:
+        yield zlib.compress(("[" + ",".join(chunk) + "]").encode("utf-8"), ZLIB_LEVEL)
 
 
 def parse_state(text: str, source: str) -> PhaseState:
@@ -101,14 +170,15 @@ def _diagnose(text: str, source: str) -> PhaseState:
         raise StateFileError(f"{source}: invalid phase state: {format_validation_error(exc)}") from None
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Temp file in the same directory, fsync, rename: a reader never sees half a file."""
+def atomic_write(path: Path, text: str = "", write: Optional[Callable[[Any], None]] = None) -> None:
+    """Temp file in the same directory, fsync, rename: a reader never sees half a file.
+    ``write``: writes the text to the open file itself (a document too large to hold as one string)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            write(fh) if write is not None else fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -120,7 +190,7 @@ def atomic_write(path: Path, text: str) -> None:
 def save_state_file(state: PhaseState, path: str | Path) -> None:
     state.saved_at = iso(utcnow())
     try:
-        atomic_write(Path(path), dump_state(state))
+        atomic_write(Path(path), write=lambda fh: write_state(state, fh))
     except OSError as exc:
         raise StateFileError(f"{path}: cannot write state ({exc.strerror or exc})") from None
 
@@ -154,9 +224,15 @@ def read_state_file(path: str | Path, strict: bool = False) -> PhaseState:
 ZLIB_LEVEL = 1  # the fastest level: a 100k-task state packs in well under a second, about 10x smaller
 
 
-def pack_state(state: PhaseState) -> bytes:
-    """The stored form in Redis: zlib of the compact JSON (no indentation: nobody reads it there)."""
-    return zlib.compress(state.model_dump_json().encode("utf-8"), ZLIB_LEVEL)
+INLINE_RESULTS = 1000  # a run with more task results than this keeps them apart, in chunks of this many
+RESULTS_CHUNK = 1000
+
+
+def pack_state(state: PhaseState, results: bool = True) -> bytes:
+    """The stored form in Redis: zlib of the compact JSON (no indentation: nobody reads it there).
+    ``results=False``: without ``task_results`` (they are stored apart)."""
+    text = state.model_dump_json() if results else state.model_dump_json(exclude={RESULTS})
+    return zlib.compress(text.encode("utf-8"), ZLIB_LEVEL)
 
 
 def unpack_state(raw: bytes | str, source: str) -> str:
@@ -185,7 +261,7 @@ class DirectoryStateStore:
     def save(self, state: PhaseState) -> None:
         state.saved_at = iso(utcnow())
         state.version += 1
-        atomic_write(self._path(state.run_id), dump_state(state))
+        atomic_write(self._path(state.run_id), write=lambda fh: write_state(state, fh))
 
     def update(self, run_id: str, change: StateChange) -> PhaseState:
         """Under an exclusive lock on ``.<run_id>.lock`` beside the file, which every updater of the run
@@ -204,6 +280,9 @@ class DirectoryStateStore:
     def load(self, run_id: str) -> Optional[PhaseState]:
         path = self._path(run_id)
         return read_state_file(path) if path.exists() else None
+
+    def load_lean(self, run_id: str) -> Optional[PhaseState]:
+        return self.load(run_id)  # one file: its results come with it
 
     def exists(self, run_id: str) -> bool:
         return self._path(run_id).exists()
@@ -236,6 +315,10 @@ class RedisStateStore:
     def key(self, run_id: str) -> str:
         return self.keys.run(run_id)
 
+    def results_key(self, run_id: str) -> str:
+        """The hash of a large run's task results: ``count``, ``chunks`` and the chunks ``0``..``n-1``."""
+        return self.keys.run(run_id) + ":results"
+
     @property
     def index_key(self) -> str:
         return self.keys.runs
@@ -252,7 +335,19 @@ class RedisStateStore:
         state.version += 1
         started = utcnow().timestamp()
         pipe = self.client.pipeline() if pipe is None else pipe
-        pipe.set(self.key(state.run_id), pack_state(state), ex=self.ttl_s or None)
+        apart = len(state.task_results) > INLINE_RESULTS
+        if not apart and not isinstance(state.task_results, list):  # a few, streamed: inline as always
+            state.task_results = list(state.task_results)
+        pipe.set(self.key(state.run_id), pack_state(state, results=not apart), ex=self.ttl_s or None)
+        results_key = self.results_key(state.run_id)
+        pipe.delete(results_key)
+        if apart:  # compressed a chunk at a time; the pipeline holds only the compressed bytes until EXEC
+            chunks = 0
+            for chunks, chunk in enumerate(results_chunks(state.task_results, RESULTS_CHUNK), 1):
+                pipe.hset(results_key, str(chunks - 1), chunk)
+            pipe.hset(results_key, mapping={"count": len(state.task_results), "chunks": chunks})
+            if self.ttl_s:
+                pipe.expire(results_key, self.ttl_s)
         pipe.zadd(self.index_key, {state.run_id: started}, nx=True)
         if self.ttl_s:  # the index forgets runs older than the TTL, and goes when no run is left
             pipe.zremrangebyscore(self.index_key, "-inf", started - self.ttl_s)
@@ -278,10 +373,25 @@ class RedisStateStore:
                              f"{UPDATE_ATTEMPTS} attempts")
 
     def load(self, run_id: str) -> Optional[PhaseState]:
-        raw = self.client.get(self.key(run_id))
+        state = self.load_lean(run_id)
+        if state is not None and isinstance(state.task_results, StoredResults):
+            state.task_results = list(state.task_results)
+        return state
+
+    def load_lean(self, run_id: str) -> Optional[PhaseState]:
+        """The state as stored; task results kept apart stay there behind a ``StoredResults``."""
+        pipe = self.client.pipeline(transaction=True)  # the state and its results' size from one moment
+        pipe.get(self.key(run_id))
+        pipe.hmget(self.results_key(run_id), ["count", "chunks"])
+        raw, (count, chunks) = pipe.execute()
         if raw is None:
             return None
-        return parse_state(unpack_state(raw, f"run {run_id}"), f"run {run_id}")
+        source = f"run {run_id}"
+        state = parse_state(unpack_state(raw, source), source)
+        if chunks is not None and not state.task_results:  # apart (a state written before: inline)
+            state.task_results = StoredResults(self.client, self.results_key(run_id), int(count), int(chunks),
+                                               source)
+        return state
 
     def list_runs(self, limit: int = 20) -> list[PhaseState]:
         ids = self.client.zrevrange(self.index_key, 0, limit * 2)

@@ -19,11 +19,11 @@ from dispatch.agents import AgentInvocation, AgentOutcome, build_agent, build_pr
 from dispatch.common.backoff import backoff_delay
 from dispatch.config import ComponentConfig
 from dispatch.errors import ConfigError
-from dispatch.models import AgentPayload, ExecutionPhase, TaskResult, iso, utcnow
-from dispatch.pipeline.execution import close_execution, integration_order
-from dispatch.pipeline.workspace_run import conflict_resolver, dependency_note, run_isolated
+from dispatch.models import AgentPayload, ExecutionPhase, TaskResult, Usage, iso, utcnow
+from dispatch.pipeline.execution import Finished, close_execution, flags_of
+from dispatch.pipeline.workspace_run import conflict_resolver, dependency_note, integration_parts, run_isolated
 from dispatch.workspace import WorkspaceError, integrate
-from dispatch.common.spend import priced
+from dispatch.common.spend import over_attempts, priced, total
 from dispatch.store import (AlreadyClaimed, Completion, DagScheduler, Deployment, NoSuchRun, OverBudget, RunLedger,
                             SendKeys)
 from dispatch.store import stall
@@ -76,8 +76,10 @@ def dispatch_agents(task: Any, deployment: Deployment, run_id: str, task_ids: li
 # and phase 4's PROGRESS meta carries done/total.
 @shared_task(bind=True, name=AGENT_TASK, acks_late=True, reject_on_worker_lost=True, track_started=False,
              ignore_result=True)
-def agent_task(self: Any, run_id: str, task_id: str) -> dict:
+def agent_task(self: Any, run_id: str, task_id: str, spent: Optional[dict] = None) -> dict:
     """Run one task on its agent, record the result, dispatch whatever it unblocks.
+
+    ``spent``: the usage of its earlier attempts (a transient retry carries it), kept in its result.
 
     Never raises (but for a transient retry): an exception here would break the
     chord, so every failure becomes a failed ``TaskResult``.
@@ -130,21 +132,35 @@ def agent_task(self: Any, run_id: str, task_id: str) -> dict:
         # together do not retry together
         delay = backoff_delay(self.request.retries, TRANSIENT_BACKOFF_S, TRANSIENT_CAP_S, TRANSIENT_JITTER,
                               retry_after_s=outcome.retry_after_s)
-        raise self.retry(countdown=delay, max_retries=TRANSIENT_RETRIES)
+        earlier = over_attempts(spent, priced(outcome.usage, payload.prices) if payload else outcome.usage)
+        raise self.retry(countdown=delay, max_retries=TRANSIENT_RETRIES,
+                         kwargs={"spent": earlier.model_dump(mode="json") if earlier else None})
     result = TaskResult(task_id=task_id, agent=agent_name, success=outcome.success, output=outcome.output,
                         error=outcome.error, duration_ms=round((time.perf_counter() - t0) * 1000, 1),
                         worker=self.request.hostname, attempts=self.request.retries + 1,
                         started_at=iso(started), completed_at=iso(utcnow()), prompt=prompt, changes=changes,
-                        usage=priced(outcome.usage, payload.prices) if payload else outcome.usage, not_run=not_run)
+                        usage=over_attempts(spent, priced(outcome.usage, payload.prices) if payload else outcome.usage),
+                        not_run=not_run)
     every = payload.progress_every if payload else 1
     completion = scheduler.finish(result, send_keys(deployment.ledger(run_id), every))
     if completion.progress_target is not None:
         report_phase_progress(self, run_id, completion)
-    for tid, celery_id, limit in completion.sends:
-        self.add_to_chord(agent_signature(self.app, run_id, tid, limit).set(task_id=celery_id))
-    if completion.sends:
-        scheduler.sent(task_id)
+    send_next(self, scheduler, task_id, completion.sends)
     return {"task_id": task_id, "success": result.success}
+
+
+def send_next(task: Any, scheduler: DagScheduler, task_id: str, sends: list[tuple[str, str, Optional[float]]]) -> None:
+    """What ``task_id``'s completion unblocked: added to phase 4's chord (then its outbox entry cleared), or,
+    when phase 4 runs its tasks in this process (embedded: ``runtime.embedded_executor``, named by the
+    request), queued there: nothing can be redelivered, the outbox entry goes with the run's keys."""
+    inline = getattr(task.request, "dispatch_inline", None)
+    for tid, celery_id, limit in sends:
+        if inline is not None:
+            inline.submit(tid, celery_id, limit)
+        else:
+            task.add_to_chord(agent_signature(task.app, scheduler.run_id, tid, limit).set(task_id=celery_id))
+    if sends and inline is None:
+        scheduler.sent(task_id)
 
 
 _CHORDS_SEEN: set[tuple[str, str]] = set()  # (run, group) this process has recorded: one write per chord
@@ -233,25 +249,65 @@ def finish_execution(deployment: Deployment, scheduler: DagScheduler) -> dict:
         raise LookupError(f"run {scheduler.run_id}: phase 4 state expired before collection")
     if not scheduler.quiet() or not scheduler.claim_close():
         raise Ignore()
-    finished = scheduler.results()
-    integration, error = integrate_changes(state, finished)
+    if state.workspace is not None and state.workspace.isolation == "git":
+        finished: Any = scheduler.results()  # the integration reads every task's change
+        integration, error = integrate_changes(state, finished)
+    else:  # read from the scheduler's hash a chunk at a time, twice, rather than held as objects at once
+        finished, integration, error = scanned(scheduler), None, None
     close_execution(state, finished, scheduler.started(), cancel_seen=deployment.cancelled(state.run_id),
                     integration=integration, integration_error=error, paused=scheduler.paused())
-    deployment.store.save(state)
+    deployment.store.save(state)  # before ``retire``: the results are read from the scheduler's hash here
     deployment.retire(state.run_id)  # scheduler and ledger keys: a closed run keeps only its state
     return state.ref().model_dump()
 
 
+SCAN_BATCH = 1000
+
+
+def scanned(scheduler: DagScheduler) -> Finished:
+    """The finished tasks' flags, spend and workers from one HSCAN of the results hash (one batch of
+    ``TaskResult`` objects alive at a time); the results themselves are fetched again by id when the
+    state is written."""
+    key = scheduler.key("results")
+    flags: dict[str, int] = {}
+    spent, workers = Usage(), set()
+    cursor = 0
+    while True:
+        cursor, batch = scheduler.client.hscan(key, cursor, count=SCAN_BATCH)
+        for raw_id, raw in batch.items():
+            task_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            if task_id in flags:  # HSCAN may return an entry twice
+                continue
+            result = TaskResult.model_validate_json(raw)
+            flags[task_id] = flags_of(result)
+            spent = total([spent, result.usage])
+            if result.worker:
+                workers.add(result.worker)
+        if not cursor:
+            break
+
+    def fetch(task_ids: list[str]) -> list[TaskResult]:
+        raws = scheduler.client.hmget(key, task_ids)
+        gone = [tid for tid, raw in zip(task_ids, raws) if raw is None]
+        if gone:
+            raise LookupError(f"run {scheduler.run_id}: the result of task '{gone[0]}' left the scheduler "
+                              f"before the close wrote it")
+        return [TaskResult.model_validate_json(raw) for raw in raws]
+
+    return Finished(flags, [spent], workers, fetch)
+
+
 def integrate_changes(state: Any, finished: dict[str, TaskResult]) -> tuple[Any, Optional[str]]:
     """Every succeeded task's change merged onto the base (``refs/heads/dispatch/<run_id>``), when the run
-    has a git workspace; a git failure is reported, never a lost run (each task's ref stays)."""
+    has a git workspace; a git failure is reported, never a lost run (each task's ref stays).  The changes
+    a person dropped at the checkpoint stay out (``integration_parts``)."""
     if state.workspace is None or state.workspace.isolation != "git":
         return None, None
-    succeeded = integration_order(state, finished)
-    if not any(finished[tid].changes.files for tid, _ in succeeded):
+    succeeded, dropped = integration_parts(state, finished)
+    if not any(finished[tid].changes.files for tid, _ in [*succeeded, *dropped]):
         return None, None  # nothing changed: no branch to make
     try:
-        return integrate(state.workspace, succeeded, resolver=conflict_resolver(state),
+        return integrate(state.workspace, succeeded, resolver=conflict_resolver(state), excluded=dropped,
                          timeout=state.config.workspace.git_timeout_s), None
     except (WorkspaceError, ConfigError) as exc:
         logger.warning("run %s: integration failed: %s", state.run_id, exc)

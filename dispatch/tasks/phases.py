@@ -152,6 +152,9 @@ def start_execution(task: Any, deployment: Deployment, state: PhaseState) -> Any
     if not first:  # nothing can start (no tasks, or all kept): collect right away
         return finish_execution(deployment, scheduler)
     header = dispatch_agents(task, deployment, state.run_id, first, limits=limits)
+    inline = getattr(task.app, "dispatch_phase_4_inline", None)  # embedded: runs them here, no chord
+    if inline is not None:
+        return inline(task, deployment, state.run_id, header, limits)
     return task.replace(chord(header, task.app.signature(COLLECT_TASK, args=(state.run_id,))))
 
 

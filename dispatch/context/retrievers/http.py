@@ -22,9 +22,10 @@ that fails after its retries counts once towards the circuit breaker
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import httpx
+if TYPE_CHECKING:  # imported when a retriever is prepared: a run without one never loads it
+    import httpx
 
 from dispatch.common.breaker import BREAKERS, CircuitBreaker
 from dispatch.common.http import HTTPCallError, MissingKey, Retry, auth_headers, post_json, read_key, secret_header
@@ -68,6 +69,8 @@ class HttpRetriever(Retriever):
         if self.breaker is None:
             self.breaker = BREAKERS.get(f"{self.name}|{self.url}", self.option("breaker_failures", 3, int),
                                         self.option("breaker_cooldown_s", 30.0, float))
+        import httpx
+
         self.client = httpx.Client(timeout=httpx.Timeout(self.timeout_s), headers=headers)
 
     def search(self, query: str, top_k: int) -> list[ContextItem]:
