@@ -272,7 +272,7 @@ class RunService:
         output = build_output(state, wall_ms(state) if total_ms is None else total_ms, error=error)
         tasks = [TaskOutcome(task_id=r.task_id, agent=r.agent, status=task_status(r), success=r.success,
                              output=r.output, error=r.error, changes=getattr(r, "changes", None),
-                             usage=spend_of(r.output), duration_ms=r.duration_ms, worker=r.worker,
+                             usage=spend_of(r.usage), duration_ms=r.duration_ms, worker=r.worker,
                              attempts=r.attempts) for r in state.task_results]
         return RunResults(run_id=state.run_id, status=state.status, success=output.success,
                           finished=state.status not in run_status.ACTIVE, error=output.error, tasks=tasks,

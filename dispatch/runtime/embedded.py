@@ -86,11 +86,9 @@ class PrivateRedis:
             directory = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir="/tmp")
             sock = os.path.join(directory, "redis.sock")
         try:
-            proc = subprocess.Popen(
+            proc = spawn_from_keeper_thread(
                 [binary, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "",
-                 "--appendonly", "no", "--dir", directory, "--loglevel", "warning"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent, close_fds=True)
+                 "--appendonly", "no", "--dir", directory, "--loglevel", "warning"])
         except OSError:
             return None
         server = cls(proc, directory)
@@ -144,6 +142,37 @@ def sweep_stale_directories() -> None:
             shutil.rmtree(path, ignore_errors=True)
         except (ValueError, OSError):
             continue
+
+
+def spawn_from_keeper_thread(argv: list[str]) -> Any:
+    """``Popen(argv)`` from a daemon thread that lives as long as this process.
+
+    The child's parent-death signal follows the *thread* that forked it, not the
+    process: started from a thread that then ends (an MCP server's background run,
+    the first embedded run of any worker thread), the server would be stopped under
+    the process's later runs.  The keeper thread never returns, so the signal comes
+    only when the process itself dies.
+    """
+    import subprocess
+
+    spawned: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def keeper() -> None:
+        try:
+            spawned["proc"] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                               close_fds=True)
+        except OSError as exc:
+            spawned["error"] = exc
+        ready.set()
+        threading.Event().wait()  # until the process ends
+
+    threading.Thread(target=keeper, name="dispatch-embedded-redis", daemon=True).start()
+    ready.wait()
+    if "error" in spawned:
+        raise spawned["error"]
+    return spawned["proc"]
 
 
 def _die_with_parent() -> None:

@@ -28,7 +28,9 @@ import threading
 from collections import deque
 from typing import Any, Optional
 
-from celery.exceptions import Retry
+from celery.exceptions import Ignore, Retry
+
+from dispatch.models import ExecutionPhase
 
 from dispatch.tasks.agents import SOFT_LIMIT_GRACE_S, HARD_LIMIT_GRACE_S, agent_task, finish_execution
 
@@ -134,4 +136,12 @@ def run_phase_4(task: Any, deployment: Any, run_id: str, header: list[Any], limi
         tid = signature.args[1]
         inline.submit(tid, signature.id, limits.get(tid))
     inline.run(task.request.hostname or "")
-    return finish_execution(deployment, deployment.scheduler(run_id))
+    try:
+        return finish_execution(deployment, deployment.scheduler(run_id))
+    except Ignore:
+        # closed meanwhile by someone else (``dispatch cancel`` closes phase 4 from the scheduler's records):
+        # this is the phase task itself, and the client waits for its result, so return what was saved
+        stored = deployment.store.load(run_id)
+        if stored is None or stored.result_for(ExecutionPhase.PARALLEL_EXECUTION) is None:
+            raise
+        return stored.ref().model_dump()
