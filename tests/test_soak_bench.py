@@ -37,7 +37,7 @@ def test_rss_trend_per_worker_starts_after_the_warmup_of_each_incarnation():
 def test_a_short_soak_loses_nothing_while_a_worker_is_restarted_and_killed():
     if not shutil.which("redis-server"):
         pytest.skip("redis-server binary not found")
-    report = soak(minutes=0.6, restart_every=10, sample_every=2, visibility_s=6, kill_every=2,
+    report = soak(minutes=0.4, restart_every=7, sample_every=2, visibility_s=6, kill_every=2,
                   stall_check_s=2, quiet=True)
     s = summary(report, warmup_s=5)
     print(s)
