@@ -32,14 +32,11 @@ class WorkerRedisBackend(RedisBackend):
         return client
 
 
-_installed = False
-
-
 def install_on_workers() -> None:
-    global _installed
-    if not _installed:
-        signals.worker_init.connect(_on_worker_init, weak=False)
-        _installed = True
+    """Connect the handlers (``create_app`` calls this for each app it builds; Celery keeps one
+    connection per ``dispatch_uid``, so calling it again connects nothing twice)."""
+    signals.worker_init.connect(_on_worker_init, weak=False,
+                                dispatch_uid="dispatch.runtime.backend._on_worker_init")
 
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:

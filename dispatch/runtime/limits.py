@@ -9,7 +9,6 @@ out again when it stops (``worker_shutdown``).  Prefork children inherit it.
 """
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from celery import signals
@@ -18,18 +17,14 @@ from dispatch.common.ratelimit import LIMITER
 from dispatch.store.limiter import RedisLimiter
 from dispatch.tasks.support import deployment_of
 
-_connected = threading.Lock()
-_done = False
-
 
 def install_on_workers() -> None:
-    """Connect the handlers once per process (``create_app`` calls this for each app it builds)."""
-    global _done
-    with _connected:
-        if not _done:
-            signals.worker_init.connect(_on_worker_init, weak=False)
-            signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
-            _done = True
+    """Connect the handlers (``create_app`` calls this for each app it builds; Celery keeps one
+    connection per ``dispatch_uid``, so calling it again connects nothing twice)."""
+    signals.worker_init.connect(_on_worker_init, weak=False,
+                                dispatch_uid="dispatch.runtime.limits._on_worker_init")
+    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False,
+                                    dispatch_uid="dispatch.runtime.limits._on_worker_shutdown")
 
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:

@@ -18,14 +18,13 @@ from celery import signals
 from dispatch.pipeline.phases import abandoned_bodies
 
 logger = logging.getLogger(__name__)
-_installed = False
 
 
 def install_on_workers() -> None:
-    global _installed
-    if not _installed:
-        signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
-        _installed = True
+    """Connect the handlers (``create_app`` calls this for each app it builds; Celery keeps one
+    connection per ``dispatch_uid``, so calling it again connects nothing twice)."""
+    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False,
+                                    dispatch_uid="dispatch.runtime.shutdown._on_worker_shutdown")
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:

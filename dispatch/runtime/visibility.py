@@ -72,14 +72,11 @@ def worker_warning(settings: Settings) -> Optional[str]:
     return message(settings, longest(components, default), "the default run timeout and the worker's agents")
 
 
-_installed = False
-
-
 def install_on_workers() -> None:
-    global _installed
-    if not _installed:
-        signals.worker_ready.connect(_on_worker_ready, weak=False)
-        _installed = True
+    """Connect the handlers (``create_app`` calls this for each app it builds; Celery keeps one
+    connection per ``dispatch_uid``, so calling it again connects nothing twice)."""
+    signals.worker_ready.connect(_on_worker_ready, weak=False,
+                                 dispatch_uid="dispatch.runtime.visibility._on_worker_ready")
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:

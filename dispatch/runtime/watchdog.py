@@ -35,9 +35,6 @@ CLOSE = "<close>"  # a suspect that is not a send: a run's chord that will not c
 CLOSE_STUCK_S = 120.0  # a close claimed this long ago with the run still open: its closer died (a close of
 #                        100,000 tasks takes seconds)
 
-_connected = threading.Lock()
-_done = False
-
 
 class StallWatchdog:
     def __init__(self, app: Any) -> None:
@@ -157,13 +154,12 @@ class StallWatchdog:
 
 
 def install_on_workers() -> None:
-    """Connect the handlers once per process (``create_app`` calls this for each distributed app)."""
-    global _done
-    with _connected:
-        if not _done:
-            signals.worker_ready.connect(_on_worker_ready, weak=False)
-            signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
-            _done = True
+    """Connect the handlers (``create_app`` calls this for each app it builds; Celery keeps one
+    connection per ``dispatch_uid``, so calling it again connects nothing twice)."""
+    signals.worker_ready.connect(_on_worker_ready, weak=False,
+                                 dispatch_uid="dispatch.runtime.watchdog._on_worker_ready")
+    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False,
+                                    dispatch_uid="dispatch.runtime.watchdog._on_worker_shutdown")
 
 
 _watchdogs: dict[int, StallWatchdog] = {}
