@@ -43,8 +43,10 @@ def test_a_signal_stops_an_embedded_run_saves_it_and_resume_finishes_it(tmp_path
     config.write_text(f'[agents.slow]\nkind = "shell"\ncommand = ["sh", "-c", {json.dumps(slow)}]\n'
                       f'kill_grace_s = 1\n')
     tasks = {"tasks": [{"task_id": "quick", "agent": "echo", "description": "done at once"},
-                       {"task_id": "s1", "agent": "slow", "description": "slow one"},
-                       {"task_id": "s2", "agent": "slow", "description": "slow two"},
+                       # after "quick": when both have started, its result is recorded (it cannot still be
+                       # waiting for a thread when the signal comes, which the run would rightly report as not run)
+                       {"task_id": "s1", "agent": "slow", "description": "slow one", "dependencies": ["quick"]},
+                       {"task_id": "s2", "agent": "slow", "description": "slow two", "dependencies": ["quick"]},
                        {"task_id": "after", "agent": "echo", "description": "needs s1", "dependencies": ["s1"]}]}
     env = base_env(tmp_path)
     state_file = tmp_path / "saved.json"
@@ -68,7 +70,8 @@ def test_a_signal_stops_an_embedded_run_saves_it_and_resume_finishes_it(tmp_path
     run_id = out["run_id"]
     assert out["status"] == "cancelled" and not out["success"]
     results = {r["task_id"]: r for r in out["results"]}
-    assert results["quick"]["success"] and not results["s1"]["success"] and not results["after"]["success"]
+    assert results["quick"]["success"] and not results["s1"]["success"] and not results["after"]["success"], \
+        json.dumps(results["quick"]) + "\n" + stderr
     assert f"resume {run_id}" in stderr
     assert json.loads(state_file.read_text())["status"] == "cancelled"
     time.sleep(0.5)
