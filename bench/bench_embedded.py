@@ -1,6 +1,6 @@
 """P8 embedded mode: no-op tasks per second, the cost of a dependent hop, against their targets.
 
-    .venv/bin/python bench/bench_embedded.py [--tasks 1000] [--chain 200] [--repeat 3]
+    .venv/bin/python bench/bench_embedded.py [--tasks 1000] [--chain 200] [--repeat 3] [--starts 7]
 
 In one process, as the CLI runs it with no broker (the in-process worker, the
 private ``redis-server``, or fakeredis with ``DISPATCH_EMBEDDED_REDIS=fakeredis``): phases 2-4 over N independent no-op tasks (tasks/s, target
@@ -13,6 +13,15 @@ does not change much) and the load average at the time.
 
 Phase 4 runs on the in-process executor (``runtime/embedded_executor.py``);
 ``DISPATCH_EMBEDDED_EXECUTOR=celery`` measures the chord path it replaced.
+
+Start-up (``--starts`` processes each, interleaved, medians): one echo task end
+to end (``cli.py -q``) against ``celery --help`` (target <= 0.5), and beside it
+the floor of any embedded path that uses Celery: a process that only imports
+the Celery modules it needs (the Redis result backend, canvas, the in-process
+worker).  Every process runs with its bytecode cached (a private
+``PYTHONPYCACHEPREFIX``, a warm-up run first), as an installed package runs:
+with ``PYTHONDONTWRITEBYTECODE`` set, each start would compile dispatch's
+sources again (about 100 ms) and measure that instead.
 """
 from __future__ import annotations
 
@@ -20,13 +29,17 @@ import argparse
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+ONE_ECHO = '{"tasks": [{"task_id": "a", "agent": "echo", "description": "x"}]}'
+CELERY_FLOOR = "import celery.backends.redis, celery.canvas, celery.contrib.testing.worker"
 
 
 def embedded_runner():
@@ -104,6 +117,35 @@ def run(tasks: int = 1000, chain: int = 200, repeat: int = 3) -> list[dict]:
     ]
 
 
+def start_ups(repeat: int = 7) -> list[dict]:
+    """One echo end to end, and the Celery import floor, against ``celery --help`` (interleaved medians)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE" and not k.startswith("DISPATCH_")}
+    env.update(PYTHONPYCACHEPREFIX=tempfile.mkdtemp(prefix="dispatch-bench-pycache-"),
+               DISPATCH_STATE_DIR=tempfile.mkdtemp(prefix="dispatch-bench-embedded-"))
+    commands = {"celery": ([sys.executable, "-m", "celery", "--help"], ""),
+                "echo": ([sys.executable, "cli.py", "-q"], ONE_ECHO),
+                "floor": ([sys.executable, "-c", CELERY_FLOOR], "")}
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for round_ in range(repeat + 1):  # the first round writes the bytecode and is not counted
+        for name, (argv, stdin) in commands.items():
+            t0 = time.perf_counter()
+            done = subprocess.run(argv, input=stdin, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"{name} exited {done.returncode}: {done.stderr[-1000:]}")
+            if round_:
+                samples[name].append(time.perf_counter() - t0)
+    celery, echo, floor = (statistics.median(samples[name]) * 1000 for name in ("celery", "echo", "floor"))
+    load = f"load {os.getloadavg()[0]:.1f}"
+    return [
+        {"name": f"P8 one echo task end to end, embedded (`cli.py -q`) vs `celery --help` ({load})",
+         "value": round(echo), "unit": "ms", "baseline": round(celery), "ratio": round(echo / celery, 2),
+         "target": "<= 0.50"},
+        {"name": "P8 floor: importing only the Celery modules an embedded run needs, vs `celery --help`",
+         "value": round(floor), "unit": "ms", "baseline": round(celery), "ratio": round(floor / celery, 2),
+         "target": "(reference)"},
+    ]
+
+
 if __name__ == "__main__":
     from bench.bench_pipeline import print_rows
 
@@ -111,5 +153,8 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--chain", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--starts", type=int, default=7, help="processes per start-up figure (0: none)")
     a = parser.parse_args()
-    print_rows(run(a.tasks, a.chain, a.repeat))
+    if min(a.tasks, a.chain, a.repeat) < 1 or a.starts < 0:
+        parser.error("--tasks, --chain and --repeat must be positive, --starts at least 0")
+    print_rows(run(a.tasks, a.chain, a.repeat) + (start_ups(a.starts) if a.starts else []))

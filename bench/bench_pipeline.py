@@ -13,16 +13,24 @@ scheduler, no chord, no result), divided by the same kind of bound (chain length
 x duration).  A dependent hop costs that much in Celery itself; the P2 target of issue 17 is the
 P2 ratio within 1.02 of that floor's ratio (a row of its own).  P2 runs twice:
 with task events on (the default, for Flower) and off (DISPATCH_TASK_EVENTS=0).
+With events on, the events of the first repeat are counted off the broker
+(``EventTally``): what dispatch sends per agent task beside what bare Celery
+sends per hop, so a cost of events that only dispatch pays shows as a count.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import heapq
+import json
 import random
 import statistics
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -94,6 +102,64 @@ def run_bare_chains(settings: Settings, chains: int, length: int, sleep_ms: floa
     return time.perf_counter() - t0
 
 
+class EventTally:
+    """Counts the task events published on the broker (Redis fanout), per label and per event type.
+
+    Only the events of tasks whose name contains ``label``'s task marker are counted
+    (``agent`` for dispatch's agent tasks, ``baseline_hop`` for the bare chains): an
+    event without a name (started, succeeded) counts for the task its uuid named before.
+    """
+
+    MARKERS = {"dispatch": "agent", "bare": "baseline_hop"}
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)
+        self.pubsub.psubscribe("*celeryev/task*")
+        self.label: Optional[str] = None
+        self.counts: dict[str, Counter] = {name: Counter() for name in self.MARKERS}
+        self.tasks: dict[str, set[str]] = {name: set() for name in self.MARKERS}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.listen, daemon=True)
+        self.thread.start()
+
+    def listen(self) -> None:
+        while not self.stop.is_set():
+            message = self.pubsub.get_message(timeout=0.05)
+            if message and self.label is not None:
+                for event in self.events(message["data"]):
+                    self.count(self.label, event)
+
+    @staticmethod
+    def events(data: bytes) -> list[dict]:
+        envelope = json.loads(data)
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        decoded = json.loads(body)
+        return [e for e in (decoded if isinstance(decoded, list) else [decoded]) if isinstance(e, dict)]
+
+    def count(self, label: str, event: dict) -> None:
+        uuid, name = event.get("uuid"), event.get("name") or ""
+        if self.MARKERS[label] in name:
+            self.tasks[label].add(uuid)
+        if uuid in self.tasks[label]:
+            self.counts[label][event.get("type", "?")] += 1
+
+    def settle(self, seconds: float = 1.0) -> None:
+        """Events are buffered by the workers and flushed by their event loops: wait for the last ones."""
+        time.sleep(seconds)
+
+    def per_task(self, label: str) -> float:
+        return sum(self.counts[label].values()) / max(1, len(self.tasks[label]))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(1)
+        self.pubsub.close()
+
+
 def random_dag(n: int, seed: int) -> list[TaskSpec]:
     rng = random.Random(seed)
     tasks = []
@@ -138,12 +204,25 @@ def p2_makespan(n: int, seed: int, workers: int, concurrency: int, repeat: int, 
     with cluster(workers, concurrency, extra_env={"DISPATCH_TASK_EVENTS": "1" if events else "0"}) as settings:
         run_pipeline(settings, {**document, "tasks": document["tasks"][:1]})
         run_bare_chains(settings, slots, 2, 1.0, "bench:warm")
-        for i in range(repeat):  # interleaved, so drift hits both sides alike
-            bare.append(run_bare_chains(settings, slots, length, mean_ms, f"bench:chains:{i}") * 1000)
-            _, final = run_pipeline(settings, document)
-            assert final.status == "succeeded", final.status
-            execution = final.result_for(final.phases_executed[-1].phase)
-            makespans.append(execution.duration_ms)
+        tally = EventTally(settings.broker_url) if events else None
+        try:
+            for i in range(repeat):  # interleaved, so drift hits both sides alike
+                if tally is not None:
+                    tally.label = "bare" if i == 0 else None
+                bare.append(run_bare_chains(settings, slots, length, mean_ms, f"bench:chains:{i}") * 1000)
+                if tally is not None and i == 0:
+                    tally.settle()
+                    tally.label = "dispatch"
+                _, final = run_pipeline(settings, document)
+                assert final.status == "succeeded", final.status
+                execution = final.result_for(final.phases_executed[-1].phase)
+                makespans.append(execution.duration_ms)
+                if tally is not None and i == 0:
+                    tally.settle()
+                    tally.label = None
+        finally:
+            if tally is not None:
+                tally.close()
     made = statistics.median(makespans)
     levels = level_by_level(tasks, slots)
     chains = statistics.median(bare)
@@ -159,6 +238,14 @@ def p2_makespan(n: int, seed: int, workers: int, concurrency: int, repeat: int, 
     vs_floor = (made / bound) / (chains / (length * mean_ms))
     rows.append({"name": f"P2 ratio over bare Celery's floor ratio{off}", "value": round(made / bound, 3), "unit": "",
                  "baseline": round(chains / (length * mean_ms), 3), "ratio": round(vs_floor, 3), "target": "<= 1.02"})
+    if tally is not None:
+        kinds = ", ".join(f"{kind.removeprefix('task-')} {count / max(1, len(tally.tasks['dispatch'])):.2f}"
+                          for kind, count in sorted(tally.counts["dispatch"].items()))
+        rows.append({"name": "P2 task events per agent task vs per bare hop (counted off the broker)",
+                     "value": round(tally.per_task("dispatch"), 2), "unit": "",
+                     "baseline": round(tally.per_task("bare"), 2),
+                     "ratio": round(tally.per_task("dispatch") / max(1e-9, tally.per_task("bare")), 3),
+                     "target": f"(reference: 1.00 = no event of its own; {kinds})"})
     if events:
         rows.append({"name": "P2 level-by-level schedule (simulated) vs the same lower bound",
                      "value": round(levels, 1), "unit": "ms", "baseline": round(bound, 1),

@@ -6,7 +6,8 @@ P1 pipeline overhead vs a bare Celery group, P2 DAG makespan vs its lower bound
 (real Redis, real workers), P3 context index and query vs a naive scan, P4 CLI
 start vs ``celery --help``, P5 state save+load for 10k tasks, P6 phases 0 and 1 side by side vs in
 sequence (a slow retriever and a slow validator), P7 scale (N no-op tasks by the CLI: time vs a bare group,
-CLI peak RSS, worker RSS growth, Redis kept per closed task), P8 embedded throughput and hop cost.  ``--slow``
+CLI peak RSS, worker RSS growth, Redis kept per closed task), P8 embedded throughput, hop cost and start-up
+(one echo task, bytecode cached, and the floor of importing Celery).  ``--slow``
 adds the soak (``bench/soak.py``, 30 min: runs back to back while a worker is restarted).  Run it on a
 quiet machine: the ratios compare runs made minutes apart on the same cores.
 """
@@ -65,7 +66,8 @@ def main() -> int:
         ("P5", lambda: bench_state.run(repeat=repeat)),
         ("P6", lambda: bench_phase_dag.run(delay_s=0.5 if args.quick else 1.0, repeat=repeat)),
         ("P7", lambda: bench_scale.run(tasks=(300,) if args.quick else (1000, 10000))),
-        ("P8", lambda: bench_embedded.run(tasks=300 if args.quick else 1000, chain=50 if args.quick else 200)),
+        ("P8", lambda: bench_embedded.run(tasks=300 if args.quick else 1000, chain=50 if args.quick else 200)
+         + bench_embedded.start_ups(repeat=3 if args.quick else 7)),
     ]
     soaked: list[bool] = []
 

@@ -104,6 +104,8 @@ for command in (run, runs, show, wait, report, resume, cancel, schema, help_, co
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The console script and ``python cli.py``: the exit code, every error as one line on stderr."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # this process's own command line (not a caller running a command in-process)
+        prestart_embedded_redis(args)
     try:
         code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
         code = code if isinstance(code, int) else 0
@@ -132,6 +134,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         fail(f"cannot reach the broker or Redis ({type(exc).__name__}: {exc})")
         return 1
+
+
+RUN_COMMANDS = ("run", "resume")  # the commands that run phases in this process when embedded
+
+
+def prestart_embedded_redis(args: list[str]) -> None:
+    """An embedded run (no broker) needs its private ``redis-server``: start it now, in the background,
+    so it comes up while the run imports Celery instead of after (``runtime/embedded_server.py``)."""
+    if os.environ.get("DISPATCH_BROKER_URL"):
+        return
+    default = not args or (args[0].startswith("-") and args[0] not in GROUP_FLAGS)
+    if not (default or args[0] in RUN_COMMANDS) or any(a in ("--help", "-h") for a in args):
+        return
+    from dispatch.runtime.embedded_server import prestart
+
+    prestart()
 
 
 def exit_past_abandoned_phases(code: int) -> None:

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import pathspec
-
 from dispatch.models import ContextItem
 from dispatch.context.errors import ContextGatheringError
 from dispatch.context.hostfs import allowed_workspace, read_regular
@@ -92,6 +90,8 @@ class WorkspaceFiles:
 
     def _read(self, req: FileRequirement) -> list[tuple[ContextItem, str]]:
         if req.is_glob:
+            import pathspec
+
             spec = pathspec.GitIgnoreSpec.from_lines([req.pattern])
             rels = [rel for rel in self._all_files() if spec.match_file(rel)][:MAX_GLOB_FILES]
         else:

@@ -28,8 +28,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-import pathspec
-
 from dispatch.config import DispatchConfig
 from dispatch.models import ContextChoice, ContextItem, GlobalContext, TaskContext, TaskSpec
 from dispatch.context.bm25 import MiniBM25
@@ -126,6 +124,8 @@ class ItemPool:
         wanted = parse_file_requirement(req.value, self.root)
         if wanted is None:
             return []
+        import pathspec
+
         spec = pathspec.GitIgnoreSpec.from_lines([wanted.pattern])
         out = []
         for n, item in enumerate(self.items):

@@ -16,12 +16,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
-
-import pathspec
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from dispatch.context.errors import ContextGatheringError
 from dispatch.context.hostfs import display_name, is_special
+
+if TYPE_CHECKING:  # imported where it is used: a run that reads no workspace never loads it
+    import pathspec
 
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     ".git/", ".hg/", ".svn/", "__pycache__/", "node_modules/", ".venv/", ".tox/",
@@ -40,6 +41,8 @@ class FileEntry:
 
 
 def _spec(lines: Sequence[str]) -> Optional[pathspec.GitIgnoreSpec]:
+    import pathspec
+
     lines = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
 

@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
-import pathspec
-
 from dispatch.models import FileChange, TaskChanges
 from dispatch.workspace.checkout import Checkout, remove_checkout
 from dispatch.workspace.errors import WorkspaceError
@@ -112,6 +110,8 @@ def outside_scope(files: list[FileChange], writes: list[str], subdir: str = "") 
     """Changed files no ``writes`` glob covers (globs are relative to the workspace; none declared: none)."""
     if not writes:
         return []
+    import pathspec
+
     spec = pathspec.GitIgnoreSpec.from_lines(writes)
     outside = []
     for change in files:

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-import pathspec
-
 from dispatch.models import WorkspaceInfo
 from dispatch.workspace.cache import Cache
 from dispatch.workspace.errors import SetupFailed, StartConflict, WorkspaceUsageError
@@ -94,6 +92,8 @@ def copy_untracked(repo: Path, checkout: Checkout, globs: Sequence[str]) -> list
     workspace = repo / checkout.subdir
     if not os.access(workspace, os.R_OK | os.X_OK):
         return []
+    import pathspec
+
     spec = pathspec.GitIgnoreSpec.from_lines(globs)
     copied: list[str] = []
     for here, dirs, files in os.walk(workspace):
