@@ -57,7 +57,7 @@ def stored_or(runner: Any, state: Any) -> Any:
     from dispatch.runtime.connection import connection_errors
 
     try:
-        return runner.store.load(state.run_id) or state
+        return runner.store.load_lean(state.run_id) or state  # only read from here (output, state file)
     except connection_errors():
         return state
 

@@ -31,7 +31,8 @@ class GraphFault:
 def graph_faults(nodes: Iterable[Node]) -> list[GraphFault]:
     """Every fault, in a stable order: duplicate ids, then unknown and self dependencies
     task by task, then one fault per cycle."""
-    nodes = [(task_id, list(deps)) for task_id, deps in nodes]
+    # one shared empty tuple for every task without dependencies: 100k tasks hold no 100k empty lists
+    nodes = [(task_id, list(deps) if deps else ()) for task_id, deps in nodes]
     faults: list[GraphFault] = []
     first: dict[str, int] = {}
     for i, (task_id, _) in enumerate(nodes):
@@ -63,7 +64,8 @@ def find_cycles(nodes: Iterable[Node]) -> list[list[str]]:
     """
     deps: dict[str, list[str]] = {}
     for task_id, task_deps in nodes:
-        deps.setdefault(task_id, []).extend(d for d in task_deps if d != task_id)
+        if task_deps:  # a task without dependencies closes no cycle: it is a leaf of the search
+            deps.setdefault(task_id, []).extend(d for d in task_deps if d != task_id)
     state: dict[str, int] = {}  # 1: on the current path, 2: finished
     cycles: list[list[str]] = []
     for root in deps:

@@ -128,8 +128,10 @@ def overlap_between(a: TaskSpec, b: TaskSpec) -> list[str]:
 
 def overlapping_scopes(tasks: Sequence[TaskSpec]) -> list[ScopeOverlap]:
     """Pairs of tasks (in input order) whose ``writes`` overlap with no dependency path between them."""
-    closure = depends_on(tasks)
     scoped = [t for t in tasks if t.writes]
+    if len(scoped) < 2:  # no pair to compare: no closure to compute (a 100k-task breakdown without writes)
+        return []
+    closure = depends_on(tasks)
     found = []
     for i, first in enumerate(scoped):
         for second in scoped[i + 1:]:

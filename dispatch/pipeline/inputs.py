@@ -10,19 +10,25 @@ of at most ``MAX_INT_DIGITS`` digits; only finite numbers (no ``NaN``,
 ``Infinity``, ``1e999``).  Each is exit 2 with the path of the fault, where
 Python's own parser would raise ``RecursionError`` or ``ValueError``.  State
 files go through the same :func:`load_json` (``dispatch.store.state``).
+
+A breakdown of more than ``COMPACT_FROM`` tasks is read in pieces
+(``split_input``): its tasks validated one at a time and kept as
+``CompactTasks``, never as a whole JSON tree nor one ``TaskSpec`` each.  Any
+fault sends it down the whole-document path, which words it as always.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from pydantic import ValidationError
 
 from dispatch.config import DEFAULT_MAX_INPUT_BYTES, format_validation_error
 from dispatch.errors import InputError, UsageError
 from dispatch.models import DispatchInput
+from dispatch.pipeline.tasklist import COMPACT_FROM, split_tasks
 from dispatch.planning.graph import GraphError, check_graph
 
 # below pydantic-core's own JSON recursion limit (~200), so a state saved from any valid input loads back
@@ -74,9 +80,10 @@ def load_json(text: str, source: str, error: Callable[[str], UsageError] = Input
     return raw
 
 
-def _check_tree(raw: Any) -> str | None:
-    """The first refused number or over-deep container, as ``"path: why"``; one pass, no recursion."""
-    stack: list[tuple[Any, str, int]] = [(raw, "", 1)]
+def _check_tree(raw: Any, path: str = "", depth: int = 1) -> str | None:
+    """The first refused number or over-deep container, as ``"path: why"``; one pass, no recursion.
+    ``path``, ``depth``: where ``raw`` sits in its document (a value of a breakdown read in pieces)."""
+    stack: list[tuple[Any, str, int]] = [(raw, path, depth)]
     while stack:
         item, where, depth = stack.pop()
         if isinstance(item, dict):
@@ -116,12 +123,40 @@ def _deep_path(text: str) -> str:
 
 def parse_input(text: str, source: str = "stdin") -> DispatchInput:
     limit = max_input_bytes()
-    if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+    # ASCII text is as many bytes as characters: no 32 MiB copy made just to count them
+    if len(text) > limit or (not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > limit):
         raise InputError(f"{source}: the input is larger than {limit} bytes (DISPATCH_MAX_INPUT_BYTES); "
                          f"split the breakdown into several runs")
     if not text.strip():
         raise InputError(f"{source}: no input (expected a JSON task breakdown with a 'tasks' list)")
+    if len(text) >= SPLIT_FROM_CHARS:
+        request = split_input(text)
+        if request is not None:
+            return request
     return validate_input(load_json(text, source), source)
+
+
+SPLIT_FROM_CHARS = 256 * 1024  # a breakdown this long may be large enough to be read in pieces
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+
+
+def split_input(text: str) -> Optional[DispatchInput]:
+    """A breakdown of more than ``COMPACT_FROM`` tasks read without its whole tree, its tasks kept as
+    ``CompactTasks``; None for anything else (fewer tasks, or any fault: ``validate_input`` names it)."""
+    split = split_tasks(text, _DECODER.scan_once, _check_tree)
+    if split is None or len(split[1]) <= COMPACT_FROM:
+        return None
+    head, tasks = split
+    try:
+        request = DispatchInput.model_validate({**head, "tasks": []})
+    except ValidationError:
+        return None
+    request.tasks = tasks  # type: ignore[assignment]  # a read-only sequence of the same tasks
+    try:
+        check_graph(request.tasks)
+    except GraphError:
+        return None
+    return request
 
 
 def validate_input(raw: Any, source: str = "input") -> DispatchInput:

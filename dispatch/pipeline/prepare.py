@@ -19,7 +19,7 @@ from dispatch.errors import ConfigError, InputError, UsageError
 from dispatch.models import (ALL_PHASES, DispatchInput, ExecutionPhase, PhaseConfig, PhaseResult, PhaseState, TaskSpec,
                              Usage, iso, utcnow)
 from dispatch.pipeline import status
-from dispatch.pipeline.plan import agent_configs, plan_run
+from dispatch.pipeline.plan import agent_configs, check_run
 from dispatch.pipeline.selection import check_inputs_available, selected_phases, skip_reason
 from dispatch.planning.graph import GraphError
 from dispatch.workspace import for_task, overlapping_scopes, serialize_overlaps
@@ -68,7 +68,8 @@ def prepare_state(request: Optional[DispatchInput], cfg: PhaseConfig, config: Op
         state.rag_queries = request.rag_queries
         state.tasks_data = request.tasks
         state.run_config = request.config
-        state.input_extras = {k: v for k, v in request.model_dump().items() if k not in known}
+        extras = request.model_dump(exclude={"tasks"})  # the tasks may be ``CompactTasks``: never dumped here
+        state.input_extras = {k: v for k, v in extras.items() if k not in known}
     replaced = config is not None and loaded is not None
     if config is not None:
         state.config = config
@@ -130,7 +131,7 @@ def preflight(state: PhaseState, replan: bool = False) -> None:
     phases = set(state.selected_phases)
     if ExecutionPhase.TASK_PLANNING.number in phases:
         try:
-            plan_run(state.tasks_data, state.config)
+            check_run(state.tasks_data, state.config)
         except GraphError as exc:
             raise InputError(str(exc)) from None
     elif ExecutionPhase.PARALLEL_EXECUTION.number in phases:

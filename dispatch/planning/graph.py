@@ -108,13 +108,10 @@ def bottom_levels(tasks: list[TaskSpec]) -> dict[str, float]:
     return level
 
 
-def plan_tasks(tasks: list[TaskSpec], resolve_agent: Callable[[str], str]) -> TaskPlan:
-    """Validate the graph, resolve every agent name to its kind, compute order and levels.
-
-    ``resolve_agent`` maps a task's agent name to the configured kind and raises
-    ``ConfigError`` (listing the known names) for an unknown one.
-    """
-    check_graph(tasks)
+def check_plan(tasks: Iterable[TaskSpec], resolve_agent: Callable[[str], str]) -> dict[str, str]:
+    """What ``plan_tasks`` refuses (graph faults, agents ``resolve_agent`` raises for), without the plan:
+    task id -> agent kind.  One pass over the tasks besides the graph check, holding none of them."""
+    check_graph(tasks)  # type: ignore[arg-type]
     agents: dict[str, str] = {}
     unknown: list[str] = []
     for i, task in enumerate(tasks):
@@ -124,6 +121,16 @@ def plan_tasks(tasks: list[TaskSpec], resolve_agent: Callable[[str], str]) -> Ta
             unknown.append(f"tasks[{i}].agent: {exc}")
     if unknown:
         raise GraphError("; ".join(unknown))
+    return agents
+
+
+def plan_tasks(tasks: list[TaskSpec], resolve_agent: Callable[[str], str]) -> TaskPlan:
+    """Validate the graph, resolve every agent name to its kind, compute order and levels.
+
+    ``resolve_agent`` maps a task's agent name to the configured kind and raises
+    ``ConfigError`` (listing the known names) for an unknown one.
+    """
+    agents = check_plan(tasks, resolve_agent)
     levels = topological_levels(tasks)
     weights = task_weights(tasks)
     path = critical_path(tasks, lambda t: weights[t.task_id], levels)

@@ -29,6 +29,7 @@ from dispatch.models import ExecutionPhase, PhaseState, StateRef
 from dispatch.pipeline import status
 from dispatch.pipeline.execution import needs_workspace
 from dispatch.pipeline.phase_graph import stages
+from dispatch.pipeline.tasklist import CompactTasks
 from dispatch.runtime.app import create_app
 from dispatch.runtime.connection import connection_errors
 from dispatch.runtime.control import close_broken_chord, close_phase_4
@@ -36,9 +37,19 @@ from dispatch.runtime.embedded import embedded_worker
 from dispatch.runtime import telemetry
 from dispatch.runtime.visibility import run_warning
 from dispatch.store import Deployment, StateStore, make_store
+from dispatch.store.parts import StoredTasks
+from dispatch.store.state import INLINE_TASKS
 from dispatch.tasks import phase_signature
 from dispatch.workspace import WorkspaceError, fetch_run_refs, snapshot_base
 from dispatch.tasks.names import celery_id
+
+
+def agents_view(state: PhaseState) -> PhaseState:
+    """The state with one task per agent name: every question about the run's agents (which may edit
+    files) has the same answer, without building a large run's every task (``CompactTasks``)."""
+    if not isinstance(state.tasks_data, CompactTasks):
+        return state
+    return state.model_copy(update={"tasks_data": state.tasks_data.one_per_agent()})
 
 
 class RunObserver(Protocol):
@@ -110,8 +121,9 @@ class Runner:
         self.settings = settings
         self.observer: RunObserver = observer or SilentObserver()
         self._app: Any = None
-        # the states ``follow`` returns may keep a large run's task results in the store (``StoredResults``):
-        # for a caller that only reads them (the CLI's output), never one that saves or dumps the state
+        # the states ``follow`` returns may keep a large run's task results, tasks, plan and task contexts in
+        # the store (``store.parts``' stand-ins): for a caller that only reads them (the CLI's output, its
+        # state file), never one that changes the state; a submitted very large run is ``lighten``ed too
         self.lean_results = False
 
     @property
@@ -153,7 +165,7 @@ class Runner:
         return [self.app.AsyncResult(by_phase[n]) for n in state.selected_phases]
 
     def run(self, state: PhaseState, wait: bool = True) -> Optional[PhaseState]:
-        if needs_workspace(state):  # the base every task's checkout starts from, recorded before submitting
+        if needs_workspace(agents_view(state)):  # the base every task's checkout starts from, recorded first
             state.workspace = snapshot_base(state.workspace_path, state.config.workspace, state.run_id,
                                             distributed=not self.settings.embedded)
         try:
@@ -171,10 +183,20 @@ class Runner:
             results = self.submit(state)
             if not wait:
                 return None
+            self.lighten(state)
             final = self.follow(state, results)
             span.finish(final)
             self.fetch_changes(final)
             return final
+
+    def lighten(self, state: PhaseState) -> None:
+        """A submitted very large run, followed by a reader (``lean_results``): its tasks, plan and task
+        contexts swapped for the store's stand-ins, so the client does not hold them while it waits."""
+        if not self.lean_results or len(state.tasks_data) <= INLINE_TASKS:
+            return
+        stored = self.store.load_lean(state.run_id)
+        if stored is not None and isinstance(stored.tasks_data, StoredTasks):
+            state.tasks_data, state.plan, state.task_contexts = stored.tasks_data, stored.plan, stored.task_contexts
 
     def fetch_changes(self, state: PhaseState) -> None:
         """With a git remote, the run's task refs and integration branch came back there: fetch them into
@@ -405,7 +427,7 @@ class Runner:
     def stopped_state(self, run_id: str) -> Optional[PhaseState]:
         """The stored state of a cancelled run (its revoked tasks make the results raise)."""
         try:
-            stored = self.store.load(run_id)
+            stored = self.store.load_lean(run_id) if self.lean_results else self.store.load(run_id)
         except Exception:  # noqa: BLE001 - the original error is the one to report
             return None
         if stored is not None and stored.status == "cancelled":

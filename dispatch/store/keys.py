@@ -25,6 +25,14 @@ class Keys:
         """A run's ``PhaseState`` JSON."""
         return f"{self.prefix}:run:{run_id}"
 
+    def run_results(self, run_id: str) -> str:
+        """Hash of a large run's task results, zlib chunks (``dispatch.store.state``)."""
+        return f"{self.prefix}:run:{run_id}:results"
+
+    def run_parts(self, run_id: str) -> str:
+        """Hash of a very large run's tasks, plan and task contexts, zlib chunks (``dispatch.store.state``)."""
+        return f"{self.prefix}:run:{run_id}:parts"
+
     @property
     def runs(self) -> str:
         """Sorted set of run ids by save time: the run history."""

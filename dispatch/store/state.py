@@ -12,11 +12,12 @@ under 1 KB per task.  Uncompressed states written before that still load.
 
 A run of more than ``INLINE_RESULTS`` tasks keeps its ``task_results`` apart,
 in a hash of zlib chunks beside the state (``<prefix>:run:<id>:results``),
-written in the same MULTI.  ``load`` reads them back into the state as
-before; ``load_lean`` leaves them in Redis behind a ``StoredResults`` that
-iterates them a chunk at a time, so a follower prints a 100k-task run without
-holding 100k ``TaskResult`` objects at once.  Files stay one JSON document:
-``save_state_file`` streams such results into it.
+written in the same MULTI; a run of more than ``INLINE_TASKS`` keeps its
+``tasks_data``, ``plan`` and ``task_contexts`` apart too (``<...>:parts``).
+``load`` reads them back into the state as before; ``load_lean`` leaves them
+behind the stand-ins of ``store.parts``, so a follower reports and prints a
+100k-task run without ever building its tasks, plan or results as objects.
+Files stay one JSON document: ``save_state_file`` streams such parts into it.
 """
 from __future__ import annotations
 
@@ -25,16 +26,19 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from dispatch.config import format_validation_error
 from dispatch.errors import StateFileError
-from dispatch.models import SCHEMA_VERSION, PhaseState, TaskResult, iso, utcnow
+from dispatch.models import SCHEMA_VERSION, PhaseState, iso, utcnow
 from dispatch.pipeline.inputs import load_json
+from dispatch.pipeline.tasklist import json_chunks
 from dispatch.planning.graph import GraphError, check_graph
 from dispatch.store.keys import Keys
+from dispatch.store.parts import (APART, CONTEXTS, PLAN, RESULTS, RESULTS_CHUNK, ZLIB_LEVEL, StoredList, StoredResults,
+                                  StoredTasks, StoredValue, compress, results_chunks, write_json)
 
 # a state holds context and results as well as the input: it may be larger than an input, not unbounded
 MAX_STATE_FILE_BYTES = 512 * 1024 * 1024
@@ -60,63 +64,9 @@ def dump_state(state: PhaseState) -> str:
     return state.model_dump_json(indent=2)
 
 
-RESULTS = "task_results"
-_RESULT_LIST = TypeAdapter(list[TaskResult])
-
-
 def write_state(state: PhaseState, fh: Any) -> None:
-    """``dump_state``'s document written to ``fh``, its ``task_results`` one at a time: the same JSON
-    (indentation aside: re-read, it is the same state) whether they are a list or a ``StoredResults``."""
-    if isinstance(state.task_results, list):
-        fh.write(dump_state(state))
-        return
-    head = state.model_dump_json(indent=2, exclude={RESULTS})
-    fh.write(head[:-2] + f',\n  "{RESULTS}": [')  # the head ends "\n}"
-    for i, result in enumerate(state.task_results):
-        fh.write(("," if i else "") + "\n    " + result.model_dump_json(indent=2).replace("\n", "\n    "))
-    fh.write("\n  ]\n}")
-
-
-class StoredResults:
-    """A run's task results left in Redis: iterable (a chunk read at a time) and sized like the list it
-    stands for.  Anything that needs them all at once makes ``list(...)`` of it."""
-
-    def __init__(self, client: Any, key: str, count: int, chunks: int, source: str) -> None:
-        self.client, self.key, self.count, self.chunks, self.source = client, key, count, chunks, source
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __bool__(self) -> bool:
-        return self.count > 0
-
-    def __iter__(self) -> Iterator[TaskResult]:
-        for i in range(self.chunks):
-            yield from read_chunk(self.client.hget(self.key, str(i)), i, self.source)
-
-    def __repr__(self) -> str:
-        return f"StoredResults({self.count} task results in {self.key})"
-
-
-def read_chunk(raw: Optional[bytes], index: int, source: str) -> list[TaskResult]:
-    if raw is None:
-        raise StateFileError(f"{source}: task results chunk {index} is missing (expired or deleted)")
-    try:
-        return _RESULT_LIST.validate_json(zlib.decompress(raw))
-    except (zlib.error, ValidationError) as exc:
-        raise StateFileError(f"{source}: corrupt stored task results, chunk {index} ({exc})") from None
-
-
-def results_chunks(results: Iterable[TaskResult], size: int) -> Iterator[bytes]:
-    """zlib chunks of ``size`` results each, as compact JSON arrays; only one chunk is held as objects."""
-    chunk: list[str] = []
-    for result in results:
-        chunk.append(result.model_dump_json())
-        if len(chunk) >= size:
-            yield zlib.compress(("[" + ",".join(chunk) + "]").encode("utf-8"), ZLIB_LEVEL)
-            chunk = []
-    if chunk:
-        yield zlib.compress(("[" + ",".join(chunk) + "]").encode("utf-8"), ZLIB_LEVEL)
+    """``dump_state``'s document written to ``fh``, stand-ins streamed into it (see ``write_json``)."""
+    write_json(state, fh.write, indent=2)
 
 
 def parse_state(text: str, source: str) -> PhaseState:
@@ -221,18 +171,22 @@ def read_state_file(path: str | Path, strict: bool = False) -> PhaseState:
     return parse_state(text, str(path))
 
 
-ZLIB_LEVEL = 1  # the fastest level: a 100k-task state packs in well under a second, about 10x smaller
-
-
 INLINE_RESULTS = 1000  # a run with more task results than this keeps them apart, in chunks of this many
-RESULTS_CHUNK = 1000
+# a run of more tasks than this keeps its tasks, plan and task contexts apart too: below it a state parses
+# into well under 50 MB, and stays one key for the readers of older layouts
+INLINE_TASKS = 5000
 
 
-def pack_state(state: PhaseState, results: bool = True) -> bytes:
-    """The stored form in Redis: zlib of the compact JSON (no indentation: nobody reads it there).
-    ``results=False``: without ``task_results`` (they are stored apart)."""
-    text = state.model_dump_json() if results else state.model_dump_json(exclude={RESULTS})
-    return zlib.compress(text.encode("utf-8"), ZLIB_LEVEL)
+def pack_state(state: PhaseState, results: bool = True, tasks: bool = True) -> bytes:
+    """The stored form in Redis: zlib of the compact JSON (no indentation: nobody reads it there), compressed
+    as it is written.  ``results=False``: without ``task_results``; ``tasks=False``: without ``APART``'s
+    fields (they are stored apart)."""
+    packer = zlib.compressobj(ZLIB_LEVEL)
+    out: list[bytes] = []
+    exclude = ([] if results else [RESULTS]) + ([] if tasks else list(APART))
+    write_json(state, lambda text: out.append(packer.compress(text.encode("utf-8"))), exclude=exclude)
+    out.append(packer.flush())
+    return b"".join(out)
 
 
 def unpack_state(raw: bytes | str, source: str) -> str:
@@ -317,7 +271,7 @@ class RedisStateStore:
 
     def results_key(self, run_id: str) -> str:
         """The hash of a large run's task results: ``count``, ``chunks`` and the chunks ``0``..``n-1``."""
-        return self.keys.run(run_id) + ":results"
+        return self.keys.run_results(run_id)
 
     @property
     def index_key(self) -> str:
@@ -329,6 +283,11 @@ class RedisStateStore:
     def describe(self) -> str:
         return f"{self.where} (key prefix '{self.prefix}')"
 
+    def parts_key(self, run_id: str) -> str:
+        """The hash of a very large run's tasks, plan and task contexts: ``tasks``, ``tasks_chunks``, the
+        chunks ``tasks:0``..``tasks:<n-1>``, ``plan`` (absent: none) and ``task_contexts``."""
+        return self.keys.run_parts(run_id)
+
     def save(self, state: PhaseState, pipe: Any = None) -> None:
         """``pipe``: a pipeline in MULTI after a WATCH (``update``): the writes are queued on it."""
         state.saved_at = iso(utcnow())
@@ -336,23 +295,41 @@ class RedisStateStore:
         started = utcnow().timestamp()
         pipe = self.client.pipeline() if pipe is None else pipe
         apart = len(state.task_results) > INLINE_RESULTS
+        tasks_apart = len(state.tasks_data) > INLINE_TASKS
         if not apart and not isinstance(state.task_results, list):  # a few, streamed: inline as always
             state.task_results = list(state.task_results)
-        pipe.set(self.key(state.run_id), pack_state(state, results=not apart), ex=self.ttl_s or None)
-        results_key = self.results_key(state.run_id)
-        pipe.delete(results_key)
+        pipe.set(self.key(state.run_id), pack_state(state, results=not apart, tasks=not tasks_apart),
+                 ex=self.ttl_s or None)
+        results_key, parts_key = self.results_key(state.run_id), self.parts_key(state.run_id)
+        pipe.delete(results_key, parts_key)
         if apart:  # compressed a chunk at a time; the pipeline holds only the compressed bytes until EXEC
             chunks = 0
             for chunks, chunk in enumerate(results_chunks(state.task_results, RESULTS_CHUNK), 1):
                 pipe.hset(results_key, str(chunks - 1), chunk)
             pipe.hset(results_key, mapping={"count": len(state.task_results), "chunks": chunks})
+        if tasks_apart:
+            self._queue_parts(state, pipe, parts_key)
+        for key in ((results_key,) if apart else ()) + ((parts_key,) if tasks_apart else ()):
             if self.ttl_s:
-                pipe.expire(results_key, self.ttl_s)
+                pipe.expire(key, self.ttl_s)
         pipe.zadd(self.index_key, {state.run_id: started}, nx=True)
         if self.ttl_s:  # the index forgets runs older than the TTL, and goes when no run is left
             pipe.zremrangebyscore(self.index_key, "-inf", started - self.ttl_s)
             pipe.expire(self.index_key, self.ttl_s)
         pipe.execute()
+
+    @staticmethod
+    def _queue_parts(state: PhaseState, pipe: Any, parts_key: str) -> None:
+        chunks = 0
+        for chunks, chunk in enumerate(json_chunks(state.tasks_data, RESULTS_CHUNK), 1):
+            pipe.hset(parts_key, f"tasks:{chunks - 1}", compress(chunk))
+        fields: dict[str, Any] = {"tasks": len(state.tasks_data), "tasks_chunks": chunks}
+        for name, adapter in (("plan", PLAN), ("task_contexts", CONTEXTS)):
+            value = getattr(state, name)
+            if value is not None:  # a stand-in is stored as it was read: still packed
+                fields[name] = value.raw if isinstance(value, StoredValue) \
+                    else compress(adapter.dump_json(value).decode("utf-8"))
+        pipe.hset(parts_key, mapping=fields)
 
     def update(self, run_id: str, change: StateChange) -> PhaseState:
         """WATCH the run's key, read, change, save in MULTI/EXEC; another save in between (a peer phase, a
@@ -374,16 +351,28 @@ class RedisStateStore:
 
     def load(self, run_id: str) -> Optional[PhaseState]:
         state = self.load_lean(run_id)
-        if state is not None and isinstance(state.task_results, StoredResults):
+        if state is None:
+            return None
+        if isinstance(state.task_results, StoredList):
             state.task_results = list(state.task_results)
+        if isinstance(state.tasks_data, StoredTasks):  # the parts kept apart, back in the state
+            state.tasks_data = list(state.tasks_data)
+            for name in ("plan", "task_contexts"):
+                value = getattr(state, name)
+                if isinstance(value, StoredValue):
+                    setattr(state, name, value.value())
+            check_state(state, f"run {run_id}")
         return state
 
     def load_lean(self, run_id: str) -> Optional[PhaseState]:
-        """The state as stored; task results kept apart stay there behind a ``StoredResults``."""
-        pipe = self.client.pipeline(transaction=True)  # the state and its results' size from one moment
+        """The state as stored; what is kept apart stays there behind stand-ins (``store.parts``): task
+        results behind a ``StoredResults``, a very large run's tasks behind a ``StoredTasks``, its plan and
+        task contexts packed in a ``StoredValue`` each.  For a reader: what it does not read is never built."""
+        pipe = self.client.pipeline(transaction=True)  # the state and its parts from one moment
         pipe.get(self.key(run_id))
         pipe.hmget(self.results_key(run_id), ["count", "chunks"])
-        raw, (count, chunks) = pipe.execute()
+        pipe.hmget(self.parts_key(run_id), ["tasks", "tasks_chunks", "plan", "task_contexts"])
+        raw, (count, chunks), (tasks, tasks_chunks, plan, contexts) = pipe.execute()
         if raw is None:
             return None
         source = f"run {run_id}"
@@ -391,6 +380,12 @@ class RedisStateStore:
         if chunks is not None and not state.task_results:  # apart (a state written before: inline)
             state.task_results = StoredResults(self.client, self.results_key(run_id), int(count), int(chunks),
                                                source)
+        if tasks_chunks is not None and not state.tasks_data:
+            state.tasks_data = StoredTasks(self.client, self.parts_key(run_id), int(tasks), int(tasks_chunks),
+                                           source, field="tasks:")
+            state.plan = StoredValue(plan, PLAN, "plan", source) if plan is not None else None
+            state.task_contexts = StoredValue(contexts, CONTEXTS, "task contexts", source) \
+                if contexts is not None else {}
         return state
 
     def list_runs(self, limit: int = 20) -> list[PhaseState]:
