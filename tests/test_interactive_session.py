@@ -1,8 +1,13 @@
 """Sessions through the real CLI: quit and resume, Ctrl-C, no terminal, bad session files, Redis."""
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import platform
 import shlex
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +71,39 @@ def test_ctrl_c_at_a_checkpoint_saves_the_session(pty_cli: PtyCli) -> None:
     code, _ = finish(child)
     assert code == 130
     assert json.loads(session_file.read_text())["status"] == "paused"
+    assert pty_cli.result()["status"] == "paused"
+
+
+TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+
+
+def cli_process(child) -> int:
+    """The pid of ``python cli.py`` under the spawned shell (the shell itself, when it exec'ed)."""
+    for _ in range(100):
+        for pid in [child.pid, *open(f"/proc/{child.pid}/task/{child.pid}/children").read().split()]:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"cli.py" in argv[1:3] and b"bash" not in argv[0]:
+                return int(pid)
+        time.sleep(0.05)
+    raise AssertionError("no cli.py process under the shell")
+
+
+@pytest.mark.skipif(TGKILL is None, reason="tgkill's syscall number is known for x86_64 and aarch64 only")
+def test_ctrl_c_taken_by_another_thread_still_stops_the_prompt(pty_cli: PtyCli) -> None:
+    """A signal goes to any thread that does not block it: one the embedded server's keeper thread takes
+    interrupts no read of the main thread, which must still see it (the CI flake of a hung Ctrl-C)."""
+    tasks = pty_cli.write("tasks.json", TASKS)
+    child = pty_cli.spawn(f"-i -f {tasks}")
+    child.expect_exact("Checkpoint after phase 2")
+    child.expect(PROMPT)
+    pid = cli_process(child)
+    others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    assert others, "the embedded run leaves no other thread: this test shows nothing"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(TGKILL, pid, others[0], int(signal.SIGINT)) == 0, os.strerror(ctypes.get_errno())
+    child.expect(r"Resume with: .*--resume-session (\S+)", timeout=15)
+    code, _ = finish(child)
+    assert code == 130
     assert pty_cli.result()["status"] == "paused"
 
 
