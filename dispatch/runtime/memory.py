@@ -7,6 +7,11 @@ with one live object stay), so a worker's RSS would keep the peak of the
 largest run it ever closed.  After those tasks only (never after an agent
 task: they are small and many), a full collection and glibc's ``malloc_trim``
 hand it back.  Elsewhere than glibc the trim is skipped.
+
+A worker (not the embedded one) also releases once it has been idle for a moment
+after its process grew (``idle_releaser``): the agent tasks that follow phase
+4's start, and a run whose whole-run tasks each grew it a little, leave freed
+heap no whole-run task comes after to give back.
 """
 from __future__ import annotations
 
@@ -14,9 +19,11 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import threading
+import time
 from typing import Any, Callable, Optional
 
-from celery.signals import task_postrun
+from celery.signals import task_postrun, task_prerun, worker_init
 
 from dispatch.tasks.names import COLLECT_TASK, PHASE_TASK_NAMES
 
@@ -66,10 +73,59 @@ def _after_task(sender: Any = None, task: Any = None, **_: Any) -> None:
             _rss_after_release = rss_bytes()
 
 
+IDLE_S = 1.0  # no task running or ended for this long: the worker is idle
+IDLE_RELEASE_BYTES = 4 * 1024 * 1024  # growth since the last release that an idle worker gives back
+_busy = {"running": 0, "ended": 0, "last_end": 0.0}
+_busy_lock = threading.Lock()
+
+
+def _task_began(**_: Any) -> None:
+    with _busy_lock:
+        _busy["running"] += 1
+
+
+def _task_ended(**_: Any) -> None:
+    with _busy_lock:
+        _busy["running"] -= 1
+        _busy["ended"] += 1
+        _busy["last_end"] = time.monotonic()
+
+
+def idle_release(seen: int) -> int:
+    """One check of the idle releaser: releases when tasks ended since ``seen`` (a count), none runs now,
+    the last ended ``IDLE_S`` ago and the process grew by ``IDLE_RELEASE_BYTES``; returns the count seen."""
+    global _rss_after_release
+    with _busy_lock:
+        ended, running, last_end = _busy["ended"], _busy["running"], _busy["last_end"]
+    if ended == seen or running > 0 or time.monotonic() - last_end < IDLE_S:
+        return seen
+    rss = rss_bytes()
+    if not rss or rss - _rss_after_release > IDLE_RELEASE_BYTES:
+        release()
+        _rss_after_release = rss_bytes()
+    return ended
+
+
+def idle_releaser(stop: threading.Event, every_s: float = IDLE_S) -> None:
+    seen = 0
+    while not stop.wait(every_s):
+        seen = idle_release(seen)
+
+
+def _start_idle_releaser(**_: Any) -> None:
+    task_prerun.connect(_task_began, weak=False, dispatch_uid="dispatch.runtime.memory._task_began")
+    task_postrun.connect(_task_ended, weak=False, dispatch_uid="dispatch.runtime.memory._task_ended")
+    threading.Thread(target=idle_releaser, args=(threading.Event(),), daemon=True,
+                     name="dispatch-idle-release").start()
+
+
 def install() -> None:
-    """Release after every whole-run task of this process (a worker, or the embedded one); idempotent."""
+    """Release after every whole-run task of this process (a worker, or the embedded one), and on a
+    worker when it goes idle after growing; idempotent."""
     global _installed, _rss_after_release
     if not _installed:
         _rss_after_release = rss_bytes()  # what the process holds before any run: nothing to give back of it
         task_postrun.connect(_after_task, weak=False)
+        worker_init.connect(_start_idle_releaser, weak=False,
+                            dispatch_uid="dispatch.runtime.memory._start_idle_releaser")
         _installed = True

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from dispatch.store.keys import Keys
 
 AGENT_LABEL = "agent:"
+LIMITS_CHUNK = 2000  # time limits written per round trip when phase 4 starts
 
 
 class RunLedger:
@@ -59,10 +60,16 @@ class RunLedger:
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.progress_key, json.dumps({"task_id": celery_id, "total": total}), ex=self.ttl_s)
         pipe.delete(self.limits_key)
-        if limits:
-            pipe.hset(self.limits_key, mapping={tid: repr(float(t)) for tid, t in limits.items()})
-            pipe.expire(self.limits_key, self.ttl_s)
         pipe.execute()
+        chunk: dict[str, str] = {}
+        for n, (tid, limit) in enumerate(limits.items(), 1):  # a round trip per chunk, not one huge command
+            chunk[tid] = repr(float(limit))
+            if len(chunk) >= LIMITS_CHUNK or n == len(limits):
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hset(self.limits_key, mapping=chunk)
+                pipe.expire(self.limits_key, self.ttl_s)
+                pipe.execute()
+                chunk = {}
 
     def close(self, linger_s: int = 0, pipe: Any = None) -> None:
         """Phase 4 closed: its per-task keys go (``linger_s``: expire that soon instead, for a cancel that

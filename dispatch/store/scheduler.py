@@ -43,7 +43,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 from importlib.resources import files
 
@@ -56,6 +56,11 @@ from dispatch.planning.graph import bottom_levels
 from dispatch.store.keys import Keys
 
 SCRIPTS = files("dispatch.store") / "lua"
+# The most tasks one transition takes and sends: phase 4's start (its chord's header) or one completion.
+# A run of 100k roots with max_workers 100k starts with this many; each completion then takes up to as
+# many more while slots are free, so no worker ever builds (and freezes) one signature per task of the run.
+TAKE_MAX = 1000
+WRITE_CHUNK = 2000  # per-task hash entries per round trip at the start
 
 
 @functools.lru_cache(maxsize=None)  # read once per process: a scheduler is built per agent task
@@ -143,46 +148,49 @@ class DagScheduler:
         return self.keys[name]
 
     # ------------------------------------------------------------------ start
-    def start(self, state: PhaseState, payloads: dict[str, BaseModel | dict], started: float,
-              finished: Optional[dict[str, TaskResult]] = None) -> list[str]:
-        """Store the run, seed the ready set with root tasks, return those to dispatch now.
+    def start(self, state: PhaseState, payloads: Mapping[str, BaseModel | dict] | Iterable[tuple[str, Any]],
+              started: float, finished: Optional[dict[str, TaskResult]] = None) -> list[str]:
+        """Store the run, seed the ready set with root tasks, return those to dispatch now (at most
+        ``TAKE_MAX``: the first completions take the rest while slots are free).
 
-        ``finished``: results kept from an earlier attempt of this phase (``dispatch
-        resume``); those tasks are not run again and count as done for their dependents.
+        ``payloads``: task id -> payload, or an iterable of those pairs, read once and written
+        ``WRITE_CHUNK`` at a time (a 100k-task run never holds every payload's JSON, nor one command
+        carrying them all).  ``finished``: results kept from an earlier attempt of this phase
+        (``dispatch resume``); those tasks are not run again and count as done for their dependents.
         """
         self.reset()
         finished = finished or {}
         tasks = state.tasks_data
         k = self.key
+        pairs = payloads.items() if isinstance(payloads, Mapping) else payloads
+        self.write_chunks(k("payloads"), ((tid, p.model_dump_json() if isinstance(p, BaseModel) else json.dumps(p))
+                                          for tid, p in pairs))
         levels = bottom_levels(tasks)
         # lower score pops first: longest remaining path first, then input order
         scores = {t.task_id: round(-levels[t.task_id], 3) + i * 1e-7 for i, t in enumerate(tasks)}
+        del levels
         children: dict[str, list[str]] = {t.task_id: [] for t in tasks}
         for t in tasks:
             for dep in dict.fromkeys(t.dependencies):
                 children[dep].append(t.task_id)
+        done = set(finished)
+        remaining = {t.task_id: len(set(t.dependencies) - done) for t in tasks}
+        self.write_chunks(k("remaining"), remaining.items())
+        self.write_chunks(k("dependents"), ((tid, "\n".join(ch)) for tid, ch in children.items()))
+        del children
+        self.write_chunks(k("depends"), ((t.task_id, "\n".join(dict.fromkeys(t.dependencies)))
+                                         for t in tasks if t.dependencies))
+        self.write_chunks(k("priority"), ((tid, repr(score)) for tid, score in scores.items()))
+        if finished:
+            self.write_chunks(k("results"), ((tid, r.model_dump_json()) for tid, r in finished.items()))
+        roots = ((t.task_id, scores[t.task_id]) for t in tasks if not remaining[t.task_id] and t.task_id not in done)
+        self.write_chunks(k("ready"), roots, zadd=True)
+        del scores, remaining
         pipe = self.client.pipeline()
         pipe.set(k("started"), repr(started))
         pipe.set(k("state"), state.model_dump_json())
         pipe.set(k("limit"), max(1, state.run_config.max_workers))
         pipe.set(k("inflight"), 0)
-        if payloads:
-            pipe.hset(k("payloads"), mapping={tid: p.model_dump_json() if isinstance(p, BaseModel) else json.dumps(p)
-                                               for tid, p in payloads.items()})
-        if tasks:
-            remaining = {t.task_id: len(set(t.dependencies) - set(finished)) for t in tasks}
-            pipe.hset(k("remaining"), mapping=remaining)
-            pipe.hset(k("dependents"), mapping={tid: "\n".join(ch) for tid, ch in children.items()})
-            depends = {t.task_id: "\n".join(dict.fromkeys(t.dependencies)) for t in tasks if t.dependencies}
-            if depends:
-                pipe.hset(k("depends"), mapping=depends)
-            pipe.hset(k("priority"), mapping={tid: repr(score) for tid, score in scores.items()})
-            if finished:
-                pipe.hset(k("results"), mapping={tid: r.model_dump_json() for tid, r in finished.items()})
-            roots = {t.task_id: scores[t.task_id] for t in tasks
-                     if not remaining[t.task_id] and t.task_id not in finished}
-            if roots:
-                pipe.zadd(k("ready"), roots)
         spent = spent_before(state, finished)  # counted on from here: progress shows the run's spend so far
         pipe.hset(k("spent"), mapping={"cost": to_nano(spent.cost_usd), "tokens": spent.total_tokens})
         plan = budget_plan(state, finished)
@@ -206,6 +214,25 @@ class DagScheduler:
             pipe.expire(k("outbox"), self.ttl_s)
             pipe.execute()
         return first
+
+    def write_chunks(self, key: str, items: Iterable[tuple[str, Any]], zadd: bool = False) -> None:
+        """``items`` into the hash ``key`` (or, ``zadd``, the sorted set: member, score), ``WRITE_CHUNK`` at a
+        time, one round trip each, holding one chunk's values at most.  Before the run's keys get their
+        expiry (``start`` sets it on every key once all is written)."""
+        chunk: dict[str, Any] = {}
+        for name, value in items:
+            chunk[name] = value
+            if len(chunk) >= WRITE_CHUNK:
+                self._write(key, chunk, zadd)
+                chunk = {}
+        if chunk:
+            self._write(key, chunk, zadd)
+
+    def _write(self, key: str, chunk: dict[str, Any], zadd: bool) -> None:
+        if zadd:
+            self.client.zadd(key, chunk)
+        else:
+            self.client.hset(key, mapping=chunk)
 
     # --------------------------------------------------------------- per task
     def prepare(self, task_id: str, cancel_key: Optional[str] = None, celery_id: str = "") -> Prepared:
@@ -256,7 +283,7 @@ class DagScheduler:
                   max(0, send.progress_every) if send else 0, f"{self.run_id}-{uuid.uuid4().hex[:20]}-" if send else "",
                   max(1, send.progress_gap_ms) if send else 1, result.agent,
                   to_nano(usage.cost_usd) if usage else 0, usage.total_tokens if usage else 0,
-                  "0" if result.not_run else "1", repr(time.time())])
+                  "0" if result.not_run else "1", repr(time.time()), TAKE_MAX])
         if not reply:
             self.finished = None
             return Completion()
@@ -277,7 +304,7 @@ class DagScheduler:
 
     def take_ready(self) -> list[str]:
         taken = self._take_ready(keys=[self.key("ready"), self.key("inflight"), self.key("limit"),
-                                       self.key("paused")])
+                                       self.key("paused")], args=[TAKE_MAX])
         return [_text(t) for t in taken]
 
     # ---------------------------------------------------------------- collect

@@ -15,13 +15,13 @@ saves by merging its writes into what its peer stored (``store.update``).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from celery import chord, shared_task
 from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
 
-from dispatch.models import ExecutionPhase, PhaseState, StateRef
+from dispatch.models import AgentPayload, ExecutionPhase, PhaseState, StateRef
 from dispatch.pipeline import phase_graph, status
 from dispatch.pipeline.execution import kept_results, task_payloads
 from dispatch.pipeline.phases import PhaseEnv, execute_phase
@@ -144,11 +144,14 @@ def rejoin_execution(task: Any, deployment: Deployment, state: PhaseState) -> An
 
 
 def start_execution(task: Any, deployment: Deployment, state: PhaseState) -> Any:
+    """Store the run's scheduling state, then send what can start now (at most ``TAKE_MAX`` tasks, in
+    a chord whose body closes the phase); nothing per task is kept once it is written."""
     scheduler = deployment.scheduler(state.run_id)
     payloads = task_payloads(state)
     limits = {tid: p.timeout_s for tid, p in payloads.items()}
     deployment.ledger(state.run_id).start_phase_4(task.request.id, len(state.tasks_data), limits)
-    first = scheduler.start(state, payloads, started=time.time(), finished=kept_results(state))
+    first = scheduler.start(state, drained(payloads), started=time.time(), finished=kept_results(state))
+    limits = {tid: limits[tid] for tid in first}
     if not first:  # nothing can start (no tasks, or all kept): collect right away
         return finish_execution(deployment, scheduler)
     header = dispatch_agents(task, deployment, state.run_id, first, limits=limits)
@@ -156,6 +159,12 @@ def start_execution(task: Any, deployment: Deployment, state: PhaseState) -> Any
     if inline is not None:
         return inline(task, deployment, state.run_id, header, limits)
     return task.replace(chord(header, task.app.signature(COLLECT_TASK, args=(state.run_id,))))
+
+
+def drained(payloads: dict[str, AgentPayload]) -> Iterator[tuple[str, AgentPayload]]:
+    """The payloads, each let go as the scheduler takes it (it writes them a chunk at a time)."""
+    while payloads:
+        yield payloads.popitem()
 
 
 PHASE_TASKS = {

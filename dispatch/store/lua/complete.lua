@@ -5,7 +5,8 @@
 -- ARGV: 1 task_id, 2 result_json, 3 succeeded ("1"/"0"), 4 ttl_s, 5 progress_every (0: never),
 --       6 id stem ("": the caller names and records what it sends itself), 7 progress gate ms,
 --       8 agent, 9 cost (nano-dollars), 10 tokens, 11 ran ("1": its agent ran, so it counts for the agent's
---       mean), 12 now (epoch seconds)
+--       mean), 12 now (epoch seconds), 13 the most tasks to take (so one completion sends a bounded
+--       number however many slots are free: the next completions take the rest)
 -- Returns {finished count, progress target or false, spent cost (nano-dollars), spent tokens, then per task
 -- to dispatch: task id, Celery id, time limit}, or {} for a duplicate completion.  The task's reservation
 -- (prepare.lua) is replaced by what it spent; once the spend alone reaches a cap (or the wall deadline
@@ -62,7 +63,8 @@ end
 local limit = tonumber(redis.call('GET', KEYS[7]) or '1')
 if redis.call('EXISTS', KEYS[18]) == 1 then limit = 0 end  -- paused at a cap: nothing new starts
 local taken = {}
-while tonumber(redis.call('GET', KEYS[6]) or '0') < limit do
+local most = tonumber(ARGV[13])
+while #taken < most and tonumber(redis.call('GET', KEYS[6]) or '0') < limit do
   local best = redis.call('ZPOPMIN', KEYS[5])
   if #best == 0 then break end
   redis.call('INCR', KEYS[6])

@@ -1,0 +1,152 @@
+"""Issue 17, a worker's memory after a run: nothing per task kept, phase 4 started in bounded pieces.
+
+Structural, not timing: a real worker is asked (a control command of its own app) what its result
+backends still hold after several runs; the scheduler's start is checked on fakeredis for how many
+tasks it sends at once and how much of the payloads it holds while writing them.
+"""
+import json
+import textwrap
+
+import fakeredis
+
+from conftest import ROOT, run_cli
+from dispatch.config import Settings
+from dispatch.models import PhaseState, RunConfig, TaskResult, TaskSpec
+from dispatch.runtime.app import create_app
+from dispatch.store import scheduler as scheduler_module
+from dispatch.store.scheduler import TAKE_MAX, WRITE_CHUNK, DagScheduler
+from dispatch.tasks.phases import drained
+
+# the worker's app plus a control command that counts, in every Redis result backend of the process (one
+# per pool thread), the results registered as waited for and the result channels subscribed to
+PROBE_APP = textwrap.dedent('''
+    import gc
+    from celery.backends.redis import RedisBackend
+    from celery.worker.control import control_command
+    from dispatch.runtime.worker import app  # noqa: F401 - the app Celery loads
+
+    @control_command()
+    def kept_results(state):
+        gc.collect()
+        found = []
+        for backend in [o for o in gc.get_objects() if isinstance(o, RedisBackend)]:
+            concrete, weak = backend._pending_results
+            consumer = backend.__dict__.get("result_consumer")
+            pubsub = getattr(consumer, "_pubsub", None)
+            found.append({"pending": len(concrete) + len(weak),
+                          "subscribed": len(getattr(consumer, "subscribed_to", ()) or ()),
+                          "channels": len(pubsub.channels) if pubsub is not None else 0})
+        return found
+''')
+
+
+def flat(n: int, max_workers: int) -> str:
+    return json.dumps({"user_prompt": "kept results", "config": {"max_workers": max_workers},
+                       "tasks": [{"task_id": f"t{i}", "agent": "echo", "description": f"task {i}"}
+                                 for i in range(n)]})
+
+
+def test_a_worker_keeps_no_result_of_the_chords_it_started(distributed, tmp_path):
+    """Phase 4's chord header (agent tasks, which store no result) was registered in the backend's pending
+    map by Celery's group barrier and never let go: 16 results (and channel subscriptions) per run here."""
+    (tmp_path / "probe_app.py").write_text(PROBE_APP)
+    distributed["workers"].start("probe", app="probe_app", concurrency=2,
+                                 env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    for _ in range(3):
+        run = run_cli(["--skip-phases", "0,1"], stdin=flat(24, 16), env=distributed["env"])
+        assert run.returncode == 0, run.stderr
+        assert len(run.json["results"]) == 24
+    app = create_app(Settings.from_env(distributed["env"]))
+    replies = app.control.broadcast("kept_results", reply=True, timeout=10)
+    [backends] = [reply for answer in replies for reply in answer.values()]
+    assert backends, "the probe found no result backend in the worker"
+    assert sum(b["pending"] for b in backends) == 0, backends
+    assert sum(b["subscribed"] for b in backends) == 0, backends
+    assert sum(b["channels"] for b in backends) == 0, backends
+
+
+def roots(n: int, max_workers: int) -> PhaseState:
+    tasks = [TaskSpec(task_id=f"t{i}", agent="echo", description="x") for i in range(n)]
+    return PhaseState(run_id="run", tasks_data=tasks, run_config=RunConfig(max_workers=max_workers))
+
+
+def test_phase_4_starts_with_a_bounded_header_and_completions_take_the_rest():
+    n = TAKE_MAX * 2 + 7
+    sched = DagScheduler(fakeredis.FakeRedis(), "t", "run")
+    first = sched.start(roots(n, max_workers=n), {f"t{i}": {} for i in range(n)}, started=0.0)
+    assert len(first) == TAKE_MAX  # not one signature per task of the run at once
+    running, done, most = list(first), [], 0
+    while running:
+        tid = running.pop()
+        done.append(tid)
+        taken = sched.finish(TaskResult(task_id=tid, agent="echo", success=True)).task_ids
+        most = max(most, len(taken))
+        running += taken
+    assert sorted(done) == sorted(f"t{i}" for i in range(n)) and len(done) == n
+    assert most == TAKE_MAX  # the slots stay filled, a bounded number per completion
+    assert sched.quiet()
+
+
+def test_the_start_writes_payloads_a_chunk_at_a_time_from_an_iterator(monkeypatch):
+    n = WRITE_CHUNK * 3 + 5
+    client = fakeredis.FakeRedis()
+    sched = DagScheduler(client, "t", "run")
+    pulled, held = [0], []
+    writes = []
+
+    def payloads():
+        for i in range(n):
+            pulled[0] += 1
+            yield f"t{i}", {"n": i}
+
+    real = sched._write
+
+    def write(key, chunk, zadd):
+        if key == sched.key("payloads"):
+            writes.append(len(chunk))
+            held.append(pulled[0])
+        real(key, chunk, zadd)
+
+    monkeypatch.setattr(sched, "_write", write)
+    sched.start(roots(n, max_workers=4), payloads(), started=0.0)
+    assert max(writes) <= WRITE_CHUNK and sum(writes) == n
+    assert held[0] <= WRITE_CHUNK  # the first chunk went before the rest was built
+    assert client.hlen(sched.key("payloads")) == n
+    assert json.loads(client.hget(sched.key("payloads"), "t7")) == {"n": 7}
+
+
+def test_phase_4_lets_each_payload_go_once_taken():
+    payloads = {"a": 1, "b": 2, "c": 3}
+    seen = []
+    for tid, value in drained(payloads):
+        seen.append(tid)
+        assert tid not in payloads
+    assert sorted(seen) == ["a", "b", "c"] and payloads == {}
+
+
+def test_the_take_caps_are_in_the_scripts():
+    assert "#taken < most" in scheduler_module.script("complete")
+    assert "#taken < most" in scheduler_module.script("take_ready")
+
+
+def test_an_idle_worker_gives_back_what_it_grew_but_never_while_a_task_runs(monkeypatch):
+    from dispatch.runtime import memory
+
+    rss, released, now = [300 << 20], [], [1000.0]
+    monkeypatch.setattr(memory, "rss_bytes", lambda: rss[0])
+    monkeypatch.setattr(memory, "release", lambda: released.append(rss[0]))
+    monkeypatch.setattr(memory, "_rss_after_release", 100 << 20)
+    monkeypatch.setattr(memory, "_busy", {"running": 0, "ended": 0, "last_end": 0.0})
+    monkeypatch.setattr(memory.time, "monotonic", lambda: now[0])
+    assert memory.idle_release(0) == 0 and released == []  # nothing ran since the last check
+    memory._task_began()
+    memory._task_ended()
+    memory._task_began()  # a second task still running
+    now[0] += 5
+    assert memory.idle_release(0) == 0 and released == []
+    memory._task_ended()
+    assert memory.idle_release(0) == 0 and released == []  # it just ended: not idle yet
+    now[0] += memory.IDLE_S
+    assert memory.idle_release(0) == 2 and released == [300 << 20]
+    now[0] += 5
+    assert memory.idle_release(2) == 2 and released == [300 << 20]  # once per burst of tasks
