@@ -124,7 +124,7 @@ def measure(parts: Cluster, n: int, bare_group: bool = True) -> dict:
     time.sleep(0.5)
     before_rss, before_mem = workers_rss(parts), used_memory(parts)
     ours = run_cli(parts, n, tmp)
-    time.sleep(1.0)  # the last acks and chord bookkeeping
+    time.sleep(3.0)  # the last acks and chord bookkeeping, then the workers' idle release (runtime/memory.py)
     after_rss = workers_rss(parts)
     after_mem, kept, lasting = redis_kept(parts, ours["run_id"])
     return {"n": n, "bare_s": bare, **ours, "rss_before": before_rss, "rss_after": after_rss,

@@ -10,12 +10,14 @@ import textwrap
 import fakeredis
 
 from conftest import ROOT, run_cli
-from dispatch.config import Settings
-from dispatch.models import PhaseState, RunConfig, TaskResult, TaskSpec
+from dispatch.config import DispatchConfig, Settings
+from dispatch.models import PhaseConfig, PhaseState, RunConfig, TaskResult, TaskSpec
+from dispatch.pipeline import execution
+from dispatch.pipeline.inputs import validate_input
+from dispatch.pipeline.prepare import prepare_state
 from dispatch.runtime.app import create_app
 from dispatch.store import scheduler as scheduler_module
 from dispatch.store.scheduler import TAKE_MAX, WRITE_CHUNK, DagScheduler
-from dispatch.tasks.phases import drained
 
 # the worker's app plus a control command that counts, in every Redis result backend of the process (one
 # per pool thread), the results registered as waited for and the result channels subscribed to
@@ -115,13 +117,27 @@ def test_the_start_writes_payloads_a_chunk_at_a_time_from_an_iterator(monkeypatc
     assert json.loads(client.hget(sched.key("payloads"), "t7")) == {"n": 7}
 
 
-def test_phase_4_lets_each_payload_go_once_taken():
-    payloads = {"a": 1, "b": 2, "c": 3}
-    seen = []
-    for tid, value in drained(payloads):
-        seen.append(tid)
-        assert tid not in payloads
-    assert sorted(seen) == ["a", "b", "c"] and payloads == {}
+def test_phase_4_builds_each_payload_as_the_scheduler_takes_it(monkeypatch):
+    document = {"tasks": [{"task_id": f"t{i}", "agent": "echo", "description": f"task {i}",
+                           "dependencies": [f"t{i - 1}"] if i % 3 else []} for i in range(30)]}
+    state = prepare_state(validate_input(document), PhaseConfig(skip_phases=[0, 1]),
+                          DispatchConfig.model_validate({"workspace": {"isolation": "shared"}}), None).state
+    whole = execution.task_payloads(state)
+    built = []
+
+    class Counted(execution.AgentPayload):
+        def __init__(self, **fields):
+            super().__init__(**fields)
+            built.append(fields["task"].task_id)
+
+    monkeypatch.setattr(execution, "AgentPayload", Counted)
+    stream = execution.iter_task_payloads(state)
+    first = next(stream)
+    assert built == ["t0"] and first[0] == "t0"  # one built, not the run's 30
+    rest = dict([first, *stream])
+    assert len(built) == 30
+    assert {tid: p.model_dump() for tid, p in rest.items()} == {tid: p.model_dump() for tid, p in whole.items()}
+    assert execution.task_limits(state, execution.task_agents(state)) == {t: p.timeout_s for t, p in whole.items()}
 
 
 def test_the_take_caps_are_in_the_scripts():

@@ -33,22 +33,32 @@ NOT_RUN = "the run stopped before this task ran"
 CANCELLED_RUNNING = "cancelled while running"
 
 
-def task_payloads(state: PhaseState) -> dict[str, AgentPayload]:
-    """Everything each agent task needs, resolved once at fan-out time.
-
-    The agents are those phase 2 resolved; a plan from an older state that
-    lacks them is resolved now, from the same config.
-    """
+def task_agents(state: PhaseState) -> dict[str, ComponentConfig]:
+    """Each agent name of the run -> its configuration: those phase 2 resolved; a plan from an older state
+    that lacks some is resolved now, from the same config."""
     configs = dict(state.plan.agent_configs) if state.plan else {}
-    missing = [t for t in state.tasks_data if t.agent not in configs]
+    missing = {t.agent: t for t in state.tasks_data if t.agent not in configs}  # one task per agent
     if missing:
-        configs.update(agent_configs(missing, state.config))
+        configs.update(agent_configs(list(missing.values()), state.config))
+    return configs
+
+
+def task_limits(state: PhaseState, configs: dict[str, ComponentConfig]) -> dict[str, Optional[float]]:
+    """Each task's timeout (its Celery time limits), without building its payload."""
+    timeout = state.run_config.timeout_seconds
+    return {t.task_id: task_timeout(configs[t.agent], timeout) for t in state.tasks_data}
+
+
+def iter_task_payloads(state: PhaseState,
+                       configs: Optional[dict[str, ComponentConfig]] = None) -> Iterator[tuple[str, AgentPayload]]:
+    """Everything each agent task needs, resolved once at fan-out time, one task at a time: the scheduler
+    writes them a chunk at a time, so a 100k-task start never holds every payload (about 1.4 KB each)."""
+    configs = task_agents(state) if configs is None else configs
     every = max(1, len(state.tasks_data) // 100)
     extras = {k: v for k, v in state.input_extras.items() if k != "quorum_feedback"}
     order = {tid: i for i, tid in enumerate(state.plan.order)} if state.plan else {}
     git = state.workspace is not None and state.workspace.isolation == "git"
     task_cap = effective_budget(state).per_task_max_cost_usd
-    payloads = {}
     for i, task in enumerate(state.tasks_data):
         component = configs[task.agent]
         payload = AgentPayload(
@@ -62,8 +72,12 @@ def task_payloads(state: PhaseState) -> dict[str, AgentPayload]:
             options = for_task(state.config.workspace, task, f"tasks[{i}]")
             if options.isolation != "shared":
                 payload.workspace, payload.workspace_options = state.workspace, options
-        payloads[task.task_id] = payload
-    return payloads
+        yield task.task_id, payload
+
+
+def task_payloads(state: PhaseState) -> dict[str, AgentPayload]:
+    """Every task's payload at once, by task id (tests, tools; phase 4 streams ``iter_task_payloads``)."""
+    return dict(iter_task_payloads(state))
 
 
 def edits_files(component: ComponentConfig) -> bool:
@@ -75,11 +89,9 @@ def needs_workspace(state: PhaseState) -> bool:
     """Phase 4 will run a task whose agent may edit files: the run records a workspace at submission."""
     if ExecutionPhase.PARALLEL_EXECUTION.number not in state.selected_phases or state.workspace is not None:
         return False
-    configs = dict(state.plan.agent_configs) if state.plan else {}
-    missing = [t for t in state.tasks_data if t.agent not in configs]
-    if missing:  # planned on a worker later: resolved here the same way (the preflight already checked them)
-        configs.update(agent_configs(missing, state.config))
-    return any(edits_files(configs[t.agent]) for t in state.tasks_data)
+    # planned on a worker later: resolved here the same way (the preflight already checked them)
+    configs = task_agents(state)
+    return any(edits_files(configs[agent]) for agent in {t.agent for t in state.tasks_data})
 
 
 def integration_order(state: PhaseState, finished: dict[str, TaskResult]) -> list[tuple[str, str]]:

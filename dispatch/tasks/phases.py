@@ -15,15 +15,15 @@ saves by merging its writes into what its peer stored (``store.update``).
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any
 
 from celery import chord, shared_task
 from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
 
-from dispatch.models import AgentPayload, ExecutionPhase, PhaseState, StateRef
+from dispatch.models import ExecutionPhase, PhaseState, StateRef
 from dispatch.pipeline import phase_graph, status
-from dispatch.pipeline.execution import kept_results, task_payloads
+from dispatch.pipeline.execution import iter_task_payloads, kept_results, task_agents, task_limits
 from dispatch.pipeline.phases import PhaseEnv, execute_phase
 from dispatch.store import Deployment
 from dispatch.tasks.agents import dispatch_agents, finish_execution
@@ -147,10 +147,11 @@ def start_execution(task: Any, deployment: Deployment, state: PhaseState) -> Any
     """Store the run's scheduling state, then send what can start now (at most ``TAKE_MAX`` tasks, in
     a chord whose body closes the phase); nothing per task is kept once it is written."""
     scheduler = deployment.scheduler(state.run_id)
-    payloads = task_payloads(state)
-    limits = {tid: p.timeout_s for tid, p in payloads.items()}
+    configs = task_agents(state)
+    limits = task_limits(state, configs)
     deployment.ledger(state.run_id).start_phase_4(task.request.id, len(state.tasks_data), limits)
-    first = scheduler.start(state, drained(payloads), started=time.time(), finished=kept_results(state))
+    first = scheduler.start(state, iter_task_payloads(state, configs), started=time.time(),
+                            finished=kept_results(state))
     limits = {tid: limits[tid] for tid in first}
     if not first:  # nothing can start (no tasks, or all kept): collect right away
         return finish_execution(deployment, scheduler)
@@ -159,12 +160,6 @@ def start_execution(task: Any, deployment: Deployment, state: PhaseState) -> Any
     if inline is not None:
         return inline(task, deployment, state.run_id, header, limits)
     return task.replace(chord(header, task.app.signature(COLLECT_TASK, args=(state.run_id,))))
-
-
-def drained(payloads: dict[str, AgentPayload]) -> Iterator[tuple[str, AgentPayload]]:
-    """The payloads, each let go as the scheduler takes it (it writes them a chunk at a time)."""
-    while payloads:
-        yield payloads.popitem()
 
 
 PHASE_TASKS = {
