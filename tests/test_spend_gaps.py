@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import pytest
 
@@ -42,15 +43,20 @@ def quorum_config(server, **extra) -> DispatchConfig:
         "planner": {"kind": "openai", "model": "plan", "base_url": server.openai_base_url}, **extra})
 
 
-def test_a_spent_cap_stops_the_quorum_before_the_planner_and_the_retry():
+def quorum_under_cap(max_tokens: int) -> tuple[list[str], Any]:
+    """A judge that asks for a retry, then passes; a planner that revises: the models asked, the result."""
     with FakeLLMServer() as server:
         server.for_model("judge", Reply(text=RETRY, usage=(300, 30)), Reply(text=PASS, usage=(300, 30)))
         server.for_model("plan", Reply(text=json.dumps({"tasks": TASKS}), usage=(500, 80)))
         request = DispatchInput(user_prompt="write and test the adapter", tasks=TASKS[:1])
         from dispatch.quorum import run_quorum
         result = run_quorum(request, quorum_config(server), sleep=lambda s: None, rng=random.Random(0),
-                            breakers=BreakerBoard(), cap=SpendCap(BudgetOptions(max_tokens=200))).result
-        asked = [r.body["model"] for r in server.requests]
+                            breakers=BreakerBoard(), cap=SpendCap(BudgetOptions(max_tokens=max_tokens))).result
+        return [r.body["model"] for r in server.requests], result
+
+
+def test_a_spent_cap_stops_the_quorum_before_the_planner_and_the_retry():
+    asked, result = quorum_under_cap(200)
     assert asked == ["judge"]  # no planner revision, no second attempt
     assert result.decision == "RETRY" and len(result.attempts) == 1 and result.usage.total_tokens == 330
     assert any(w.startswith("Budget: max_tokens reached (330 tokens spent so far): the quorum stopped asking")
@@ -58,14 +64,7 @@ def test_a_spent_cap_stops_the_quorum_before_the_planner_and_the_retry():
 
 
 def test_a_cap_not_reached_lets_the_quorum_go_on():
-    with FakeLLMServer() as server:
-        server.for_model("judge", Reply(text=RETRY, usage=(300, 30)), Reply(text=PASS, usage=(300, 30)))
-        server.for_model("plan", Reply(text=json.dumps({"tasks": TASKS}), usage=(500, 80)))
-        request = DispatchInput(user_prompt="write and test the adapter", tasks=TASKS[:1])
-        from dispatch.quorum import run_quorum
-        result = run_quorum(request, quorum_config(server), sleep=lambda s: None, rng=random.Random(0),
-                            breakers=BreakerBoard(), cap=SpendCap(BudgetOptions(max_tokens=10_000))).result
-        asked = [r.body["model"] for r in server.requests]
+    asked, result = quorum_under_cap(10_000)
     assert asked == ["judge", "plan", "judge"] and result.decision == "PASS"
     assert not any(w.startswith("Budget:") for w in result.warnings)
 
