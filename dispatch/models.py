@@ -21,6 +21,16 @@ SCHEMA_VERSION = 1
 RunStatus = Literal["pending", "running", "paused", "succeeded", "failed", "cancelled"]
 
 
+# The config of every model (and ``TypeAdapter``) dispatch parses a run's worth of JSON with: pydantic-core's
+# string cache off.  Why: that cache is process-wide and keeps the last ~16k short strings of every JSON
+# parse (task ids, descriptions, agent names) alive after the parsed objects are gone.  A worker's phase
+# task parses a 10k-task state into ~50 MB of objects; the ~15k cached strings left scattered over those
+# objects' pymalloc arenas keep nearly every arena in use, so freed memory never goes back to the system
+# (measured: a worker stayed +53 MB after one 10k-task run, +5 MB without the cache).  Parse time is the
+# same within noise (10k tasks: 40-43 ms either way).
+UNCACHED_JSON = ConfigDict(cache_strings=False)
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -34,7 +44,7 @@ def iso(dt: datetime) -> str:
 class TaskSpec(BaseModel):
     """One unit of work from the breakdown."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", cache_strings=False)  # see UNCACHED_JSON
 
     task_id: str = Field(min_length=1)
     agent: str = Field(min_length=1)
@@ -201,6 +211,8 @@ class ContextChoice(BaseModel):
 class TaskContext(BaseModel):
     """Phase 3 output for one task."""
 
+    model_config = UNCACHED_JSON
+
     task_id: str
     items: list[ContextItem] = Field(default_factory=list)
     total_tokens: int = 0
@@ -318,6 +330,8 @@ class QuorumStats(BaseModel):
 class TaskPlan(BaseModel):
     """Phase 2 output: the validated graph and its schedule facts."""
 
+    model_config = UNCACHED_JSON
+
     order: list[str] = Field(default_factory=list)
     levels: list[list[str]] = Field(default_factory=list)
     critical_path: list[str] = Field(default_factory=list)
@@ -330,6 +344,8 @@ class TaskPlan(BaseModel):
 
 # ----------------------------------------------------------------- execution
 class TaskResult(BaseModel):
+    model_config = UNCACHED_JSON
+
     task_id: str
     agent: str
     success: bool
@@ -360,6 +376,8 @@ class StateRef(BaseModel):
 
 class PhaseState(BaseModel):
     """Everything a run knows; snapshotted after every phase."""
+
+    model_config = UNCACHED_JSON
 
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -495,6 +513,8 @@ class CodingReport(BaseModel):
 # ------------------------------------------------------------ agent payload
 class AgentPayload(BaseModel):
     """Everything one agent task reads, resolved once at fan-out and kept in the store (never in the message)."""
+
+    model_config = UNCACHED_JSON
 
     task: TaskSpec
     agent: ComponentConfig

@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, overlo
 
 from pydantic import TypeAdapter, ValidationError
 
-from dispatch.models import TaskSpec
+from dispatch.models import UNCACHED_JSON, TaskSpec
 
-_TASKS = TypeAdapter(list[TaskSpec])
+_TASKS = TypeAdapter(list[TaskSpec], config=UNCACHED_JSON)  # no string cache: see UNCACHED_JSON
 
 COMPACT_FROM = 1000  # breakdowns of more tasks than this are held as ``CompactTasks``
 CHUNK = 1000  # tasks per JSON array text: a few large strings, not a small one per task

@@ -22,15 +22,16 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from pydantic import TypeAdapter, ValidationError
 
 from dispatch.errors import StateFileError
-from dispatch.models import PhaseState, TaskContext, TaskPlan, TaskResult, TaskSpec
+from dispatch.models import UNCACHED_JSON, PhaseState, TaskContext, TaskPlan, TaskResult, TaskSpec
 
 ZLIB_LEVEL = 1  # the fastest level: a 100k-task state packs in well under a second, about 10x smaller
 RESULTS_CHUNK = 1000  # results (and tasks) per stored chunk
 
-_RESULT_LIST = TypeAdapter(list[TaskResult])
-_TASK_LIST = TypeAdapter(list[TaskSpec])
-PLAN = TypeAdapter(Optional[TaskPlan])
-CONTEXTS = TypeAdapter(dict[str, TaskContext])
+# pydantic-core's string cache off at the top of each (``models.UNCACHED_JSON``: it pins a parse's heap)
+_RESULT_LIST = TypeAdapter(list[TaskResult], config=UNCACHED_JSON)
+_TASK_LIST = TypeAdapter(list[TaskSpec], config=UNCACHED_JSON)
+PLAN = TypeAdapter(Optional[TaskPlan], config=UNCACHED_JSON)
+CONTEXTS = TypeAdapter(dict[str, TaskContext], config=UNCACHED_JSON)
 
 
 def compress(text: str) -> bytes:
