@@ -6,6 +6,7 @@ tasks it sends at once and how much of the payloads it holds while writing them.
 """
 import json
 import textwrap
+from collections import Counter
 
 import fakeredis
 
@@ -15,6 +16,7 @@ from dispatch.models import PhaseConfig, PhaseState, RunConfig, TaskResult, Task
 from dispatch.pipeline import execution
 from dispatch.pipeline.inputs import validate_input
 from dispatch.pipeline.prepare import prepare_state
+from dispatch.runtime import memory
 from dispatch.runtime.app import create_app
 from dispatch.store import scheduler as scheduler_module
 from dispatch.store.scheduler import TAKE_MAX, WRITE_CHUNK, DagScheduler
@@ -39,12 +41,17 @@ PROBE_APP = textwrap.dedent('''
                           "subscribed": len(getattr(consumer, "subscribed_to", ()) or ()),
                           "channels": len(pubsub.channels) if pubsub is not None else 0})
         return found
+
+    @control_command()
+    def accepted_counts(state):
+        from celery.worker.state import total_count
+        return dict(total_count)
 ''')
 
 
-def flat(n: int, max_workers: int) -> str:
+def flat(n: int, max_workers: int, stem: str = "t") -> str:
     return json.dumps({"user_prompt": "kept results", "config": {"max_workers": max_workers},
-                       "tasks": [{"task_id": f"t{i}", "agent": "echo", "description": f"task {i}"}
+                       "tasks": [{"task_id": f"{stem}{i}", "agent": "echo", "description": f"task {i}"}
                                  for i in range(n)]})
 
 
@@ -65,6 +72,32 @@ def test_a_worker_keeps_no_result_of_the_chords_it_started(distributed, tmp_path
     assert sum(b["pending"] for b in backends) == 0, backends
     assert sum(b["subscribed"] for b in backends) == 0, backends
     assert sum(b["channels"] for b in backends) == 0, backends
+
+
+def test_celery_counts_agent_tasks_under_one_name_not_one_per_task_id(distributed, tmp_path):
+    """Celery counts accepted tasks by the name their message shows: an agent task's is its shadow
+    (``dispatch.agent:<task_id>``), so a long-lived worker kept one entry per task id it ever ran."""
+    (tmp_path / "probe_app.py").write_text(PROBE_APP)
+    distributed["workers"].start("probe", app="probe_app", concurrency=2,
+                                 env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    for stem in ("a", "b"):  # every task id new, as in runs of different breakdowns
+        run = run_cli(["--skip-phases", "0,1"], stdin=flat(200, 16, stem), env=distributed["env"])
+        assert run.returncode == 0, run.stderr
+    app = create_app(Settings.from_env(distributed["env"]))
+    [counts] = [reply for answer in app.control.broadcast("accepted_counts", reply=True, timeout=10)
+                for reply in answer.values()]
+    shadows = [name for name in counts if name.startswith("dispatch.agent:")]
+    assert len(shadows) <= memory.FOLD_AT  # folded as more arrive, not one per task id for good
+    assert counts.get("dispatch.agent", 0) + sum(counts[name] for name in shadows) == 400  # none lost
+    assert counts["dispatch.phase_4_parallel_execution"] == 2
+
+
+def test_folding_keeps_every_count_and_the_other_names():
+    counts = Counter({"dispatch.agent:t1": 1, "dispatch.agent:t2": 2, "dispatch.agent": 4, "dispatch.collect": 3})
+    memory.fold_agent_counts(counts)
+    assert counts == Counter({"dispatch.agent": 7, "dispatch.collect": 3})
+    memory.fold_agent_counts(counts)  # nothing to fold: unchanged
+    assert counts == Counter({"dispatch.agent": 7, "dispatch.collect": 3})
 
 
 def roots(n: int, max_workers: int) -> PhaseState:

@@ -8,6 +8,11 @@ largest run it ever closed.  After those tasks only (never after an agent
 task: they are small and many), a full collection and glibc's ``malloc_trim``
 hand it back.  Elsewhere than glibc the trim is skipped.
 
+Celery's own per-name count of accepted tasks (``celery.worker.state.total_count``, what
+``celery inspect stats`` shows as ``total``) is keyed by the name a message shows, and an agent
+task's is its shadow (``dispatch.agent:<task_id>``): one entry per task id a worker ever ran, for
+good.  As messages arrive those entries are folded into one ``dispatch.agent`` count (``fold_agent_counts``).
+
 A worker (not the embedded one) also releases once it has been idle for a moment
 after its process grew (``idle_releaser``): the agent tasks that follow phase
 4's start, and a run whose whole-run tasks each grew it a little, leave freed
@@ -23,9 +28,10 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from celery.signals import task_postrun, task_prerun, worker_init
+from celery.signals import task_postrun, task_prerun, task_received, worker_init
+from celery.worker import state as worker_state
 
-from dispatch.tasks.names import COLLECT_TASK, PHASE_TASK_NAMES
+from dispatch.tasks.names import AGENT_TASK, COLLECT_TASK, PHASE_TASK_NAMES, agent_shadow
 
 WHOLE_RUN_TASKS = frozenset((*PHASE_TASK_NAMES, COLLECT_TASK))
 _trim: Optional[Callable[[int], int]] = None
@@ -119,6 +125,26 @@ def _start_idle_releaser(**_: Any) -> None:
                      name="dispatch-idle-release").start()
 
 
+FOLD_AT = 256  # distinct names in Celery's count before the agent tasks' are folded into one
+_SHADOW_PREFIX = agent_shadow("")
+
+
+def fold_agent_counts(counts: Any = None) -> None:
+    """Celery's per-name count of accepted tasks, with every agent task's shadow name counted as
+    ``dispatch.agent``.  Pool threads add to it meanwhile: its names are read at once (``list``), and a
+    count added under a shadow name after it was read is folded the next time."""
+    counts = worker_state.total_count if counts is None else counts
+    names = [name for name in list(counts) if isinstance(name, str) and name.startswith(_SHADOW_PREFIX)]
+    folded = sum(counts.pop(name, 0) for name in names)
+    if folded:
+        counts[AGENT_TASK] += folded
+
+
+def _fold_when_many(**_: Any) -> None:
+    if len(worker_state.total_count) > FOLD_AT:
+        fold_agent_counts()
+
+
 def install() -> None:
     """Release after every whole-run task of this process (a worker, or the embedded one), and on a
     worker when it goes idle after growing; idempotent."""
@@ -126,6 +152,7 @@ def install() -> None:
     if not _installed:
         _rss_after_release = rss_bytes()  # what the process holds before any run: nothing to give back of it
         task_postrun.connect(_after_task, weak=False)
+        task_received.connect(_fold_when_many, weak=False, dispatch_uid="dispatch.runtime.memory._fold_when_many")
         worker_init.connect(_start_idle_releaser, weak=False,
                             dispatch_uid="dispatch.runtime.memory._start_idle_releaser")
         _installed = True
