@@ -199,3 +199,30 @@ def test_an_idle_worker_gives_back_what_it_grew_but_never_while_a_task_runs(monk
     assert memory.idle_release(0) == 2 and released == [300 << 20]
     now[0] += 5
     assert memory.idle_release(2) == 2 and released == [300 << 20]  # once per burst of tasks
+
+
+def test_an_idle_worker_gives_back_what_was_freed_since_its_last_release(monkeypatch):
+    """Grown by less than a release's worth since the last one, but well over its size when it became ready:
+    memory freed after that release (a collect step's, a send burst's) is given back too."""
+    from dispatch.runtime import memory
+
+    rss, released, now = [102 << 20], [], [1000.0]
+    monkeypatch.setattr(memory, "rss_bytes", lambda: rss[0])
+    monkeypatch.setattr(memory, "release", lambda: released.append(rss[0]))
+    monkeypatch.setattr(memory, "_rss_after_release", 100 << 20)
+    monkeypatch.setattr(memory, "_busy", {"running": 0, "ended": 0, "last_end": 0.0})
+    monkeypatch.setattr(memory.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(memory, "_rss_at_start", 95 << 20)
+    memory._task_began()
+    memory._task_ended()
+    now[0] += memory.IDLE_S
+    assert memory.idle_release(0) == 1 and released == []  # 7 MB over its start: kept
+    monkeypatch.setattr(memory, "_rss_at_start", 80 << 20)
+    memory._task_began()
+    memory._task_ended()
+    now[0] += memory.IDLE_S
+    assert memory.idle_release(1) == 2 and released == [102 << 20]  # 22 MB over its start: released
+
+
+def test_a_worker_fixes_the_mmap_threshold():
+    assert memory.bound_mmap_threshold() is True  # glibc here (elsewhere: False, nothing set)
