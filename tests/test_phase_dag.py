@@ -9,7 +9,8 @@ import fakeredis
 import pytest
 
 from dispatch.config import ComponentConfig, DispatchConfig, PhaseOptions
-from dispatch.models import ExecutionPhase, GlobalContext, PhaseResult, PhaseState, QuorumResult
+from dispatch.models import (ExecutionPhase, GlobalContext, PhaseResult, PhaseState, QuorumResult, TaskPlan,
+                             TaskResult, TaskSpec)
 from dispatch.pipeline.phase_graph import merge_branch, stages
 from dispatch.store.state import DirectoryStateStore, RedisStateStore
 from dispatch.tasks.phases import load_state, newest_ref
@@ -156,6 +157,36 @@ def test_redis_update_redoes_the_change_after_a_save_in_between():
 
     final = store.update("r1", change)
     assert calls == [1, 2] and final.status == "cancelled" and store.load("r1").version == 3
+
+
+def test_a_lean_merge_after_a_peers_save_keeps_a_big_runs_tasks_and_results(monkeypatch):
+    """The phase tasks merge with ``update(lean=True)``: the stored state's tasks, plan and results stay behind
+    their stand-ins, and what the merge keeps of them is saved from those, whole."""
+    from dispatch.store import state as state_module
+
+    monkeypatch.setattr(state_module, "INLINE_TASKS", 5)
+    monkeypatch.setattr(state_module, "INLINE_RESULTS", 5)
+    store = RedisStateStore(fakeredis.FakeRedis(), "t")
+    tasks = [TaskSpec(task_id=f"t{i}", agent="echo", description=f"task {i}") for i in range(12)]
+    results = [TaskResult(task_id=f"t{i}", agent="echo", success=True, output={"n": i}) for i in range(8)]
+    base = PhaseState(run_id="r1", selected_phases=[0, 1], status="running", tasks_data=tasks,
+                      task_results=results, plan=TaskPlan(order=[t.task_id for t in tasks]))
+    store.save(base)  # version 1: what both branches read
+    branch = {n: ran(store.load("r1"), n) for n in (0, 1)}
+    store.update("r1", lambda stored: merge_branch(stored, branch[0], 0, 1), lean=True)
+    seen = []
+
+    def merge(stored):
+        seen.append(type(stored.tasks_data).__name__)
+        return merge_branch(stored, branch[1], 1, 1)
+
+    store.update("r1", merge, lean=True)  # its peer saved first: merged onto what it stored
+    final = store.load("r1")
+    assert seen == ["StoredTasks"]  # the tasks were not built for the merge
+    assert [t.task_id for t in final.tasks_data] == [t.task_id for t in tasks]
+    assert final.plan.order == base.plan.order and final.task_results == results
+    assert final.global_context is not None and final.quorum_result.decision == "PASS"
+    assert final.ran_from == {0: 1, 1: 1} and final.status == "succeeded" and final.version == 3
 
 
 # ------------------------------------------------------------ redelivery

@@ -50,8 +50,9 @@ UPDATE_ATTEMPTS = 50  # a Redis update that keeps losing its WATCH race gives up
 
 class StateStore(Protocol):
     def save(self, state: PhaseState) -> None: ...
-    # read, change and save one run atomically: what two phases saving the same run at once use
-    def update(self, run_id: str, change: StateChange) -> PhaseState: ...
+    # read, change and save one run atomically: what two phases saving the same run at once use; ``lean``:
+    # ``change`` is given the state as ``load_lean`` reads it (what it does not touch is never built)
+    def update(self, run_id: str, change: StateChange, lean: bool = False) -> PhaseState: ...
     def load(self, run_id: str) -> Optional[PhaseState]: ...
     # the same state, its task results possibly left in the store behind a ``StoredResults`` (read-only use)
     def load_lean(self, run_id: str) -> Optional[PhaseState]: ...
@@ -217,9 +218,10 @@ class DirectoryStateStore:
         state.version += 1
         atomic_write(self._path(state.run_id), write=lambda fh: write_state(state, fh))
 
-    def update(self, run_id: str, change: StateChange) -> PhaseState:
+    def update(self, run_id: str, change: StateChange, lean: bool = False) -> PhaseState:
         """Under an exclusive lock on ``.<run_id>.lock`` beside the file, which every updater of the run
-        takes (the threads of the embedded worker, or processes sharing the folder)."""
+        takes (the threads of the embedded worker, or processes sharing the folder).  One file: ``lean``
+        reads it whole all the same."""
         lock = self._path(run_id).with_name(f".{run_id}.lock")
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "a") as fh:
@@ -331,16 +333,18 @@ class RedisStateStore:
                     else compress(adapter.dump_json(value).decode("utf-8"))
         pipe.hset(parts_key, mapping=fields)
 
-    def update(self, run_id: str, change: StateChange) -> PhaseState:
+    def update(self, run_id: str, change: StateChange, lean: bool = False) -> PhaseState:
         """WATCH the run's key, read, change, save in MULTI/EXEC; another save in between (a peer phase, a
-        cancel) makes EXEC fail, and the change is made again on what that save stored."""
+        cancel) makes EXEC fail, and the change is made again on what that save stored.  ``lean``: the
+        stored state as ``load_lean`` reads it; what ``change`` keeps of it is saved from its stand-ins
+        (a phase merging its writes reads a 100k-task run's tasks once, not twice)."""
         from redis.exceptions import WatchError
 
         for _ in range(UPDATE_ATTEMPTS):
             with self.client.pipeline() as pipe:
                 try:
                     pipe.watch(self.key(run_id))
-                    state = change(self.load(run_id))
+                    state = change(self.load_lean(run_id) if lean else self.load(run_id))
                     pipe.multi()
                     self.save(state, pipe)
                     return state

@@ -80,8 +80,8 @@ def run_phase_task(task: Any, phase: ExecutionPhase, ref_json: dict | list) -> d
     if execute_phase(phase, state, env, lambda: deployment.cancelled(state.run_id)):
         # a peer of a parallel step may have saved meanwhile: merge this phase's writes into what it stored
         mine = state
-        state = deployment.store.update(
-            mine.run_id, lambda stored: phase_graph.merge_branch(stored, mine, phase.number, base))
+        state = deployment.store.update(  # lean: the merge reads its peer's state only for what it wrote
+            mine.run_id, lambda stored: phase_graph.merge_branch(stored, mine, phase.number, base), lean=True)
     return state.ref().model_dump()
 
 
