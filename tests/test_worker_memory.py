@@ -178,15 +178,20 @@ def test_the_take_caps_are_in_the_scripts():
     assert "#taken < most" in scheduler_module.script("take_ready")
 
 
-def test_an_idle_worker_gives_back_what_it_grew_but_never_while_a_task_runs(monkeypatch):
-    from dispatch.runtime import memory
-
-    rss, released, now = [300 << 20], [], [1000.0]
+def idle_worker(monkeypatch, rss_mb: int, after_release_mb: int, ready_mb: int) -> tuple[list, list, list]:
+    """The releaser's view of a worker: its RSS, the releases it made, its clock (each a one-item list)."""
+    rss, released, now = [rss_mb << 20], [], [1000.0]
     monkeypatch.setattr(memory, "rss_bytes", lambda: rss[0])
     monkeypatch.setattr(memory, "release", lambda: released.append(rss[0]))
-    monkeypatch.setattr(memory, "_rss_after_release", 100 << 20)
+    monkeypatch.setattr(memory, "_rss_after_release", after_release_mb << 20)
+    monkeypatch.setattr(memory, "_rss_at_start", ready_mb << 20)
     monkeypatch.setattr(memory, "_busy", {"running": 0, "ended": 0, "last_end": 0.0})
     monkeypatch.setattr(memory.time, "monotonic", lambda: now[0])
+    return rss, released, now
+
+
+def test_an_idle_worker_gives_back_what_it_grew_but_never_while_a_task_runs(monkeypatch):
+    rss, released, now = idle_worker(monkeypatch, 300, after_release_mb=100, ready_mb=100)
     assert memory.idle_release(0) == 0 and released == []  # nothing ran since the last check
     memory._task_began()
     memory._task_ended()
@@ -204,24 +209,16 @@ def test_an_idle_worker_gives_back_what_it_grew_but_never_while_a_task_runs(monk
 def test_an_idle_worker_gives_back_what_was_freed_since_its_last_release(monkeypatch):
     """Grown by less than a release's worth since the last one, but well over its size when it became ready:
     memory freed after that release (a collect step's, a send burst's) is given back too."""
-    from dispatch.runtime import memory
-
-    rss, released, now = [102 << 20], [], [1000.0]
-    monkeypatch.setattr(memory, "rss_bytes", lambda: rss[0])
-    monkeypatch.setattr(memory, "release", lambda: released.append(rss[0]))
-    monkeypatch.setattr(memory, "_rss_after_release", 100 << 20)
-    monkeypatch.setattr(memory, "_busy", {"running": 0, "ended": 0, "last_end": 0.0})
-    monkeypatch.setattr(memory.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(memory, "_rss_at_start", 95 << 20)
+    rss, released, now = idle_worker(monkeypatch, 102, after_release_mb=100, ready_mb=95)
     memory._task_began()
     memory._task_ended()
     now[0] += memory.IDLE_S
-    assert memory.idle_release(0) == 1 and released == []  # 7 MB over its start: kept
+    assert memory.idle_release(0) == 1 and released == []  # 7 MB over its ready size: kept
     monkeypatch.setattr(memory, "_rss_at_start", 80 << 20)
     memory._task_began()
     memory._task_ended()
     now[0] += memory.IDLE_S
-    assert memory.idle_release(1) == 2 and released == [102 << 20]  # 22 MB over its start: released
+    assert memory.idle_release(1) == 2 and released == [102 << 20]  # 22 MB over it: released
 
 
 def test_a_worker_fixes_the_mmap_threshold():
