@@ -11,7 +11,7 @@ from dispatch.config import DispatchConfig, Settings
 from dispatch.errors import UsageError
 from dispatch.models import ExecutionPhase, PhaseConfig, PhaseResult, PhaseState, TaskResult, TaskSpec
 from dispatch.pipeline.prepare import remaining_phases, resume_state
-from dispatch.runtime.control import cancel_run
+from dispatch.runtime.control import cancel_run, close_phase_4
 from dispatch.store import Deployment, Keys, RunLedger
 from dispatch.store.scheduler import DagScheduler
 from dispatch.store.state import RedisStateStore
@@ -95,6 +95,30 @@ def test_cancel_during_phase_4_keeps_finished_results_and_lets_dag_keys_expire(c
     assert not phase_4.success and phase_4.error.startswith("cancelled (1 of 3 tasks had finished)")
     for key in scheduler.keys.values():
         assert client.ttl(key) in (-2,) or 0 < client.ttl(key) <= SETTINGS.state_ttl_s, key
+
+
+def test_a_close_racing_anothers_retire_sees_the_records_whole_or_not_at_all(client, store, monkeypatch):
+    """A stopped embedded run is closed by the CLI while the executor may close it too: a ``retire`` landing
+    between the close's reads left a state without its results, and finished tasks reported as never run."""
+    state = make_state(status="running")
+    store.save(state)
+    scheduler = DagScheduler(client, "ops", "r1", ttl_s=10_000)
+    scheduler.start(state, {}, started=time.time())
+    scheduler.finish(TaskResult(task_id="c", agent="echo", success=True, output="ok"))
+    deploy = deployment(client, store)
+    real_pipeline = client.pipeline
+
+    def pipeline(*args, **kwargs):  # the other closer's retire runs right before this close's reads
+        monkeypatch.setattr(client, "pipeline", real_pipeline)
+        deploy.retire("r1")
+        return real_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(client, "pipeline", pipeline)
+    assert close_phase_4("r1", deploy, cancel_seen=True) is None  # nothing half: the run was closed already
+    scheduler.start(state, {}, started=time.time())
+    scheduler.finish(TaskResult(task_id="c", agent="echo", success=True, output="ok"))
+    closed = close_phase_4("r1", deploy, cancel_seen=True)
+    assert {r.task_id: r.success for r in closed.task_results}["c"] is True
 
 
 def test_cancel_refuses_finished_and_unknown_runs(client, store):

@@ -15,7 +15,7 @@ from dispatch.errors import UsageError
 from dispatch.models import PhaseState
 from dispatch.pipeline import status
 from dispatch.pipeline.execution import close_execution
-from dispatch.store import DagScheduler, Deployment, RunLedger
+from dispatch.store import Deployment, RunLedger
 from dispatch.store.deployment import RETIRE_LINGER_S
 
 
@@ -57,23 +57,17 @@ def close_phase_4(run_id: str, deployment: Deployment, *, cancel_seen: bool = Fa
     None when phase 4 is not under way.  The scheduler keys are left to
     expire (within ``RETIRE_LINGER_S``), never reset: a late duplicate may still complete into them.
     """
-    scheduler = deployment.scheduler(run_id)
-    state = scheduler.state()
+    records = deployment.scheduler(run_id).records()  # one moment: another closer may be retiring them
+    state, finished = records.state, records.results
     if state is None:
         return None
-    finished = scheduler.results()
     # claimed by an agent task (``prepare``) and not finished: it was running when the run stopped
-    running = {tid for tid in claimed_tasks(scheduler) if tid not in finished} if cancel_seen else set()
+    running = {tid for tid in records.claimed if tid not in finished} if cancel_seen else set()
     # a cap reached before the chord broke still pauses the run (the tasks it kept from starting say so)
-    close_execution(state, finished, scheduler.started(), cancel_seen=cancel_seen,
-                    broken=broken, lost=lost, running=running, paused=scheduler.paused())
+    close_execution(state, finished, records.started, cancel_seen=cancel_seen,
+                    broken=broken, lost=lost, running=running, paused=records.paused)
     deployment.retire(run_id, linger_s=RETIRE_LINGER_S)  # soon gone, not at once (late duplicates)
     return state
-
-
-def claimed_tasks(scheduler: DagScheduler) -> list[str]:
-    """The tasks an agent task has started on (the scheduler's ``claims``)."""
-    return [k.decode() if isinstance(k, bytes) else k for k in scheduler.client.hkeys(scheduler.key("claims"))]
 
 
 def close_broken_chord(run_id: str, deployment: Deployment, exc: BaseException) -> Optional[PhaseState]:

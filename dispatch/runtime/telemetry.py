@@ -313,11 +313,15 @@ def _agent_finished(task: Any, span: Any, args: Any, retval: Any) -> None:
     if isinstance(retval, dict) and retval.get("duplicate"):
         span.set_attribute("dispatch.duplicate", True)  # a redelivery: the first run's span has the result
         return
-    scheduler = deployment_of(task.app).scheduler(run_id)
-    raw = scheduler.client.hget(scheduler.key("results"), task_id)
-    if raw is None:
-        return
-    result = TaskResult.model_validate_json(raw)
+    # the result this very task recorded (``agent_task`` leaves it on its request): once the chord's last
+    # part has returned, its collect step may already have closed the run and dropped the scheduler's hash
+    result = getattr(task.request, "dispatch_result", None)
+    if not isinstance(result, TaskResult):
+        scheduler = deployment_of(task.app).scheduler(run_id)
+        raw = scheduler.client.hget(scheduler.key("results"), task_id)
+        if raw is None:
+            return
+        result = TaskResult.model_validate_json(raw)
     outcome = task_status(result)
     attributes: dict[str, Any] = {"dispatch.agent": result.agent, "dispatch.worker": result.worker or "",
                                   "dispatch.attempt": result.attempts, "dispatch.status": outcome,

@@ -108,6 +108,16 @@ class Prepared(NamedTuple):
     dependency_commits: dict[str, str] = {}  # dependency -> the commit of its change (git workspaces)
 
 
+class Records(NamedTuple):
+    """What closing phase 4 from outside its chord reads of the scheduler, from one moment (``records``)."""
+
+    state: Optional[PhaseState]  # None: phase 4 is not under way (never started, or closed and retired)
+    results: dict[str, TaskResult]
+    started: float
+    paused: Optional[str]
+    claimed: list[str]  # the tasks an agent task has started on (``prepare``'s claims)
+
+
 class AlreadyClaimed(Exception):
     """Another Celery task runs (or ran) this task: this one is a second send of it."""
 
@@ -311,6 +321,22 @@ class DagScheduler:
     def state(self) -> Optional[PhaseState]:
         raw = self.client.get(self.key("state"))
         return PhaseState.model_validate_json(raw) if raw else None
+
+    def records(self) -> Records:
+        """The state, results, start, pause and claims in one MULTI: a close racing another closer's ``retire``
+        (the embedded executor's own close, a chord's collect step) sees all of them or none, never a state
+        whose results were already dropped (its finished tasks would be reported as never run)."""
+        k = self.key
+        pipe = self.client.pipeline(transaction=True)
+        for command, name in (("get", "state"), ("hgetall", "results"), ("get", "started"), ("get", "paused"),
+                              ("hkeys", "claims")):
+            getattr(pipe, command)(k(name))
+        raw, results, started, paused, claims = pipe.execute()
+        if not raw:
+            return Records(None, {}, 0.0, None, [])
+        return Records(PhaseState.model_validate_json(raw),
+                       {_text(tid): TaskResult.model_validate_json(v) for tid, v in results.items()},
+                       float(started or 0.0), _text(paused) if paused else None, [_text(c) for c in claims])
 
     def started(self) -> float:
         return float(self.client.get(self.key("started")) or 0.0)

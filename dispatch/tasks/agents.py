@@ -142,6 +142,8 @@ def agent_task(self: Any, run_id: str, task_id: str, spent: Optional[dict] = Non
                         usage=over_attempts(spent, priced(outcome.usage, payload.prices) if payload else outcome.usage),
                         not_run=not_run)
     every = payload.progress_every if payload else 1
+    # for task_postrun (telemetry): the last part's collect may retire the scheduler's keys before it runs
+    self.request.dispatch_result = result
     completion = scheduler.finish(result, send_keys(deployment.ledger(run_id), every))
     if completion.progress_target is not None:
         report_phase_progress(self, run_id, completion)
