@@ -200,6 +200,7 @@ def test_a_task_killed_at_its_hard_limit_counts_nothing_and_the_cap_still_pauses
                        run_config=RunConfig(max_workers=2, budget=BudgetOptions(max_tokens=90,
                                                                                 default_estimate_tokens=40)))
     deployment = Deployment(Settings(state_dir=str(tmp_path / "state")), fakeredis.FakeRedis())
+    deployment.store.save(state)  # as phase 4 saves it before it starts the scheduler
     sched = deployment.scheduler("run")
     first = sched.start(state, {t.task_id: {} for t in tasks}, started=0.0)
     deployment.ledger("run").record({"cid-killed": f"agent:{first[1]}"})

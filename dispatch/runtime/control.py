@@ -17,6 +17,7 @@ from dispatch.pipeline import status
 from dispatch.pipeline.execution import close_execution
 from dispatch.store import Deployment, RunLedger
 from dispatch.store.deployment import RETIRE_LINGER_S
+from dispatch.store.parts import tasks_in_memory
 
 
 @dataclass
@@ -58,7 +59,9 @@ def close_phase_4(run_id: str, deployment: Deployment, *, cancel_seen: bool = Fa
     expire (within ``RETIRE_LINGER_S``), never reset: a late duplicate may still complete into them.
     """
     records = deployment.scheduler(run_id).records()  # one moment: another closer may be retiring them
-    state, finished = records.state, records.results
+    if records.ref is None:
+        return None
+    state, finished = tasks_in_memory(deployment.store.load_lean(run_id)), records.results
     if state is None:
         return None
     # claimed by an agent task (``prepare``) and not finished: it was running when the run stopped

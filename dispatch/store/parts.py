@@ -102,6 +102,14 @@ class StoredTasks(StoredList):
     what = "tasks"
 
 
+def tasks_in_memory(state: Optional[PhaseState]) -> Optional[PhaseState]:
+    """``state`` (as ``load_lean`` reads it) with its tasks read into a list: for a reader that goes over
+    them several times (phase 4's close), while its plan and contexts stay packed until something uses them."""
+    if state is not None and isinstance(state.tasks_data, StoredTasks):
+        state.tasks_data = list(state.tasks_data)
+    return state
+
+
 class StoredValue:
     """One field's JSON, compressed as stored; decoded (``value``) the first time it is used."""
 

@@ -50,7 +50,7 @@ from importlib.resources import files
 from pydantic import BaseModel
 
 from dispatch.common.spend import to_nano
-from dispatch.models import PhaseState, TaskResult
+from dispatch.models import PhaseState, StateRef, TaskResult
 from dispatch.pipeline.spend import budget_plan, spent_before
 from dispatch.planning.graph import bottom_levels
 from dispatch.store.keys import Keys
@@ -111,7 +111,8 @@ class Prepared(NamedTuple):
 class Records(NamedTuple):
     """What closing phase 4 from outside its chord reads of the scheduler, from one moment (``records``)."""
 
-    state: Optional[PhaseState]  # None: phase 4 is not under way (never started, or closed and retired)
+    ref: Optional[StateRef]  # the run's state in the store; None: phase 4 is not under way (never started, or
+    # closed and retired)
     results: dict[str, TaskResult]
     started: float
     paused: Optional[str]
@@ -198,7 +199,9 @@ class DagScheduler:
         del scores, remaining
         pipe = self.client.pipeline()
         pipe.set(k("started"), repr(started))
-        pipe.set(k("state"), state.model_dump_json())
+        # a reference, not the state: the close reads the run from the store, lean (a copy of a 100k-task
+        # state here cost a worker seconds to write and to parse back, and its whole size in memory)
+        pipe.set(k("state"), state.ref().model_dump_json())
         pipe.set(k("limit"), max(1, state.run_config.max_workers))
         pipe.set(k("inflight"), 0)
         spent = spent_before(state, finished)  # counted on from here: progress shows the run's spend so far
@@ -318,14 +321,16 @@ class DagScheduler:
         return [_text(t) for t in taken]
 
     # ---------------------------------------------------------------- collect
-    def state(self) -> Optional[PhaseState]:
+    def state_ref(self) -> Optional[StateRef]:
+        """The run's state as phase 4 started it (in the store), or None: phase 4 is not under way."""
         raw = self.client.get(self.key("state"))
-        return PhaseState.model_validate_json(raw) if raw else None
+        return StateRef.model_validate_json(raw) if raw else None
 
     def records(self) -> Records:
-        """The state, results, start, pause and claims in one MULTI: a close racing another closer's ``retire``
-        (the embedded executor's own close, a chord's collect step) sees all of them or none, never a state
-        whose results were already dropped (its finished tasks would be reported as never run)."""
+        """The state's reference, results, start, pause and claims in one MULTI: a close racing another
+        closer's ``retire`` (the embedded executor's own close, a chord's collect step) sees all of them or
+        none, never a state whose results were already dropped (its finished tasks would be reported as
+        never run)."""
         k = self.key
         pipe = self.client.pipeline(transaction=True)
         for command, name in (("get", "state"), ("hgetall", "results"), ("get", "started"), ("get", "paused"),
@@ -334,7 +339,7 @@ class DagScheduler:
         raw, results, started, paused, claims = pipe.execute()
         if not raw:
             return Records(None, {}, 0.0, None, [])
-        return Records(PhaseState.model_validate_json(raw),
+        return Records(StateRef.model_validate_json(raw),
                        {_text(tid): TaskResult.model_validate_json(v) for tid, v in results.items()},
                        float(started or 0.0), _text(paused) if paused else None, [_text(c) for c in claims])
 

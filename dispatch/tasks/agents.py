@@ -27,6 +27,7 @@ from dispatch.common.spend import over_attempts, priced, total
 from dispatch.store import (AlreadyClaimed, Completion, DagScheduler, Deployment, NoSuchRun, OverBudget, RunLedger,
                             SendKeys)
 from dispatch.store import stall
+from dispatch.store.parts import tasks_in_memory
 from dispatch.tasks.names import AGENT_TASK, COLLECT_TASK, agent_queue, agent_shadow, celery_id
 from dispatch.tasks.support import deployment_of
 
@@ -243,14 +244,18 @@ def finish_execution(deployment: Deployment, scheduler: DagScheduler) -> dict:
     one scheduler, and the first to end early (its parts were duplicates) must
     store no result (``Ignore``) rather than close the run with tasks missing.
     """
-    state = scheduler.state()
-    if state is None:
-        stored = deployment.store.load(scheduler.run_id)
+    if scheduler.state_ref() is None:
+        stored = deployment.store.load_lean(scheduler.run_id)
         if stored is not None and stored.result_for(ExecutionPhase.PARALLEL_EXECUTION) is not None:
             raise Ignore()  # another chord of this phase closed it
         raise LookupError(f"run {scheduler.run_id}: phase 4 state expired before collection")
     if not scheduler.quiet() or not scheduler.claim_close():
         raise Ignore()
+    # lean: a large run's plan and contexts stay packed, and are saved again as they were read
+    state = tasks_in_memory(deployment.store.load_lean(scheduler.run_id))
+    if state is None:
+        raise LookupError(f"run {scheduler.run_id}: its state left the store ({deployment.store.describe()}) "
+                          f"before phase 4 was collected")
     if state.workspace is not None and state.workspace.isolation == "git":
         finished: Any = scheduler.results()  # the integration reads every task's change
         integration, error = integrate_changes(state, finished)

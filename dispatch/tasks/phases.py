@@ -26,6 +26,7 @@ from dispatch.pipeline import phase_graph, status
 from dispatch.pipeline.execution import iter_task_payloads, kept_results, task_agents, task_limits
 from dispatch.pipeline.phases import PhaseEnv, execute_phase
 from dispatch.store import Deployment
+from dispatch.store.parts import tasks_in_memory
 from dispatch.tasks.agents import dispatch_agents, finish_execution
 from dispatch.tasks.names import COLLECT_TASK, PHASE_TASK_NAMES, phase_task_name
 from dispatch.tasks.support import deployment_of
@@ -48,12 +49,13 @@ def newest_ref(ref_json: dict | list) -> StateRef:
 
 
 def load_state(deployment: Deployment, ref_json: dict | list,
-               phase: ExecutionPhase | None = None) -> tuple[PhaseState, bool]:
+               phase: ExecutionPhase | None = None, lean: bool = False) -> tuple[PhaseState, bool]:
     """The run's stored state, and whether this phase is to run on it (False: a later save happened: this
     phase, or a cancel, already moved the run on).  A phase of a parallel step whose peer saved first still
-    runs (``phase_graph.ran_beside_peers``)."""
+    runs (``phase_graph.ran_beside_peers``).  ``lean``: its tasks in memory, the rest of a large run's parts
+    (plan, contexts, results) read when used and saved again as they were read (``store.parts``)."""
     ref = newest_ref(ref_json)
-    state = deployment.store.load(ref.run_id)
+    state = tasks_in_memory(deployment.store.load_lean(ref.run_id)) if lean else deployment.store.load(ref.run_id)
     if state is None:  # an unknown run (or another deployment's): nothing is run, nothing written
         logger.warning("ignored a phase message for run %s: no such run in %s", ref.run_id,
                        deployment.store.describe())
@@ -109,7 +111,7 @@ def phase_3_context_filtering(self: Any, ref: dict | list) -> dict:
 def phase_4_parallel_execution(self: Any, ref: dict | list) -> dict:
     """Fan out: replace this task by a chord whose header grows as dependencies complete."""
     deployment = deployment_of(self.app)
-    state, fresh = load_state(deployment, ref)
+    state, fresh = load_state(deployment, ref, lean=True)
     if not fresh:
         return rejoin_execution(self, deployment, state)
     if not status.is_stopped(state) and deployment.cancelled(state.run_id):
