@@ -14,19 +14,107 @@ tasks, which store no result, so those registrations were never resolved and a
 long-lived worker kept each phase 4's header results and their channel
 subscriptions for good (the soak's +0.5 MB/min).  A worker registers a result
 only when it waits on it (a join), and starts a chord without that extra group.
+
+And it counts phase 4's chord parts without keeping them (``PhaseFourChordParts``):
+Celery's Redis backend stores every part's result in the chord (a sorted set),
+reads them all back when the last part lands and sends them to the callback as
+its argument, so a 100k-task phase 4 left 100k results (about 12 MB) in Redis for
+the run, took a worker the reading of all of them at the end, and made a 4 MB
+message (and a 4 MB result, the callback's arguments, which the CLI then
+fetched).  Phase 4's results are in its scheduler; the collect step reads them
+there and ignores its argument.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from celery import signals
+from celery import signals, states
 from celery.backends.redis import RedisBackend
+from celery.canvas import maybe_signature
+from celery.exceptions import ChordError
 from celery.result import GroupResult
+from celery.utils.log import get_logger
 
 from dispatch.store import ride_out_outages
+from dispatch.tasks.names import COLLECT_TASK
+
+logger = get_logger(__name__)
+
+# One part of phase 4's chord lands: counted once (by its task id, as Celery's own script does); only a
+# failed part's result is kept (the chord's error names it).  The part that completes the chord takes it
+# (``done``, as Celery marks a finished chord, so a late duplicate part does nothing) and gets the kept
+# failures; the chord's keys go with it.  Returns {parts seen, 0}, {-1, 0} (done already) or, to the
+# completing part, {parts seen, 1, the failed parts' results...}.
+# KEYS: 1 the kept results (Celery's join key), 2 the added parts (.t), 3 the size (.s), 4 the parts seen (.d),
+#       5 done (.c).  ARGV: 1 the part (task id:index), 2 failed ("1"/"0"), 3 its result, 4 ordered ("1":
+#       a sorted set, Celery's default, else a list), 5 its index, 6 the keys' expiry (0: none), 7 done's expiry
+PHASE_FOUR_PART_LUA = """
+if redis.call('GET', KEYS[5]) == 'done' then return {-1, 0} end
+if redis.call('SADD', KEYS[4], ARGV[1]) == 1 and ARGV[2] == '1' then
+  if ARGV[4] == '1' then redis.call('ZADD', KEYS[1], ARGV[5], ARGV[3]) else redis.call('RPUSH', KEYS[1], ARGV[3]) end
+end
+local ready = redis.call('SCARD', KEYS[4])
+if tonumber(ARGV[6]) > 0 then
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
+end
+local size = redis.call('GET', KEYS[3])
+if not size or ready ~= tonumber(size) + tonumber(redis.call('GET', KEYS[2]) or '0') then return {ready, 0} end
+if not redis.call('SET', KEYS[5], 'done', 'NX', 'EX', ARGV[7]) then return {-1, 0} end
+local failed
+if ARGV[4] == '1' then failed = redis.call('ZRANGE', KEYS[1], 0, -1) else failed = redis.call('LRANGE', KEYS[1], 0, -1) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+table.insert(failed, 1, 1)
+table.insert(failed, 1, ready)
+return failed
+"""
+DONE_EXPIRES_S = 300  # how long a finished chord says so (Celery keeps its own marker as long)
 
 
-class WorkerRedisBackend(RedisBackend):
+class PhaseFourChordParts(RedisBackend):
+    """Phase 4's chord (its callback is the collect step) counted in O(1) memory; every other chord as
+    Celery does it."""
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, propagate: Any = None,
+                             **kwargs: Any) -> Any:
+        callback_json = getattr(request, "chord", None)
+        if not isinstance(callback_json, dict) or callback_json.get("task") != COLLECT_TASK:
+            return super().on_chord_part_return(request, state, result, propagate=propagate, **kwargs)
+        tid, gid, index = request.id, request.group, request.group_index
+        if not gid or not tid:
+            return None
+        index = "+inf" if index is None else index
+        failed = state in states.PROPAGATE_STATES
+        value = self.encode([1, tid, state, self.encode_result(result, state)]) if failed else ""
+        keys = [self.get_key_for_group(gid, suffix) for suffix in (".j", ".t", ".s", ".d", ".c")]
+        reply = self._phase_four_part(keys=keys, args=[f"{tid}:{index}", "1" if failed else "0", value,
+                                                       "1" if self._chord_zset else "0", index,
+                                                       int(self.expires or 0), DONE_EXPIRES_S],
+                                      client=self.client)
+        if int(reply[1]) != 1:
+            return None  # not the last part (or the chord is done already)
+        callback = maybe_signature(callback_json, app=self.app)
+        try:
+            for raw in reply[2:]:  # a failed part fails the chord, with Celery's own error ("Dependency ...")
+                self._unpack_chord_result(raw, self.decode)
+        except ChordError as exc:
+            logger.error("Chord %r raised: %r", gid, exc)
+            return self.chord_error_from_stack(callback, exc)
+        try:
+            callback.delay([])  # the collect step reads the results from the scheduler, not from here
+        except Exception as exc:  # noqa: BLE001 - as Celery: the chord fails, the run is closed from outside
+            logger.exception("Chord callback for %r raised: %r", gid, exc)
+            return self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
+        return None
+
+    @property
+    def _phase_four_part(self) -> Any:
+        script = self.__dict__.get("_phase_four_script")
+        if script is None:
+            script = self.__dict__["_phase_four_script"] = self.client.register_script(PHASE_FOUR_PART_LUA)
+        return script
+
+
+class WorkerRedisBackend(PhaseFourChordParts):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = getattr(kwargs.get("app"), "dispatch_settings", None)
         if not kwargs.get("url") and settings is not None:

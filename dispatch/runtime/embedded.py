@@ -18,8 +18,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from celery.backends.redis import RedisBackend
-
+from dispatch.runtime.backend import PhaseFourChordParts
 from dispatch.runtime.embedded_server import PrivateRedis, embedded_client, embedded_server
 
 __all__ = ["EmbeddedRedisBackend", "PrivateRedis", "embedded_client", "embedded_server", "embedded_worker",
@@ -34,7 +33,7 @@ def silence_worker_logs() -> None:
     _SILENT = True
 
 
-class EmbeddedRedisBackend(RedisBackend):
+class EmbeddedRedisBackend(PhaseFourChordParts):
     """Celery's Redis result backend talking to the in-process server."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -92,8 +92,7 @@ def agent_task(self: Any, run_id: str, task_id: str, spent: Optional[dict] = Non
         # its worker died after recording the result, before acking: the result stands, and whatever
         # that completion unblocked but may not have sent goes out now
         unsent = scheduler.unsent(task_id)
-        for signature in dispatch_agents(self, deployment, run_id, unsent):
-            self.add_to_chord(signature)
+        add_to_chord(self, dispatch_agents(self, deployment, run_id, unsent))
         if unsent:
             scheduler.sent(task_id)
         return {"task_id": task_id, "success": None, "duplicate": True}
@@ -157,13 +156,35 @@ def send_next(task: Any, scheduler: DagScheduler, task_id: str, sends: list[tupl
     when phase 4 runs its tasks in this process (embedded: ``runtime.embedded_executor``, named by the
     request), queued there: nothing can be redelivered, the outbox entry goes with the run's keys."""
     inline = getattr(task.request, "dispatch_inline", None)
-    for tid, celery_id, limit in sends:
-        if inline is not None:
+    if inline is not None:
+        for tid, celery_id, limit in sends:
             inline.submit(tid, celery_id, limit)
-        else:
-            task.add_to_chord(agent_signature(task.app, scheduler.run_id, tid, limit).set(task_id=celery_id))
-    if sends and inline is None:
+        return
+    add_to_chord(task, [agent_signature(task.app, scheduler.run_id, tid, limit).set(task_id=celery_id)
+                        for tid, celery_id, limit in sends])
+    if sends:
         scheduler.sent(task_id)
+
+
+def add_to_chord(task: Any, signatures: list[Any]) -> None:
+    """Celery's ``Task.add_to_chord`` for a completion's sends together: the chord's size grows by one
+    INCRBY for all of them (Celery's makes one INCR each: a thousand round trips when a completion starts
+    a thousand tasks), then each is sent.  As with Celery's, a completer that dies between the two leaves
+    the chord counting sends that never came: its redelivery sends them (``unsent``), and the stall
+    watchdog closes a chord that still stays open once nothing runs or waits."""
+    if not signatures:
+        return
+    request = task.request
+    if not request.chord:
+        raise ValueError("Current task is not member of any chord")
+    for signature in signatures:
+        signature.set(group_id=request.group, group_index=request.group_index, chord=request.chord,
+                      root_id=request.root_id)
+        signature.freeze()
+    backend = task.backend
+    backend.client.incrby(backend.get_key_for_group(request.group, ".t"), len(signatures))
+    for signature in signatures:
+        signature.delay()
 
 
 _CHORDS_SEEN: set[tuple[str, str]] = set()  # (run, group) this process has recorded: one write per chord
