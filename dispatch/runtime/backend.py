@@ -26,6 +26,7 @@ there and ignores its argument.
 """
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from celery import signals, states
@@ -106,12 +107,9 @@ class PhaseFourChordParts(RedisBackend):
             return self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
         return None
 
-    @property
+    @cached_property
     def _phase_four_part(self) -> Any:
-        script = self.__dict__.get("_phase_four_script")
-        if script is None:
-            script = self.__dict__["_phase_four_script"] = self.client.register_script(PHASE_FOUR_PART_LUA)
-        return script
+        return self.client.register_script(PHASE_FOUR_PART_LUA)
 
 
 class WorkerRedisBackend(PhaseFourChordParts):
