@@ -21,6 +21,7 @@ from dispatch.config import Settings
 from dispatch.runtime import backend, limits, shutdown, telemetry, visibility, watchdog
 from dispatch.runtime.backend import WorkerRedisBackend
 from dispatch.runtime.embedded import EmbeddedRedisBackend
+from dispatch.tasks.support import batch_producer
 from dispatch.tasks.names import AGENT_QUEUE, AGENT_TASK, PHASE_QUEUE, agent_queue, phase_queue
 
 __all__ = ["AGENT_QUEUE", "PHASE_QUEUE", "create_app"]
@@ -61,6 +62,14 @@ class ShadowNamedAMQP(AMQP):
         return message
 
 
+class DispatchCelery(Celery):
+    """Celery, whose publishes on a thread that opened a batch (``tasks.support.sent_together``) go into
+    that batch's producer (``Task.replace``'s chord and ``Signature.delay`` acquire one of their own)."""
+
+    def producer_or_acquire(self, producer: Any = None) -> Any:
+        return super().producer_or_acquire(producer if producer is not None else batch_producer())
+
+
 def drop_unused_builtins(sender: Celery, **_: Any) -> None:
     for name in UNUSED_BUILTINS:
         sender.tasks.pop(name, None)
@@ -76,7 +85,7 @@ def create_app(settings: Settings) -> Celery:
     telemetry.install()  # a no-op unless OTEL_* is set and the [otel] extra is installed
     limits.install_on_workers()  # the deployment's provider rate limiter, on each worker that starts
     if settings.embedded:
-        app = Celery("dispatch", broker="memory://", backend=EmbeddedRedisBackend, set_as_current=False,
+        app = DispatchCelery("dispatch", broker="memory://", backend=EmbeddedRedisBackend, set_as_current=False,
                      amqp=ShadowNamedAMQP)
         app.conf.broker_transport_options = {"polling_interval": 0.005}
         # memory://, woken by each publish and ack instead of polling (dispatch.runtime.embedded_transport)
@@ -84,7 +93,7 @@ def create_app(settings: Settings) -> Celery:
     else:
         # a Redis backend's clients ride out a lost or full Redis on workers, one per pool thread (runtime/backend.py)
         on_redis = str(settings.result_backend).startswith(("redis://", "rediss://"))
-        app = Celery("dispatch", broker=settings.broker_url, set_as_current=False, amqp=ShadowNamedAMQP,
+        app = DispatchCelery("dispatch", broker=settings.broker_url, set_as_current=False, amqp=ShadowNamedAMQP,
                      backend=WorkerRedisBackend if on_redis else settings.result_backend)
         if on_redis:
             backend.install_on_workers()

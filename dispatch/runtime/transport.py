@@ -18,16 +18,24 @@ lost.  This transport, selected by ``broker_transport`` (``runtime/app.py``):
 It also gives each channel one Redis client for its writes: kombu builds a new
 one (about 60 µs in redis-py 8) for every publish, unacked record, ack and event,
 six or more per task, most of them on the worker's one consumer thread.
+
+And its publish batches (kombu's ``Producer.batch``, which ``tasks.support.sent_together``
+opens around a completion's sends) go out in one MULTI/EXEC, and a batch that fails is
+published again a message at a time, riding out a full or lost Redis as a single publish
+does: kombu's own batch runs a plain pipeline once and then only says "delivery is
+uncertain", which would leave a completer's dependents unsent.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
+from kombu.exceptions import BatchPublishError
 from kombu.transport import redis as kombu_redis
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import ConnectionError as RedisConnectionError, OutOfMemoryError, TimeoutError as RedisTimeout
 
 from dispatch.common.backoff import backoff_delay
 
@@ -85,8 +93,95 @@ class QoS(kombu_redis.QoS):
         return super().restore_unacked(client)
 
 
+REPLAY_BACKOFF_S, REPLAY_CAP_S = 0.2, 2.0
+
+
+class PublishBatch(kombu_redis.PublishBatch):
+    """kombu's batch in one transaction (all of it lands or none), keeping its commands until they did: a
+    flush that fails is replayed command by command, each retried while Redis is full or unreachable for
+    up to ``dispatch_oom_wait_s``.  A replayed message may land twice (a reply lost after the EXEC ran);
+    a dispatch agent message is claimed before it runs and counted once by its chord."""
+
+    def __init__(self, channel: Any, max_size: int) -> None:
+        self.channel = channel
+        self.max_size = max_size
+        self._buffered = 0
+        self._collecting = None
+        self._failed = None
+        self._aborted = False
+        self._closed = False
+        self._pending: list[tuple[str, tuple]] = []
+        self._stack = ExitStack()
+        try:
+            self.client = self._stack.enter_context(channel.conn_or_acquire())
+            self.pipeline = self._stack.enter_context(self.client.pipeline(transaction=True))
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def publish(self, message: Any, **kwargs: Any) -> Any:
+        """kombu's, noting each command as it enters the pipeline (what a failed flush replays)."""
+        self._check_usable()
+        commands: list[tuple[str, tuple]] = []
+        self._collecting = commands
+        try:
+            result = self.channel.basic_publish(message, _publish_batch=self, **kwargs)
+        finally:
+            self._collecting = None
+        if commands:
+            if self._buffered and self._buffered + len(commands) > self.max_size:
+                self.flush()
+            for name, args in commands:
+                getattr(self.pipeline, name)(*args)
+                self._pending.append((name, args))
+            self._buffered += len(commands)
+            if self._buffered >= self.max_size:
+                self.flush()
+        return result
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            super().flush()
+        except BatchPublishError as exc:
+            self._failed = None  # usable again once replayed
+            self.replay(pending, exc.__cause__)
+
+    def discard(self) -> None:
+        super().discard()
+        self._pending = []
+
+    def replay(self, commands: list[tuple[str, tuple]], cause: Any) -> None:
+        logger.warning("a batch of %d publish commands failed (%s: %s); publishing them one at a time",
+                       len(commands), type(cause).__name__, cause)
+        wait_s = oom_wait_s(self.channel)
+        for name, args in commands:
+            command = functools.partial(getattr(self.client, name), *args)
+            ride_out_lost_redis(functools.partial(ride_out_full_redis, command, wait_s, "publishing a message"),
+                                wait_s)
+
+
+def ride_out_lost_redis(write: Callable[[], T], wait_s: float) -> T:
+    """``write()``, retried with backoff while Redis cannot be reached, for up to ``wait_s`` seconds
+    (redis-py reconnects on the next command)."""
+    deadline = time.monotonic() + max(0.0, wait_s)
+    attempt = 0
+    while True:
+        try:
+            return write()
+        except (RedisConnectionError, RedisTimeout):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(backoff_delay(attempt, REPLAY_BACKOFF_S, REPLAY_CAP_S),
+                           max(0.0, deadline - time.monotonic())))
+            attempt += 1
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
+
+    def create_publish_batch(self, max_size: int) -> PublishBatch:
+        return PublishBatch(self, max_size)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

@@ -29,7 +29,7 @@ from dispatch.store import (AlreadyClaimed, Completion, DagScheduler, Deployment
 from dispatch.store import stall
 from dispatch.store.parts import tasks_in_memory
 from dispatch.tasks.names import AGENT_TASK, COLLECT_TASK, agent_queue, agent_shadow, celery_id
-from dispatch.tasks.support import deployment_of
+from dispatch.tasks.support import deployment_of, sent_together
 
 logger = get_task_logger(__name__)
 TRANSIENT_RETRIES = 3
@@ -171,7 +171,8 @@ def add_to_chord(task: Any, signatures: list[Any]) -> None:
     INCRBY for all of them (Celery's makes one INCR each: a thousand round trips when a completion starts
     a thousand tasks), then each is sent.  As with Celery's, a completer that dies between the two leaves
     the chord counting sends that never came: its redelivery sends them (``unsent``), and the stall
-    watchdog closes a chord that still stays open once nothing runs or waits."""
+    watchdog closes a chord that still stays open once nothing runs or waits.  The messages go out
+    together (``sent_together``), before the caller clears the completion's outbox."""
     if not signatures:
         return
     request = task.request
@@ -183,8 +184,9 @@ def add_to_chord(task: Any, signatures: list[Any]) -> None:
         signature.freeze()
     backend = task.backend
     backend.client.incrby(backend.get_key_for_group(request.group, ".t"), len(signatures))
-    for signature in signatures:
-        signature.delay()
+    with sent_together(task.app):
+        for signature in signatures:
+            signature.delay()
 
 
 _CHORDS_SEEN: set[tuple[str, str]] = set()  # (run, group) this process has recorded: one write per chord

@@ -29,7 +29,7 @@ from dispatch.store import Deployment
 from dispatch.store.parts import tasks_in_memory
 from dispatch.tasks.agents import dispatch_agents, finish_execution
 from dispatch.tasks.names import COLLECT_TASK, PHASE_TASK_NAMES, phase_task_name
-from dispatch.tasks.support import deployment_of
+from dispatch.tasks.support import deployment_of, sent_together
 
 
 logger = get_task_logger(__name__)
@@ -142,7 +142,8 @@ def rejoin_execution(task: Any, deployment: Deployment, state: PhaseState) -> An
     if not again:
         raise Ignore()  # everything it sent has run: the first delivery's chord is alive and will close
     header = dispatch_agents(task, deployment, state.run_id, again)
-    return task.replace(chord(header, task.app.signature(COLLECT_TASK, args=(state.run_id,))))
+    with sent_together(task.app):  # the chord's parts, up to TAKE_MAX of them, in a few round trips
+        return task.replace(chord(header, task.app.signature(COLLECT_TASK, args=(state.run_id,))))
 
 
 def start_execution(task: Any, deployment: Deployment, state: PhaseState) -> Any:
@@ -161,7 +162,8 @@ def start_execution(task: Any, deployment: Deployment, state: PhaseState) -> Any
     inline = getattr(task.app, "dispatch_phase_4_inline", None)  # embedded: runs them here, no chord
     if inline is not None:
         return inline(task, deployment, state.run_id, header, limits)
-    return task.replace(chord(header, task.app.signature(COLLECT_TASK, args=(state.run_id,))))
+    with sent_together(task.app):  # the chord's parts, up to TAKE_MAX of them, in a few round trips
+        return task.replace(chord(header, task.app.signature(COLLECT_TASK, args=(state.run_id,))))
 
 
 PHASE_TASKS = {
