@@ -21,7 +21,7 @@ from dispatch.config import Settings
 from dispatch.runtime.app import create_app
 from dispatch.tasks.agents import agent_signature
 from dispatch.tasks.names import agent_queue
-from dispatch.tasks.support import batch_producer, sent_together
+from dispatch.tasks.sending import ShortSender, batch_producer, sent_together
 
 pytestmark = [pytest.mark.redis]
 PREFIX = "sent-together"
@@ -120,3 +120,56 @@ def test_a_batch_a_full_redis_refuses_is_sent_again_each_message_once_when_memor
         client.config_set("maxmemory", 0)
     assert time.monotonic() - began >= 1.0  # it waited for memory instead of losing the batch
     assert queued_ids(client, queue) == [f"run1-c{i}" for i in range(40)]  # each once, in order
+
+
+def normalized(raw: bytes, task_id: str) -> dict:
+    """A queued message with what differs between two sends of one task put aside: its delivery tag."""
+    message = json.loads(raw)
+    message["properties"].pop("delivery_tag")
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    assert message["headers"]["id"] == task_id
+    return message
+
+
+@pytest.mark.parametrize("extra", [{}, {"replaced_task_nesting": 1}], ids=["a-completion", "a-chord-header"])
+def test_the_short_path_publishes_the_message_and_event_celery_would(broker, monkeypatch, extra):
+    """Inside a batch an agent send builds its message with Celery's builder and publishes it without Celery's
+    per-message path (``tasks.sending.ShortSender``): a completion's send, both ways, must give the same
+    message and ``task-sent`` event."""
+    app, client, queue = broker
+    events = client.pubsub()
+    events.psubscribe("*celeryev*")
+    events.get_message(timeout=1)
+    chord = app.signature("dispatch.collect", args=("run1",)).set(task_id="run1-phase4")
+    as_celery, as_ours = (agent_signature(app, "run1", "t1", 30).set(
+        task_id=cid, group_id="g1", group_index=0, chord=dict(chord), root_id="run1-root", **extra)
+        for cid in ("a", "b"))
+    for signature in (as_celery, as_ours):
+        signature.freeze()
+    short = []
+    monkeypatch.setattr(ShortSender, "send", lambda self, *args, _send=ShortSender.send: (short.append(args[0]),
+                                                                                        _send(self, *args)))
+    as_celery.delay()  # no batch open: Celery's send_task
+    with sent_together(app):
+        as_ours.delay()  # the short way
+    assert short == ["dispatch.agent"]
+    raw_celery, raw_ours = reversed(client.lrange(queue, 0, -1))
+    celery_message, our_message = normalized(raw_celery, "a"), normalized(raw_ours, "b")
+    for message in (celery_message, our_message):
+        message["headers"]["id"] = message["properties"]["correlation_id"] = "ID"
+    assert our_message == celery_message
+    sent = []
+    deadline = time.monotonic() + 5
+    while len(sent) < 2 and time.monotonic() < deadline:
+        message = events.get_message(timeout=0.5)
+        if message and message["type"] == "pmessage":
+            envelope = json.loads(message["data"])
+            envelope["properties"].pop("delivery_tag")
+            envelope["body"] = json.loads(base64.b64decode(envelope["body"]))
+            sent.append(envelope)
+    assert [e["body"]["uuid"] for e in sent] == ["a", "b"]
+    assert sent[1]["body"]["clock"] > sent[0]["body"]["clock"]
+    for envelope in sent:
+        for volatile in ("uuid", "clock", "timestamp", "utcoffset"):
+            envelope["body"].pop(volatile)
+    assert sent[1] == sent[0]

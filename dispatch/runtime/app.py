@@ -21,7 +21,7 @@ from dispatch.config import Settings
 from dispatch.runtime import backend, limits, shutdown, telemetry, visibility, watchdog
 from dispatch.runtime.backend import WorkerRedisBackend
 from dispatch.runtime.embedded import EmbeddedRedisBackend
-from dispatch.tasks.support import batch_producer
+from dispatch.tasks import sending
 from dispatch.tasks.names import AGENT_QUEUE, AGENT_TASK, PHASE_QUEUE, agent_queue, phase_queue
 
 __all__ = ["AGENT_QUEUE", "PHASE_QUEUE", "create_app"]
@@ -63,11 +63,22 @@ class ShadowNamedAMQP(AMQP):
 
 
 class DispatchCelery(Celery):
-    """Celery, whose publishes on a thread that opened a batch (``tasks.support.sent_together``) go into
-    that batch's producer (``Task.replace``'s chord and ``Signature.delay`` acquire one of their own)."""
+    """Celery, whose publishes on a thread that opened a batch (``tasks.sending.sent_together``) go into
+    that batch's producer (``Task.replace``'s chord and ``Signature.delay`` acquire one of their own), an
+    agent task's there the short way (``tasks.sending.ShortSender``)."""
 
     def producer_or_acquire(self, producer: Any = None) -> Any:
-        return super().producer_or_acquire(producer if producer is not None else batch_producer())
+        return super().producer_or_acquire(producer if producer is not None else sending.batch_producer())
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        sender = sending.short_sender(self, name, options)
+        if sender is None:
+            return super().send_task(name, args, kwargs, **options)
+        sender.send(name, args, kwargs, options)
+        # no trail on the sending task (``add_to_parent``): agent tasks keep no Celery result to link
+        result = (options.get("result_cls") or self.AsyncResult)(options["task_id"])
+        result.ignored = options.get("ignore_result")
+        return result
 
 
 def drop_unused_builtins(sender: Celery, **_: Any) -> None:

@@ -19,7 +19,7 @@ It also gives each channel one Redis client for its writes: kombu builds a new
 one (about 60 µs in redis-py 8) for every publish, unacked record, ack and event,
 six or more per task, most of them on the worker's one consumer thread.
 
-And its publish batches (kombu's ``Producer.batch``, which ``tasks.support.sent_together``
+And its publish batches (kombu's ``Producer.batch``, which ``tasks.sending.sent_together``
 opens around a completion's sends) go out in one MULTI/EXEC, and a batch that fails is
 published again a message at a time, riding out a full or lost Redis as a single publish
 does: kombu's own batch runs a plain pipeline once and then only says "delivery is

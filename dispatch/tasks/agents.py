@@ -29,7 +29,8 @@ from dispatch.store import (AlreadyClaimed, Completion, DagScheduler, Deployment
 from dispatch.store import stall
 from dispatch.store.parts import tasks_in_memory
 from dispatch.tasks.names import AGENT_TASK, COLLECT_TASK, agent_queue, agent_shadow, celery_id
-from dispatch.tasks.support import deployment_of, sent_together
+from dispatch.tasks.sending import sent_together
+from dispatch.tasks.support import deployment_of
 
 logger = get_task_logger(__name__)
 TRANSIENT_RETRIES = 3
@@ -172,7 +173,7 @@ def add_to_chord(task: Any, signatures: list[Any]) -> None:
     a thousand tasks), then each is sent.  As with Celery's, a completer that dies between the two leaves
     the chord counting sends that never came: its redelivery sends them (``unsent``), and the stall
     watchdog closes a chord that still stays open once nothing runs or waits.  The messages go out
-    together (``sent_together``), before the caller clears the completion's outbox."""
+    together (``tasks.sending``), before the caller clears the completion's outbox."""
     if not signatures:
         return
     request = task.request

@@ -29,7 +29,8 @@ from dispatch.store import Deployment
 from dispatch.store.parts import tasks_in_memory
 from dispatch.tasks.agents import dispatch_agents, finish_execution
 from dispatch.tasks.names import COLLECT_TASK, PHASE_TASK_NAMES, phase_task_name
-from dispatch.tasks.support import deployment_of, sent_together
+from dispatch.tasks.sending import sent_together
+from dispatch.tasks.support import deployment_of
 
 
 logger = get_task_logger(__name__)
