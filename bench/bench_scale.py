@@ -164,11 +164,11 @@ def measure(parts: Cluster, n: int, bare_group: bool = True) -> dict:
 def rows_of(ms: list[dict], shape: str) -> list[dict]:
     """One row per figure; with repeats (interleaved pairs), medians: the ratios are medians of each
     pair's own ratio, the sizes the worst of the repeats."""
-    n, m = ms[0]["n"], ms[0]
+    n, bare_run = ms[0]["n"], ms[0]["bare_s"] is not None
     growth = max(a - b for m in ms for a, b in zip(m["rss_after"], m["rss_before"]))
     seconds = statistics.median(m["seconds"] for m in ms)
     cpu = statistics.median(m["cpu_s"] for m in ms)
-    bare = statistics.median(m["bare_s"] for m in ms) if m["bare_s"] else None
+    bare = statistics.median(m["bare_s"] for m in ms) if bare_run else None
     bare_cpu = statistics.median(m["bare_cpu_s"] for m in ms) if bare else None
     each = f", median of {len(ms)}" if len(ms) > 1 else ""
     peak, lasting, kept = (max(m[k] for m in ms) for k in ("peak_mb", "lasting_per_task", "kept_per_task"))

@@ -96,8 +96,8 @@ def create_app(settings: Settings) -> Celery:
     telemetry.install()  # a no-op unless OTEL_* is set and the [otel] extra is installed
     limits.install_on_workers()  # the deployment's provider rate limiter, on each worker that starts
     if settings.embedded:
-        app = DispatchCelery("dispatch", broker="memory://", backend=EmbeddedRedisBackend, set_as_current=False,
-                     amqp=ShadowNamedAMQP)
+        app = DispatchCelery("dispatch", broker="memory://", backend=EmbeddedRedisBackend,
+                             set_as_current=False, amqp=ShadowNamedAMQP)
         app.conf.broker_transport_options = {"polling_interval": 0.005}
         # memory://, woken by each publish and ack instead of polling (dispatch.runtime.embedded_transport)
         app.conf.broker_transport = "dispatch.runtime.embedded_transport:Transport"
@@ -105,7 +105,7 @@ def create_app(settings: Settings) -> Celery:
         # a Redis backend's clients ride out a lost or full Redis on workers, one per pool thread (runtime/backend.py)
         on_redis = str(settings.result_backend).startswith(("redis://", "rediss://"))
         app = DispatchCelery("dispatch", broker=settings.broker_url, set_as_current=False, amqp=ShadowNamedAMQP,
-                     backend=WorkerRedisBackend if on_redis else settings.result_backend)
+                             backend=WorkerRedisBackend if on_redis else settings.result_backend)
         if on_redis:
             backend.install_on_workers()
         shutdown.install_on_workers()  # a phase body blocked past its timeout never holds up a stopping worker

@@ -156,8 +156,9 @@ class ShortSender:
                 parent_id = parent_id or parent.request.id
         headers, properties, body, sent_event = self.amqp.as_task_v2(
             task_id, name, args, kwargs, group_id=options.get("group_id"), group_index=options.get("group_index"),
-            chord=options.get("chord"), reply_to=options.get("reply_to") or self.app.thread_oid, time_limit=options.get("time_limit"),
-            soft_time_limit=options.get("soft_time_limit"), create_sent_event=self.sent_events, root_id=root_id,
+            chord=options.get("chord"), reply_to=options.get("reply_to") or self.app.thread_oid,
+            time_limit=options.get("time_limit"), soft_time_limit=options.get("soft_time_limit"),
+            create_sent_event=self.sent_events, root_id=root_id,
             parent_id=parent_id, shadow=options.get("shadow"), ignore_result=options.get("ignore_result"),
             argsrepr=plain_repr(args), kwargsrepr=plain_repr(kwargs), retries=options.get("retries") or 0,
             replaced_task_nesting=options.get("replaced_task_nesting") or 0)
