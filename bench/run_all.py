@@ -7,7 +7,8 @@ P1 pipeline overhead vs a bare Celery group, P2 DAG makespan vs its lower bound
 start vs ``celery --help``, P5 state save+load for 10k tasks, P6 phases 0 and 1 side by side vs in
 sequence (a slow retriever and a slow validator), P7 scale (N no-op tasks by the CLI: time vs a bare group,
 CLI peak RSS, worker RSS growth, Redis kept per closed task), P8 embedded throughput, hop cost and start-up
-(one echo task, bytecode cached, and the floor of importing Celery).  ``--slow``
+(one echo task, bytecode cached, and the floor of importing Celery), P9 what a worker spends sending one
+agent message (one by one, batched, the short way).  ``--slow``
 adds the soak (``bench/soak.py``, 30 min: runs back to back while a worker is restarted).  Run it on a
 quiet machine: the ratios compare runs made minutes apart on the same cores.
 """
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import (bench_cli, bench_context, bench_embedded, bench_phase_dag, bench_pipeline,  # noqa: E402
-                   bench_scale, bench_state, soak)
+                   bench_scale, bench_sends, bench_state, soak)
 
 
 def machine_line() -> str:
@@ -68,6 +69,7 @@ def main() -> int:
         ("P7", lambda: bench_scale.run(tasks=(300,) if args.quick else (1000, 10000))),
         ("P8", lambda: bench_embedded.run(tasks=300 if args.quick else 1000, chain=50 if args.quick else 200)
          + bench_embedded.start_ups(repeat=3 if args.quick else 7)),
+        ("P9", lambda: bench_sends.run(sends=300 if args.quick else 1000, rounds=3 if args.quick else 7)),
     ]
     soaked: list[bool] = []
 

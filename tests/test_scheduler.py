@@ -264,3 +264,22 @@ def test_an_agent_message_for_a_run_without_phase_4_writes_nothing():
     with pytest.raises(NoSuchRun):
         sched.prepare("t1", "cancel", celery_id="c1")
     assert client.keys("*") == []
+
+
+def test_the_close_is_a_lease_its_closer_renews_and_a_dead_closer_lets_lapse(monkeypatch):
+    """A collect step whose worker died while closing held the close for the run's TTL (until the watchdog
+    released it two minutes later); now its claim lapses within ``CLOSE_LEASE_S``, while a live closer
+    renews it for as long as its close takes."""
+    import time
+
+    from dispatch.store import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "CLOSE_LEASE_S", 3)
+    client = fakeredis.FakeRedis()
+    sched = DagScheduler(client, "t", "run", ttl_s=600)
+    assert sched.claim_close() and 0 < client.ttl(sched.key("closed")) <= 3
+    with sched.holding_close():
+        time.sleep(4.5)  # past one lease: renewed meanwhile
+        assert not sched.claim_close()
+    time.sleep(3.5)  # nobody renews it now: a closer that died
+    assert sched.claim_close()

@@ -173,3 +173,14 @@ def test_the_short_path_publishes_the_message_and_event_celery_would(broker, mon
         for volatile in ("uuid", "clock", "timestamp", "utcoffset"):
             envelope["body"].pop(volatile)
     assert sent[1] == sent[0]
+
+
+def test_the_sends_bench_measures_the_three_ways_side_by_side(redis_server):
+    """``bench/bench_sends.py`` (P9) runs, and names the three ways it compares (no timing is asserted)."""
+    from bench.bench_sends import run
+
+    rows = run(sends=30, rounds=2)
+    assert [row["name"].split(" (")[0] for row in rows] == [
+        "P9 sending an agent message one by one", "P9 sending an agent message batched",
+        "P9 sending an agent message short"]
+    assert all(row["value"] > 0 for row in rows) and rows[0]["ratio"] == 1.0

@@ -12,8 +12,8 @@ claim in ``prepare`` keeps its agent from running twice.  A run whose tasks
 have all run (the scheduler is quiet) while its chord stays open on two looks
 lost a part of the chord itself (a duplicate send's message): its callback, the
 collect step that closes phase 4 from the scheduler's records, is sent instead;
-and a close claimed by a collect step whose worker then died is released after
-``CLOSE_STUCK_S`` so that it can be done again.
+so is it when a collect step died while closing (its close's lease lapses within
+``store.scheduler.CLOSE_LEASE_S``; its redelivery would find the close taken).
 """
 from __future__ import annotations
 
@@ -32,8 +32,6 @@ logger = logging.getLogger(__name__)
 PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: queue keys of priorities other than 0
 PRIORITY_STEPS = (3, 6, 9)
 CLOSE = "<close>"  # a suspect that is not a send: a run's chord that will not close
-CLOSE_STUCK_S = 120.0  # a close claimed this long ago with the run still open: its closer died (a close of
-#                        100,000 tasks takes seconds)
 
 
 class StallWatchdog:
@@ -65,15 +63,10 @@ class StallWatchdog:
             if self.deployment.scheduler(run_id).quiet():
                 # nothing runs or waits, yet phase 4 is open: its chord lost a part (a duplicate send whose
                 # message was lost) and its callback will never come; on the second look it is sent here.
-                # Or a collect step claimed the close and its worker died before closing: a redelivery of it
-                # finds the claim taken and stores nothing; past CLOSE_STUCK_S the claim is released.
-                claimed = stall.close_claim_age(client, keys, run_id, self.deployment.ttl_s)
-                if claimed is not None:
-                    if claimed < CLOSE_STUCK_S:
-                        continue
-                    stall.release_close_claim(client, keys, run_id)
-                    logger.warning("run %s: phase 4's close was claimed %.0fs ago and never done: released",
-                                   run_id, claimed)
+                # Or a collect step is closing it now (its lease held): nothing to do.  A collect step whose
+                # worker died while closing lets its lease lapse, and the close is sent here as well.
+                if stall.close_claimed(client, keys, run_id):
+                    continue
                 seen.add((run_id, CLOSE))
                 self.suspects[(run_id, CLOSE)] = self.suspects.get((run_id, CLOSE), 0) + 1
                 if self.suspects[(run_id, CLOSE)] >= 2 and self.close(run_id):
@@ -134,14 +127,14 @@ class StallWatchdog:
         if not stall.lock(client, keys, run_id, self.deployment.settings.stall_check_s):
             return False
         context = stall.chord_context(client, keys, run_id)
-        if context is None or client.exists(keys.dag(run_id)["closed"]):
+        if context is None or stall.close_claimed(client, keys, run_id):
             return False  # a collect step already claimed the close (it may still be saving the run)
         if not self.deployment.scheduler(run_id).quiet():
             return False
         self.app.signature(context[1]).apply_async(args=([],))
         self.suspects.pop((run_id, CLOSE), None)
-        logger.warning("run %s: phase 4 finished but its chord did not close (a part of it was lost): "
-                       "sent its collect step", run_id)
+        logger.warning("run %s: phase 4 finished but its chord did not close (a part of it was lost, or its "
+                       "closer died): sent its collect step", run_id)
         return True
 
     def run_forever(self) -> None:

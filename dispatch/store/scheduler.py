@@ -40,10 +40,12 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, NamedTuple, Optional
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional
 
 from importlib.resources import files
 
@@ -61,6 +63,7 @@ SCRIPTS = files("dispatch.store") / "lua"
 # many more while slots are free, so no worker ever builds (and freezes) one signature per task of the run.
 TAKE_MAX = 1000
 WRITE_CHUNK = 2000  # per-task hash entries per round trip at the start
+CLOSE_LEASE_S = 30  # a closer holds phase 4's close this long at a time, renewed while it works
 
 
 @functools.lru_cache(maxsize=None)  # read once per process: a scheduler is built per agent task
@@ -376,8 +379,32 @@ class DagScheduler:
         return _text(raw) if raw else None
 
     def claim_close(self) -> bool:
-        """The one caller allowed to close phase 4 (several chords may end over one scheduler)."""
-        return bool(self.client.set(self.key("closed"), "1", nx=True, ex=self.ttl_s))
+        """The one caller allowed to close phase 4 now (several chords may end over one scheduler): a lease
+        of ``CLOSE_LEASE_S``, renewed while the close runs (``holding_close``), so a closer whose worker
+        died frees the close within the lease; before, its claim held the close for the run's TTL, until
+        the stall watchdog released it two minutes later."""
+        return bool(self.client.set(self.key("closed"), "1", nx=True, ex=CLOSE_LEASE_S))
+
+    @contextmanager
+    def holding_close(self) -> Iterator[None]:
+        """The close's lease renewed every third of it while the block runs (a large run's close, or a git
+        integration, can outlast one lease); stopped, and its renewer joined, when the block ends."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(CLOSE_LEASE_S / 3):
+                try:
+                    self.client.expire(self.key("closed"), CLOSE_LEASE_S)
+                except Exception:  # noqa: BLE001 - the next renewal tries again; a lapsed lease lets another close
+                    pass
+
+        renewer = threading.Thread(target=renew, daemon=True, name=f"dispatch-close-lease-{self.run_id}")
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
 
     def reset(self, keep_closed: bool = False) -> None:
         """Drop the run's scheduling keys; the closer keeps ``closed`` so a late chord cannot close again."""

@@ -106,15 +106,9 @@ def limits(client: Any, keys: Keys, run_id: str, task_ids: Iterable[str]) -> dic
     return {tid: float(x) if x else None for tid, x in zip(ids, raw)}
 
 
-def close_claim_age(client: Any, keys: Keys, run_id: str, ttl_s: int) -> "float | None":
-    """Seconds since a collect step claimed phase 4's close (``DagScheduler.claim_close``), None if none did."""
-    left = client.ttl(keys.dag(run_id)["closed"])
-    return None if left is None or left < 0 else max(0.0, float(ttl_s - left))
-
-
-def release_close_claim(client: Any, keys: Keys, run_id: str) -> None:
-    """The collect step that claimed the close died before closing (its worker killed): let another close."""
-    client.delete(keys.dag(run_id)["closed"])
+def close_claimed(client: Any, keys: Keys, run_id: str) -> bool:
+    """A collect step holds phase 4's close (``DagScheduler.claim_close``: a lease it renews while closing)."""
+    return bool(client.exists(keys.dag(run_id)["closed"]))
 
 
 def lock(client: Any, keys: Keys, run_id: str, seconds: float) -> bool:

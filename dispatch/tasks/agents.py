@@ -275,6 +275,14 @@ def finish_execution(deployment: Deployment, scheduler: DagScheduler) -> dict:
         raise LookupError(f"run {scheduler.run_id}: phase 4 state expired before collection")
     if not scheduler.quiet() or not scheduler.claim_close():
         raise Ignore()
+    with scheduler.holding_close():
+        state = close_and_save(deployment, scheduler)
+    deployment.retire(state.run_id)  # scheduler and ledger keys: a closed run keeps only its state
+    return state.ref().model_dump()
+
+
+def close_and_save(deployment: Deployment, scheduler: DagScheduler) -> Any:
+    """The run's state with phase 4 closed from the scheduler's records, saved (the close's lease held)."""
     # lean: a large run's plan and contexts stay packed, and are saved again as they were read
     state = tasks_in_memory(deployment.store.load_lean(scheduler.run_id))
     if state is None:
@@ -288,8 +296,7 @@ def finish_execution(deployment: Deployment, scheduler: DagScheduler) -> dict:
     close_execution(state, finished, scheduler.started(), cancel_seen=deployment.cancelled(state.run_id),
                     integration=integration, integration_error=error, paused=scheduler.paused())
     deployment.store.save(state)  # before ``retire``: the results are read from the scheduler's hash here
-    deployment.retire(state.run_id)  # scheduler and ledger keys: a closed run keeps only its state
-    return state.ref().model_dump()
+    return state
 
 
 SCAN_BATCH = 1000
