@@ -4,7 +4,7 @@ Why: embedded, every agent task paid Celery's whole path (a message built,
 published, consumed, a request and a tracer, an ack) and its chord's two Redis
 writes, for a broker that is this process's memory: about 3 ms of CPU a task
 under the GIL, which held embedded mode near 300 no-op tasks/s.  Here phase 4's
-task (``tasks.phases.start_execution``) hands its first tasks to ``run_phase_4``,
+task (``tasks.phases.fan_out``) hands its first tasks to ``run_phase_4``,
 which runs each through the agent task's own body (``agent_task.run``, under a
 request like the worker's: id, retries, hostname, time limits) on a pool of
 daemon threads, and queues whatever a completion unblocks (``tasks.agents.send_next``)

@@ -15,6 +15,7 @@ saves by merging its writes into what its peer stored (``store.update``).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import chord, shared_task
@@ -110,22 +111,54 @@ def phase_3_context_filtering(self: Any, ref: dict | list) -> dict:
 
 @shared_task(bind=True, name=PHASE_TASK_NAMES[4])
 def phase_4_parallel_execution(self: Any, ref: dict | list) -> dict:
-    """Fan out: replace this task by a chord whose header grows as dependencies complete."""
+    """Fan out: replace this task by a chord whose header grows as dependencies complete.
+
+    The run's state is read and let go in ``begin_execution``; the fan-out happens in this frame, which
+    never held it.  ``Task.replace`` ends in ``Ignore``, and the exception's traceback keeps every frame
+    it passed through, with their locals, for as long as Celery keeps the exception: at 100k tasks a
+    worker held the state (about 380 MB) for minutes while the phase's agent tasks ran, and an embedded
+    run held it through the whole of phase 4."""
     deployment = deployment_of(self.app)
+    return fan_out(self, deployment, begin_execution(self, deployment, ref))
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """What phase 4 starts with: its first agent signatures (at most ``TAKE_MAX``) and their time limits."""
+
+    run_id: str
+    header: list[Any]
+    limits: dict[str, Any] = field(default_factory=dict)
+
+
+def begin_execution(task: Any, deployment: Deployment, ref: dict | list) -> FanOut | dict:
+    """The run's phase 4 started (its scheduler written), or joined when delivered again: what to fan out,
+    or the phase's result when there is nothing to run."""
     state, fresh = load_state(deployment, ref, lean=True)
     if not fresh:
-        return rejoin_execution(self, deployment, state)
+        return rejoin_execution(task, deployment, state)
     if not status.is_stopped(state) and deployment.cancelled(state.run_id):
         status.cancelled(state)
     if status.is_stopped(state):
         return state.ref().model_dump()
-    report_progress(self, state, ExecutionPhase.PARALLEL_EXECUTION, done=0, total=len(state.tasks_data))
+    report_progress(task, state, ExecutionPhase.PARALLEL_EXECUTION, done=0, total=len(state.tasks_data))
     status.running(state)
     deployment.store.save(state)
-    return start_execution(self, deployment, state)
+    return start_execution(task, deployment, state)
 
 
-def rejoin_execution(task: Any, deployment: Deployment, state: PhaseState) -> Any:
+def fan_out(task: Any, deployment: Deployment, step: FanOut | dict) -> dict:
+    """Replace phase 4 by its chord (an embedded run: run the tasks on this process's threads instead)."""
+    if not isinstance(step, FanOut):
+        return step
+    inline = getattr(task.app, "dispatch_phase_4_inline", None)  # embedded: runs them here, no chord
+    if inline is not None:
+        return inline(task, deployment, step.run_id, step.header, step.limits)
+    with sent_together(task.app):  # the chord's parts, up to TAKE_MAX of them, in a few round trips
+        return task.replace(chord(step.header, task.app.signature(COLLECT_TASK, args=(step.run_id,))))
+
+
+def rejoin_execution(task: Any, deployment: Deployment, state: PhaseState) -> FanOut | dict:
     """Phase 4 delivered again (its worker died after it started): join the phase under way, never restart it.
 
     The tasks phase 4 sent when it started are sent again in a chord of this
@@ -142,13 +175,11 @@ def rejoin_execution(task: Any, deployment: Deployment, state: PhaseState) -> An
     again = [tid for tid in scheduler.started_tasks() if tid not in finished]
     if not again:
         raise Ignore()  # everything it sent has run: the first delivery's chord is alive and will close
-    header = dispatch_agents(task, deployment, state.run_id, again)
-    with sent_together(task.app):  # the chord's parts, up to TAKE_MAX of them, in a few round trips
-        return task.replace(chord(header, task.app.signature(COLLECT_TASK, args=(state.run_id,))))
+    return FanOut(state.run_id, dispatch_agents(task, deployment, state.run_id, again))
 
 
-def start_execution(task: Any, deployment: Deployment, state: PhaseState) -> Any:
-    """Store the run's scheduling state, then send what can start now (at most ``TAKE_MAX`` tasks, in
+def start_execution(task: Any, deployment: Deployment, state: PhaseState) -> FanOut | dict:
+    """Store the run's scheduling state, then name what can start now (at most ``TAKE_MAX`` tasks, in
     a chord whose body closes the phase); nothing per task is kept once it is written."""
     scheduler = deployment.scheduler(state.run_id)
     configs = task_agents(state)
@@ -159,12 +190,7 @@ def start_execution(task: Any, deployment: Deployment, state: PhaseState) -> Any
     limits = {tid: limits[tid] for tid in first}
     if not first:  # nothing can start (no tasks, or all kept): collect right away
         return finish_execution(deployment, scheduler)
-    header = dispatch_agents(task, deployment, state.run_id, first, limits=limits)
-    inline = getattr(task.app, "dispatch_phase_4_inline", None)  # embedded: runs them here, no chord
-    if inline is not None:
-        return inline(task, deployment, state.run_id, header, limits)
-    with sent_together(task.app):  # the chord's parts, up to TAKE_MAX of them, in a few round trips
-        return task.replace(chord(header, task.app.signature(COLLECT_TASK, args=(state.run_id,))))
+    return FanOut(state.run_id, dispatch_agents(task, deployment, state.run_id, first, limits=limits), limits)
 
 
 PHASE_TASKS = {
