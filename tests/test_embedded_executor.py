@@ -207,3 +207,35 @@ def test_a_whole_run_task_releases_memory_only_when_the_process_grew(monkeypatch
     assert released == []
     memory._after_task(task=phase)  # a big one: collected and trimmed
     assert released == [300 << 20]
+
+
+def states_held_by_phase_frames() -> list[str]:
+    """The frames of dispatch's task modules on this thread's stack that hold a ``PhaseState`` in a local."""
+    import inspect
+
+    from dispatch.models import PhaseState
+    return [f"{info.frame.f_code.co_name}:{name}" for info in inspect.stack()
+            if info.frame.f_globals.get("__name__", "").startswith("dispatch.tasks")
+            for name, value in info.frame.f_locals.items() if isinstance(value, PhaseState)]
+
+
+@pytest.mark.parametrize("executor", ["inline", "celery"])
+def test_phase_4_fans_out_from_frames_that_do_not_hold_the_run_state(runner, monkeypatch, executor):
+    """``Task.replace`` ends in ``Ignore``, whose traceback keeps its frames' locals for as long as Celery keeps
+    the exception; the inline executor runs the whole phase under its caller's frames.  A frame that held the
+    state there kept a 100k-task run's state (~380 MB) alive in the worker through phase 4."""
+    from celery.app.task import Task
+
+    held = []
+    if executor == "inline":
+        real_run = embedded_executor.run_phase_4
+        monkeypatch.setattr(embedded_executor, "run_phase_4",
+                            lambda *a: held.append(states_held_by_phase_frames()) or real_run(*a))
+    else:
+        monkeypatch.setenv("DISPATCH_EMBEDDED_EXECUTOR", "celery")
+        real_replace = Task.replace
+        monkeypatch.setattr(Task, "replace", lambda self, sig: held.append(states_held_by_phase_frames())
+                            or real_replace(self, sig))
+    state = run(runner, [task("a"), task("b", ["a"]), task("c")])
+    assert state.status == "succeeded" and len(state.task_results) == 3
+    assert held == [[]]
